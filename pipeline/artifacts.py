@@ -1,0 +1,147 @@
+"""Crash-safe writing and safe reading of the files the stages hand to each other.
+
+Everything is written to a temporary name in the target folder, flushed, fsynced and renamed
+over the final name, so a killed stage never leaves an output that looks complete. Pickled
+arrays are read back through an unpickler that resolves only numpy's array reconstruction
+helpers: a pickle that names any other global (an `os.system` payload, say) is refused before
+anything in it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+
+class ArtifactError(ValueError):
+    """An input file between stages is missing, corrupt, tampered with or of the wrong shape."""
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside `path`; on success fsync it and rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def sha256_of(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    with atomic_write(path, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing; run the stage that writes it (dvc repro)") from None
+    except json.JSONDecodeError as error:
+        raise ArtifactError(
+            f"{path}: not valid JSON at line {error.lineno}, column {error.colno}: {error.msg}; "
+            "delete it and run `dvc repro` again"
+        ) from None
+
+
+@contextlib.contextmanager
+def fresh_directory(path: str | Path) -> Iterator[Path]:
+    """Build a whole output folder beside `path` and swap it in only when complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield staging
+        for entry in staging.iterdir():
+            with open(entry, "rb") as handle:
+                os.fsync(handle.fileno())
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.numeric", "_frombuffer"),
+}
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    def __init__(self, file: IO[bytes], source: Path):
+        super().__init__(file)
+        self._source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise ArtifactError(
+                f"{self._source}: refused to load: the pickle references {module}.{name}, but "
+                "only numpy arrays and plain containers are allowed. The file was not written "
+                "by this pipeline or was tampered with; delete it and run `dvc repro`."
+            )
+        return super().find_class(module, name)
+
+
+def save_arrays(path: str | Path, payload: dict[str, Any]) -> None:
+    """Pickle a dict of numpy arrays and plain values (protocol 5, crash-safe)."""
+    with atomic_write(path) as handle:
+        pickle.dump(payload, handle, protocol=5)
+
+
+def load_arrays(path: str | Path) -> dict[str, Any]:
+    """Load a pickle written by `save_arrays`, resolving nothing but numpy array globals."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing; run the prepare stage (dvc repro)") from None
+    try:
+        payload = _ArrayOnlyUnpickler(io.BytesIO(data), path).load()
+    except ArtifactError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as error:
+        raise ArtifactError(
+            f"{path}: corrupt or truncated pickle ({type(error).__name__}: {error}); "
+            "delete it and run `dvc repro` again"
+        ) from None
+    if not isinstance(payload, dict):
+        raise ArtifactError(f"{path}: expected a dict of arrays, found {type(payload).__name__}")
+    for key, value in payload.items():
+        if isinstance(value, np.ndarray) and value.dtype.hasobject:
+            raise ArtifactError(f"{path}: array {key!r} has object dtype; refusing to use it")
+    return payload

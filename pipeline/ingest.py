@@ -1,0 +1,390 @@
+"""Read a CSV of labelled images into uint8 arrays, validating every cell.
+
+The file is read in blocks of whole lines into preallocated arrays. Each block first goes through
+pandas' C parser with integer dtypes (the fast path). A block that fails there, or holds any byte a
+clean block cannot (a '.', a letter, a quote), or has a value out of range, is parsed again line by
+line in Python (the exact path), which names the file, the 1-based line, the column, the value and
+what was expected. Clean files never take the exact path, so the checks cost almost nothing.
+
+Accepted as valid: a UTF-8 BOM, CRLF line endings, a missing final newline, spaces around values,
+blank lines (skipped and counted), gzip-compressed files. Refused (or dropped, counted by reason,
+when `on_bad_row` is "drop"): too many or too few fields, empty, non-numeric or fractional cells,
+pixels outside 0..max_pixel, labels outside the class set.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pandas as pd
+
+BLOCK_BYTES = 32 << 20
+_CLEAN_BYTES = b"0123456789,\n\r \t"
+_BOM = b"\xef\xbb\xbf"
+MAX_ERRORS_KEPT = 20
+
+
+class DataError(ValueError):
+    """The CSV does not match the declared layout; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    num_pixels: int
+    num_classes: int
+    header: bool = True
+    label_column: str | int = "first"
+    max_pixel: int = 255
+
+
+@dataclass
+class Quality:
+    """What reading one file found: the counts go into data/prepared/<dataset>/quality.json."""
+
+    file: str
+    lines: int = 0
+    rows_read: int = 0
+    rows_kept: int = 0
+    blank_lines: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "file": self.file,
+            "rows_read": self.rows_read,
+            "rows_kept": self.rows_kept,
+            "rows_dropped": sum(self.dropped.values()),
+            "dropped_by_reason": dict(sorted(self.dropped.items())),
+            "blank_lines": self.blank_lines,
+            "dropped_examples": self.examples,
+        }
+
+
+@dataclass(frozen=True)
+class ImageTable:
+    images: np.ndarray  # (N, num_pixels) uint8, scaled to 0..255
+    labels: np.ndarray  # (N,) int64
+    quality: Quality
+
+
+class _BadRow(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _open_bytes(path: Path) -> BinaryIO:
+    with open(path, "rb") as probe:
+        magic = probe.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def _blocks(handle: BinaryIO, block_bytes: int) -> Iterator[bytes]:
+    """Yield blocks that end on a line boundary (the last one may lack a final newline)."""
+    carry = b""
+    while True:
+        chunk = handle.read(block_bytes)
+        if not chunk:
+            break
+        data = carry + chunk
+        cut = data.rfind(b"\n")
+        if cut == -1:
+            carry = data
+            continue
+        carry = data[cut + 1 :]
+        yield data[: cut + 1]
+    if carry.strip():
+        yield carry + b"\n"
+
+
+def _count_lines(path: Path, block_bytes: int) -> int:
+    with _open_bytes(path) as handle:
+        return sum(block.count(b"\n") for block in _blocks(handle, block_bytes))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve_label_index(layout: CsvLayout, header: list[str] | None, path: Path) -> int:
+    ncols = layout.num_pixels + 1
+    where = f"{path}, line 1"
+    spec = layout.label_column
+    if spec == "first":
+        return 0
+    if spec == "last":
+        return ncols - 1
+    if isinstance(spec, int):
+        if not -ncols <= spec < ncols:
+            raise DataError(
+                f"{path}: label_column {spec} is outside the {ncols} columns "
+                f"(1 label + {layout.num_pixels} pixels); use 0..{ncols - 1}, 'first' or 'last'"
+            )
+        return spec % ncols
+    if header is None:
+        raise DataError(
+            f"{path}: label_column {spec!r} is a column name but the dataset says header: false; "
+            "give the label column as 'first', 'last' or a 0-based index"
+        )
+    if spec not in header:
+        shown = ", ".join(header[:5]) + (", ..." if len(header) > 5 else "")
+        raise DataError(
+            f"{where}: the header has no label column {spec!r} (it starts: {shown}); "
+            "fix the header or set the dataset's label_column"
+        )
+    return header.index(spec)
+
+
+def _column_names(header: list[str] | None, label_index: int, ncols: int) -> list[str]:
+    if header is not None:
+        return header
+    names, pixel = [], 0
+    for index in range(ncols):
+        if index == label_index:
+            names.append("label")
+        else:
+            pixel += 1
+            names.append(f"pixel{pixel}")
+    return names
+
+
+class _Reader:
+    def __init__(self, path: Path, layout: CsvLayout, on_bad_row: str):
+        self.path = path
+        self.layout = layout
+        self.on_bad_row = on_bad_row
+        self.ncols = layout.num_pixels + 1
+        self.quality = Quality(file=path.name)
+        self.label_index = 0
+        self.names: list[str] = []
+        self.pixel_columns: np.ndarray = np.arange(1, self.ncols)
+
+    # --- header -------------------------------------------------------------------------
+    def read_header(self, first_line: bytes) -> bool:
+        """Set up column names from line 1. Returns True when line 1 was a header."""
+        text = first_line.decode("utf-8", errors="replace").strip()
+        fields = [f.strip() for f in text.split(",")]
+        looks_like_data = all(_is_number(f) for f in fields if f)
+        if self.layout.header and looks_like_data:
+            raise DataError(
+                f"{self.path}, line 1: expected a header row but found numbers ({text[:40]}...); "
+                "set the dataset's `header: false` if the file has no header"
+            )
+        if not self.layout.header and not looks_like_data:
+            raise DataError(
+                f"{self.path}, line 1: found a header-like row ({text[:40]}...) but the dataset "
+                "says `header: false`; set `header: true`"
+            )
+        header = fields if self.layout.header else None
+        if header is not None and len(header) != self.ncols:
+            raise DataError(
+                f"{self.path}, line 1: the header has {len(header)} columns, expected "
+                f"{self.ncols} (1 label + {self.layout.num_pixels} pixels for the dataset's "
+                "shape); check the dataset's `shape` or the file"
+            )
+        if header is not None:
+            repeated = sorted({h for h in header if header.count(h) > 1})
+            if repeated:
+                raise DataError(f"{self.path}, line 1: repeated header names {repeated[:5]}")
+        self.label_index = _resolve_label_index(self.layout, header, self.path)
+        self.names = _column_names(header, self.label_index, self.ncols)
+        self.pixel_columns = np.array([i for i in range(self.ncols) if i != self.label_index])
+        return header is not None
+
+    # --- one line, exactly ------------------------------------------------------------------
+    def _where(self, line_no: int, column: int) -> str:
+        return f"{self.path}, line {line_no}, column {column + 1} ({self.names[column]!r})"
+
+    def parse_line(self, line: str, line_no: int) -> np.ndarray:
+        fields = line.split(",")
+        if len(fields) != self.ncols:
+            problem = "too many" if len(fields) > self.ncols else "too few"
+            raise _BadRow(
+                f"{problem} fields",
+                f"{self.path}, line {line_no}: {problem} fields: found {len(fields)}, expected "
+                f"{self.ncols} (1 label + {self.layout.num_pixels} pixels)",
+            )
+        values = np.empty(self.ncols, dtype=np.int64)
+        for column, raw in enumerate(fields):
+            cell = raw.strip()
+            if cell == "":
+                raise _BadRow("empty cell", f"{self._where(line_no, column)}: empty cell; "
+                              "expected an integer")
+            try:
+                values[column] = int(cell)
+            except ValueError:
+                kind = "fractional value" if _is_number(cell) else "non-numeric value"
+                raise _BadRow(
+                    kind,
+                    f"{self._where(line_no, column)}: {kind} {cell!r}; expected an integer",
+                ) from None
+            self._check_range(values[column], column, line_no, cell)
+        return values
+
+    def _check_range(self, value: int, column: int, line_no: int, cell: str) -> None:
+        if column == self.label_index:
+            if not 0 <= value < self.layout.num_classes:
+                raise _BadRow(
+                    "label out of range",
+                    f"{self._where(line_no, column)}: label {cell!r} is not a class; expected "
+                    f"0..{self.layout.num_classes - 1} "
+                    f"({self.layout.num_classes} classes declared)",
+                )
+        elif not 0 <= value <= self.layout.max_pixel:
+            raise _BadRow(
+                "pixel out of range",
+                f"{self._where(line_no, column)}: pixel {cell!r} is outside "
+                f"0..{self.layout.max_pixel}; check the dataset's `max_pixel`",
+            )
+
+    def _reject(self, bad: _BadRow) -> None:
+        if self.on_bad_row == "fail":
+            raise DataError(
+                f"{bad.message}.\nFix the file, or set prepare.on_bad_row: drop to skip bad rows."
+            )
+        self.quality.dropped[bad.reason] += 1
+        if len(self.quality.examples) < MAX_ERRORS_KEPT:
+            self.quality.examples.append(bad.message)
+
+    def parse_block_exact(self, block: bytes, first_line_no: int) -> np.ndarray:
+        rows = []
+        for offset, raw in enumerate(block.split(b"\n")[:-1]):
+            line_no = first_line_no + offset
+            line = raw.decode("utf-8", errors="replace").rstrip("\r")
+            if not line.strip():
+                self.quality.blank_lines += 1
+                continue
+            self.quality.rows_read += 1
+            try:
+                rows.append(self.parse_line(line, line_no))
+            except _BadRow as bad:
+                self._reject(bad)
+        return np.array(rows, dtype=np.int64).reshape(len(rows), self.ncols)
+
+    # --- a whole block, fast ----------------------------------------------------------------
+    def parse_block_fast(self, block: bytes) -> np.ndarray | None:
+        """Parse a clean block with pandas; None when the block needs the exact path."""
+        if block.translate(None, _CLEAN_BYTES) or b"\n\n" in block or b"\n\r\n" in block:
+            return None
+        if block.startswith((b"\n", b"\r\n")):
+            return None
+        try:
+            frame = pd.read_csv(io.BytesIO(block), header=None, dtype=np.int32, engine="c",
+                                skip_blank_lines=False, na_filter=True)
+        except (ValueError, pd.errors.ParserError, OverflowError):
+            return None
+        values = frame.to_numpy()
+        if values.shape[1] != self.ncols:
+            return None
+        labels = values[:, self.label_index]
+        pixels = values[:, self.pixel_columns]
+        if labels.size and (labels.min() < 0 or labels.max() >= self.layout.num_classes):
+            return None
+        if pixels.size and (pixels.min() < 0 or pixels.max() > self.layout.max_pixel):
+            return None
+        self.quality.rows_read += len(values)
+        return values
+
+
+def _scale(pixels: np.ndarray, max_pixel: int) -> np.ndarray:
+    if max_pixel == 255:
+        return pixels.astype(np.uint8)
+    return np.rint(pixels * (255.0 / max_pixel)).astype(np.uint8)
+
+
+def read_image_csv(
+    path: str | Path,
+    layout: CsvLayout,
+    on_bad_row: str = "fail",
+    max_bad_fraction: float = 0.0,
+    block_bytes: int = BLOCK_BYTES,
+) -> ImageTable:
+    """Read and validate an image CSV; pixels come back scaled to 0..255 uint8."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; run the download stage first (dvc repro)")
+    reader = _Reader(path, layout, on_bad_row)
+    capacity = _count_lines(path, block_bytes)
+    images = np.empty((capacity, layout.num_pixels), dtype=np.uint8)
+    labels = np.empty(capacity, dtype=np.int64)
+    filled = 0
+    line_no = 1
+    try:
+        with _open_bytes(path) as handle:
+            for block_index, block in enumerate(_blocks(handle, block_bytes)):
+                if block_index == 0:
+                    if block.startswith(_BOM):
+                        block = block[len(_BOM):]
+                    first_end = block.find(b"\n") + 1
+                    while first_end and not block[:first_end].strip():
+                        reader.quality.blank_lines += 1
+                        line_no += 1
+                        block = block[first_end:]
+                        first_end = block.find(b"\n") + 1
+                    if not block:
+                        break
+                    if reader.read_header(block[:first_end]):
+                        block = block[first_end:]
+                        line_no += 1
+                lines_in_block = block.count(b"\n")
+                values = reader.parse_block_fast(block)
+                if values is None:
+                    values = reader.parse_block_exact(block, line_no)
+                line_no += lines_in_block
+                count = len(values)
+                labels[filled : filled + count] = values[:, reader.label_index]
+                images[filled : filled + count] = _scale(
+                    values[:, reader.pixel_columns], layout.max_pixel
+                )
+                filled += count
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not a text file ({error})") from None
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise DataError(f"{path}: cannot read ({error}); the file may be truncated") from None
+
+    quality = reader.quality
+    quality.lines = line_no - 1
+    quality.rows_kept = filled
+    if not reader.names:
+        raise DataError(f"{path}: the file is empty; expected a CSV of labelled images")
+    if filled == 0:
+        raise DataError(
+            f"{path}: no data rows{' after the header' if layout.header else ''}"
+            + (f" ({quality.rows_read} rows, all dropped)" if quality.rows_read else "")
+        )
+    dropped = sum(quality.dropped.values())
+    if dropped and dropped > max_bad_fraction * quality.rows_read:
+        raise DataError(
+            f"{path}: {dropped} of {quality.rows_read} rows are bad "
+            f"({dropped / quality.rows_read:.1%}, more than prepare.max_bad_fraction = "
+            f"{max_bad_fraction:.1%}). First problems:\n  " + "\n  ".join(quality.examples[:5])
+        )
+    return ImageTable(images[:filled], labels[:filled], quality)
+
+
+def row_digests(images: np.ndarray) -> np.ndarray:
+    """One 64-bit digest per image, for counting duplicates within and across splits."""
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little")
+         for row in images],
+        dtype=np.uint64,
+    )
+
+
+def duplicate_count(digests: np.ndarray) -> int:
+    """How many rows repeat an earlier row."""
+    return int(len(digests) - len(np.unique(digests)))

@@ -1,0 +1,179 @@
+"""Stage 2: clean and split one dataset into pickled uint8 arrays.
+
+Reads data/raw/<dataset>/{train,test}.csv[.gz] with full validation (pipeline.ingest), splits off a
+stratified validation set (and a test set when the dataset has no test file), and writes
+data/prepared/<dataset>/{train,valid,test}.pkl plus quality.json with every count the report shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from pipeline.artifacts import (
+    ArtifactError,
+    fresh_directory,
+    load_arrays,
+    save_arrays,
+    sha256_of,
+    write_json,
+)
+from pipeline.ingest import CsvLayout, DataError, duplicate_count, read_image_csv, row_digests
+from pipeline.params import CsvDataset, IdxDataset, PrepareParams, load_params
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # (N, C, H, W) uint8
+    labels: np.ndarray  # (N,) int64
+    classes: list[str]
+
+
+def layout_for(dataset: CsvDataset | IdxDataset) -> CsvLayout:
+    if isinstance(dataset, IdxDataset):  # written by the download stage in the Kaggle layout
+        return CsvLayout(dataset.num_pixels, len(dataset.classes), True, "label", 255)
+    return CsvLayout(dataset.num_pixels, len(dataset.classes), dataset.header,
+                     dataset.label_column, dataset.max_pixel)
+
+
+def find_raw_file(raw_dir: Path, split: str) -> Path | None:
+    for name in (f"{split}.csv", f"{split}.csv.gz"):
+        if (raw_dir / name).is_file():
+            return raw_dir / name
+    return None
+
+
+def stratified_split(
+    images: np.ndarray, labels: np.ndarray, fraction: float, seed: int, what: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split off `fraction` of the rows, keeping class proportions; (rest_x, rest_y, x, y)."""
+    counts = np.bincount(labels)
+    present = counts[counts > 0]
+    held_out = int(np.ceil(fraction * len(labels)))
+    if present.min() < 2 or held_out < len(present) or len(labels) - held_out < len(present):
+        raise DataError(
+            f"cannot split off a stratified {what} set of {fraction:.0%} from {len(labels)} rows "
+            f"(smallest class has {present.min()} rows, {len(present)} classes); "
+            "use more data or change the split fraction"
+        )
+    rest_x, x, rest_y, y = train_test_split(
+        images, labels, test_size=fraction, random_state=seed, stratify=labels, shuffle=True
+    )
+    return rest_x, rest_y, x, y
+
+
+def split_dataset(
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test: tuple[np.ndarray, np.ndarray] | None,
+    settings: PrepareParams,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if test is None:
+        train_images, train_labels, test_x, test_y = stratified_split(
+            train_images, train_labels, settings.test_fraction, settings.seed, "test"
+        )
+        test = (test_x, test_y)
+    train_x, train_y, valid_x, valid_y = stratified_split(
+        train_images, train_labels, settings.valid_fraction, settings.seed, "validation"
+    )
+    return {"train": (train_x, train_y), "valid": (valid_x, valid_y), "test": test}
+
+
+def prepare(
+    raw_dir: Path, out_dir: Path, dataset: CsvDataset | IdxDataset, settings: PrepareParams
+) -> dict:
+    """Read, validate, split and write one dataset. Returns the quality record."""
+    layout = layout_for(dataset)
+    train_file = find_raw_file(raw_dir, "train")
+    if train_file is None:
+        raise DataError(f"{raw_dir}: no train.csv or train.csv.gz; run the download stage first")
+    tables = {"train": read_image_csv(train_file, layout, settings.on_bad_row,
+                                      settings.max_bad_fraction)}
+    test_file = find_raw_file(raw_dir, "test")
+    if test_file is not None:
+        tables["test"] = read_image_csv(test_file, layout, settings.on_bad_row,
+                                        settings.max_bad_fraction)
+
+    test = (tables["test"].images, tables["test"].labels) if "test" in tables else None
+    splits = split_dataset(tables["train"].images, tables["train"].labels, test, settings)
+
+    digests = {name: row_digests(table.images) for name, table in tables.items()}
+    shape = tuple(dataset.shape)
+    source_sha256 = {
+        path.name: sha256_of(path) for path in (train_file, test_file) if path is not None
+    }
+    quality = {
+        "files": {name: table.quality.as_dict() for name, table in tables.items()},
+        "duplicates_within": {name: duplicate_count(d) for name, d in digests.items()},
+        "test_images_also_in_train": (
+            int(np.isin(digests["test"], digests["train"]).sum()) if "test" in digests else 0
+        ),
+        "split_sizes": {name: int(len(y)) for name, (_, y) in splits.items()},
+        "class_counts": {
+            name: np.bincount(y, minlength=len(dataset.classes)).tolist()
+            for name, (_, y) in splits.items()
+        },
+        "classes": list(dataset.classes),
+        "shape": list(shape),
+        "source_sha256": source_sha256,
+        "settings": settings.model_dump(),
+    }
+    with fresh_directory(out_dir) as staging:
+        for name, (x, y) in splits.items():
+            save_arrays(staging / f"{name}.pkl", {
+                "images": np.ascontiguousarray(x.reshape(len(x), *shape)),
+                "labels": y.astype(np.int64),
+                "classes": list(dataset.classes),
+                "split": name,
+                "source_sha256": source_sha256,
+            })
+        write_json(staging / "quality.json", quality)
+    return quality
+
+
+def load_split(path: str | Path) -> Split:
+    """Load a prepared split safely and check it is what the later stages expect."""
+    path = Path(path)
+    payload = load_arrays(path)
+    images, labels, classes = (payload.get(k) for k in ("images", "labels", "classes"))
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        raise ArtifactError(f"{path}: 'images' must be a uint8 array of shape (N, C, H, W)")
+    if not isinstance(labels, np.ndarray) or labels.dtype != np.int64 or labels.ndim != 1:
+        raise ArtifactError(f"{path}: 'labels' must be a 1-D int64 array")
+    if len(images) != len(labels):
+        raise ArtifactError(f"{path}: {len(images)} images but {len(labels)} labels")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise ArtifactError(f"{path}: 'classes' must be a list of class names")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise ArtifactError(f"{path}: labels outside 0..{len(classes) - 1}")
+    return Split(images, labels, classes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--raw", required=True, type=Path, help="data/raw/<dataset>")
+    parser.add_argument("--out", required=True, type=Path, help="data/prepared/<dataset>")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    if args.dataset not in params.datasets:
+        sys.exit(f"--dataset {args.dataset!r} is not defined under `datasets:` in {args.params}")
+    quality = prepare(args.raw, args.out, params.datasets[args.dataset], params.prepare)
+    sizes = ", ".join(f"{k} {v:,}" for k, v in quality["split_sizes"].items())
+    dropped = sum(f["rows_dropped"] for f in quality["files"].values())
+    print(f"{args.dataset}: {sizes} rows; {dropped} bad rows dropped -> {args.out}")
+
+
+if __name__ == "__main__":
+    from pipeline.cli import run_stage
+
+    run_stage(main)

@@ -1,0 +1,216 @@
+"""Stage 4: render reports/index.html, one self-contained page comparing every model.
+
+Per dataset: split sizes and class balance, sample images per class, the model table, learning
+curves, a confusion matrix per model (counts and row-normalised) and parameter counts (bar chart
+and a per-layer table). At the end: the parameters used, git commit, package versions, device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import importlib.metadata
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import yaml
+
+from pipeline import plots
+from pipeline.artifacts import ArtifactError, atomic_write, read_json
+from pipeline.models import LayerRow, layer_summary
+from pipeline.params import Params, load_params
+from pipeline.prepare import load_split
+from pipeline.train import load_checkpoint
+
+PACKAGES = ("dvc", "torch", "numpy", "pandas", "scikit-learn", "matplotlib", "jinja2", "pydantic")
+
+
+@dataclass
+class ModelResult:
+    name: str
+    metrics: dict
+    history: list[dict]
+    confusion: np.ndarray
+    layers: list[LayerRow]
+    figures: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DatasetSection:
+    name: str
+    classes: list[str]
+    quality: dict
+    models: list[ModelResult]
+    figures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def best(self) -> ModelResult:
+        return max(self.models, key=lambda m: (m.metrics["test_accuracy"], -m.metrics["params"]))
+
+
+def read_history(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing; run the train stage (dvc repro)") from None
+    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in rows]
+
+
+def read_confusion(path: Path, classes: list[str]) -> np.ndarray:
+    index = {name: i for i, name in enumerate(classes)}
+    matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            for line_no, row in enumerate(csv.DictReader(handle), start=2):
+                try:
+                    matrix[index[row["actual"]], index[row["predicted"]]] += 1
+                except KeyError as error:
+                    raise ArtifactError(
+                        f"{path}, line {line_no}: unknown class {error}; re-run the train stage"
+                    ) from None
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing; run the train stage (dvc repro)") from None
+    return matrix
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Where the earlier stages left their outputs (folders named in dvc.yaml)."""
+
+    prepared: Path
+    checkpoints: Path
+    metrics: Path
+    history: Path
+    predictions: Path
+
+
+def collect_dataset(name: str, params: Params, inputs: Inputs) -> DatasetSection:
+    quality = read_json(inputs.prepared / name / "quality.json")
+    classes = quality["classes"]
+    shape = tuple(quality["shape"])
+    results = []
+    for model_name in params.run.models:
+        model, _ = load_checkpoint(inputs.checkpoints / name / f"{model_name}.pt")
+        results.append(ModelResult(
+            name=model_name,
+            metrics=read_json(inputs.metrics / name / f"{model_name}.json"),
+            history=read_history(inputs.history / name / f"{model_name}.csv"),
+            confusion=read_confusion(inputs.predictions / name / f"{model_name}.csv", classes),
+            layers=layer_summary(model, shape),
+        ))
+    return DatasetSection(name, classes, quality, results)
+
+
+def draw_figures(section: DatasetSection, train_split_path: Path, per_class: int) -> None:
+    train = load_split(train_split_path)
+    ds = section.name
+    section.figures["samples"] = plots.sample_grid(
+        train.images, train.labels, section.classes, per_class, f"{ds}: training images per class")
+    section.figures["balance"] = plots.class_balance(
+        section.quality["class_counts"], section.classes, f"{ds}: images per class and split")
+    section.figures["curves"] = plots.learning_curves(
+        {m.name: m.history for m in section.models}, f"{ds}: learning curves, all models")
+    section.figures["params"] = plots.parameter_bars(
+        {m.name: m.metrics["params"] for m in section.models},
+        {m.name: m.metrics["test_accuracy"] for m in section.models},
+        f"{ds}: parameters per model")
+    for model in section.models:
+        model.figures["curves"] = plots.learning_curves(
+            {model.name: model.history}, f"{ds} / {model.name}: train vs valid")
+        model.figures["confusion"] = plots.confusion_matrices(
+            model.confusion, section.classes, f"{ds} / {model.name}: test confusion matrix")
+
+
+def git_commit(cwd: Path) -> str:
+    try:
+        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd,
+                                capture_output=True, text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return result.stdout.strip() + (" (with uncommitted changes)" if dirty.strip() else "")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def render(sections: list[DatasetSection], params: Params, environment: dict) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("pipeline", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    template = env.get_template("report.html.j2")
+    return template.render(
+        sections=sections,
+        params_yaml=yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, width=100),
+        environment=environment,
+    )
+
+
+def build_report(params: Params, inputs: Inputs, out: Path,
+                 repo_root: Path) -> list[DatasetSection]:
+    sections = []
+    for name in params.run.datasets:
+        section = collect_dataset(name, params, inputs)
+        draw_figures(section, inputs.prepared / name / "train.pkl",
+                     params.report.samples_per_class)
+        sections.append(section)
+    devices = sorted({f"{m.metrics['device']} ({m.metrics['device_name']})"
+                      for s in sections for m in s.models})
+    environment = {
+        "generated": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "git_commit": git_commit(repo_root),
+        "packages": package_versions(),
+        "devices": devices,
+        "platform": f"{platform.system()} {platform.machine()}",
+    }
+    html = render(sections, params, environment)
+    with atomic_write(out, "w") as handle:
+        handle.write(html)
+    return sections
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--prepared", required=True, type=Path)
+    parser.add_argument("--checkpoints", required=True, type=Path)
+    parser.add_argument("--metrics", required=True, type=Path)
+    parser.add_argument("--history", required=True, type=Path)
+    parser.add_argument("--predictions", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    inputs = Inputs(args.prepared, args.checkpoints, args.metrics, args.history, args.predictions)
+    sections = build_report(params, inputs, args.out, Path(args.params).resolve().parent)
+    for section in sections:
+        best = section.best
+        print(f"{section.name}: best model {best.name} "
+              f"({best.metrics['test_accuracy']:.2%} test accuracy, "
+              f"{best.metrics['params']:,} parameters)")
+    print(f"report written to {args.out}")
+
+
+if __name__ == "__main__":
+    from pipeline.cli import run_stage
+
+    run_stage(main)

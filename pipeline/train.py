@@ -1,0 +1,333 @@
+"""Stage 3: train one model on one dataset, keep the best-validation weights, evaluate on test.
+
+The whole split lives on the device as uint8 tensors and is batched by slicing a seeded
+permutation: no per-sample Dataset, no DataLoader workers, no one-hot targets (the tutorials'
+loop spends most of its time there). Loss and accuracy are summed on the device and read once per
+epoch, so a CUDA run has no host sync per step. On CUDA the forward pass runs under bf16 autocast.
+
+Writes the checkpoint (state_dict + plain config, loadable with `weights_only=True`), a metrics
+JSON, the per-epoch history CSV and the test predictions CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.artifacts import ArtifactError, atomic_write, write_json
+from pipeline.models import ModelConfig, build_model, count_params
+from pipeline.params import ModelSpec, ParamsError, TrainParams, TrainSettings, load_params
+from pipeline.prepare import Split, load_split
+
+HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy",
+                  "seconds")
+EVAL_BATCH = 1024
+
+
+def select_device(requested: str) -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ParamsError("train.device is 'cuda' but no CUDA device is available; use 'auto'")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ParamsError("train.device is 'mps' but MPS is not available; use 'auto'")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def model_config(spec: ModelSpec, shape: tuple[int, int, int], num_classes: int) -> ModelConfig:
+    return ModelConfig(
+        arch=spec.arch,
+        input_shape=tuple(shape),
+        num_classes=num_classes,
+        hidden=tuple(spec.hidden),
+        channels=tuple(spec.channels),
+        kernel_size=spec.kernel_size,
+        head_hidden=spec.head_hidden,
+        negative_slope=spec.negative_slope,
+    )
+
+
+def make_optimizer(settings: TrainSettings, model: nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
+                               weight_decay=settings.weight_decay)
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+@dataclass
+class DeviceData:
+    """One split resident on the device: uint8 images and int64 labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def from_split(cls, split: Split, device: torch.device) -> DeviceData:
+        return cls(torch.from_numpy(split.images).to(device, non_blocking=True),
+                   torch.from_numpy(split.labels).to(device, non_blocking=True))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class Runner:
+    """Runs batches of one model on one device with the chosen precision and memory format."""
+
+    def __init__(self, model: nn.Module, device: torch.device, amp: bool, channels_last: bool):
+        self.device = device
+        self.amp = amp and device.type == "cuda"
+        self.channels_last = channels_last
+        self.model = model.to(device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss_fn = nn.CrossEntropyLoss(reduction="sum")
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(torch.float32).div_(255.0)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.model(self.inputs(images)).float()
+
+    def train_epoch(self, data: DeviceData, optimizer: torch.optim.Optimizer, batch_size: int,
+                    generator: torch.Generator, progress: tqdm | None) -> tuple[float, float]:
+        self.model.train()
+        order = torch.randperm(len(data), generator=generator).to(self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        for start in range(0, len(data), batch_size):
+            index = order[start : start + batch_size]
+            targets = data.labels[index]
+            logits = self.logits(data.images[index])
+            loss = self.loss_fn(logits, targets)
+            optimizer.zero_grad(set_to_none=True)
+            (loss / len(index)).backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            correct += (logits.detach().argmax(1) == targets).sum()
+            if progress is not None:
+                progress.update(len(index))
+        return loss_sum.item() / len(data), correct.item() / len(data)
+
+    @torch.no_grad()
+    def evaluate(self, data: DeviceData) -> tuple[float, float, torch.Tensor]:
+        self.model.eval()
+        chunks = [self.logits(data.images[s : s + EVAL_BATCH])
+                  for s in range(0, len(data), EVAL_BATCH)]
+        logits = torch.cat(chunks)
+        loss = self.loss_fn(logits, data.labels).item() / len(data)
+        accuracy = (logits.argmax(1) == data.labels).float().mean().item()
+        return loss, accuracy, logits
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    best_epoch: int
+    state_dict: dict
+    test_loss: float
+    test_accuracy: float
+    test_probabilities: np.ndarray
+    train_seconds: float
+    samples_per_second: float
+
+
+def fit(
+    config: ModelConfig,
+    settings: TrainSettings,
+    splits: dict[str, Split],
+    device: torch.device,
+    seed: int,
+    amp: bool = True,
+    channels_last: bool = True,
+    show_progress: bool = False,
+    log=print,
+) -> TrainResult:
+    """Train for `settings.epochs`, keep the weights with the best validation accuracy."""
+    seed_everything(seed)
+    model = build_model(config)
+    runner = Runner(model, device, amp, channels_last and config.arch == "cnn")
+    optimizer = make_optimizer(settings, runner.model)
+    data = {name: DeviceData.from_split(split, device) for name, split in splits.items()}
+    generator = torch.Generator().manual_seed(seed)
+
+    history: list[dict] = []
+    best = (-1.0, float("inf"))
+    best_state: dict = {}
+    best_epoch = 0
+    train_seconds = 0.0
+    total = settings.epochs * len(data["train"])
+    with tqdm(total=total, unit="img", disable=not show_progress, leave=False) as progress:
+        for epoch in range(1, settings.epochs + 1):
+            started = time.perf_counter()
+            train_loss, train_acc = runner.train_epoch(
+                data["train"], optimizer, settings.batch_size, generator,
+                progress if show_progress else None,
+            )
+            seconds = time.perf_counter() - started
+            train_seconds += seconds
+            valid_loss, valid_acc, _ = runner.evaluate(data["valid"])
+            history.append({
+                "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+                "valid_loss": valid_loss, "valid_accuracy": valid_acc, "seconds": seconds,
+            })
+            if (valid_acc, -valid_loss) > (best[0], -best[1]):
+                best = (valid_acc, valid_loss)
+                best_epoch = epoch
+                best_state = {k: v.detach().to("cpu", copy=True)
+                              for k, v in runner.model.state_dict().items()}
+            line = (f"epoch {epoch:>3}/{settings.epochs}  train loss {train_loss:.4f} "
+                    f"acc {train_acc:.4f}  valid loss {valid_loss:.4f} acc {valid_acc:.4f}  "
+                    f"{seconds:.2f}s")
+            if show_progress:
+                progress.write(line)
+            else:
+                log(line)
+
+    runner.model.load_state_dict(best_state)
+    test_loss, test_acc, test_logits = runner.evaluate(data["test"])
+    probabilities = torch.softmax(test_logits, dim=1).cpu().numpy()
+    return TrainResult(
+        history=history,
+        best_epoch=best_epoch,
+        state_dict={k: v.cpu() for k, v in best_state.items()},
+        test_loss=test_loss,
+        test_accuracy=test_acc,
+        test_probabilities=probabilities,
+        train_seconds=train_seconds,
+        samples_per_second=total / train_seconds if train_seconds > 0 else 0.0,
+    )
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    with atomic_write(path, "w") as handle:
+        writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v)
+                             for k, v in row.items()})
+
+
+def write_predictions(path: Path, labels: np.ndarray, probabilities: np.ndarray,
+                      classes: list[str]) -> None:
+    predicted = probabilities.argmax(1)
+    with atomic_write(path, "w") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["index", "actual", "predicted", "confidence"])
+        for i, (truth, guess) in enumerate(zip(labels, predicted, strict=True)):
+            writer.writerow([i, classes[truth], classes[guess], f"{probabilities[i, guess]:.4f}"])
+
+
+def save_checkpoint(path: Path, config: ModelConfig, state_dict: dict, classes: list[str],
+                    extra: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save({"config": config.to_dict(), "state_dict": state_dict, "classes": classes,
+                **extra}, buffer)
+    with atomic_write(path) as handle:
+        handle.write(buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild a trained model; only tensors and plain values are unpickled."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing; run the train stage (dvc repro)") from None
+    except Exception as error:  # torch raises several types for corrupt or unsafe files
+        raise ArtifactError(f"{path}: cannot load checkpoint safely ({error})") from None
+    model = build_model(ModelConfig.from_dict(payload["config"]))
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model, payload
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True, type=Path, help="data/prepared/<dataset>")
+    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
+    parser.add_argument("--history", required=True, type=Path, help="per-epoch CSV to write")
+    parser.add_argument("--predictions", required=True, type=Path, help="test predictions CSV")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    for kind, name in (("datasets", args.dataset), ("models", args.model)):
+        if name not in getattr(params, kind):
+            sys.exit(f"{name!r} is not defined under `{kind}:` in {args.params}")
+    train_params: TrainParams = params.train
+    settings = params.training_for(args.model)
+    if train_params.threads:
+        torch.set_num_threads(train_params.threads)
+    device = select_device(train_params.device)
+
+    splits = {name: load_split(args.data / f"{name}.pkl") for name in ("train", "valid", "test")}
+    classes = splits["train"].classes
+    config = model_config(params.models[args.model], splits["train"].images.shape[1:],
+                          len(classes))
+    n_params = count_params(build_model(config))
+    print(f"{args.dataset}/{args.model}: {config.arch}, {n_params:,} parameters, on {device}, "
+          f"{settings.epochs} epochs, batch {settings.batch_size}, {settings.optimizer} "
+          f"lr {settings.lr:g}")
+    result = fit(config, settings, splits, device, train_params.seed, train_params.amp,
+                 train_params.channels_last, show_progress=sys.stderr.isatty())
+
+    metrics = {
+        "test_accuracy": round(result.test_accuracy, 6),
+        "test_loss": round(result.test_loss, 6),
+        "best_valid_accuracy": round(max(h["valid_accuracy"] for h in result.history), 6),
+        "best_epoch": result.best_epoch,
+        "params": n_params,
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "train_seconds": round(result.train_seconds, 3),
+        "samples_per_second": round(result.samples_per_second, 1),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch_version": str(torch.__version__),
+        "arch": config.arch,
+    }
+    save_checkpoint(args.checkpoint, config, result.state_dict, classes,
+                    {"dataset": args.dataset, "model": args.model, "metrics": metrics})
+    write_history(args.history, result.history)
+    write_predictions(args.predictions, splits["test"].labels, result.test_probabilities, classes)
+    write_json(args.metrics, metrics)
+    print(f"{args.dataset}/{args.model}: test accuracy {result.test_accuracy:.4f}, "
+          f"loss {result.test_loss:.4f} (best epoch {result.best_epoch}), "
+          f"{result.samples_per_second:,.0f} samples/s")
+
+
+if __name__ == "__main__":
+    from pipeline.cli import run_stage
+
+    run_stage(main)

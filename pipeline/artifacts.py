@@ -28,11 +28,21 @@ class ArtifactError(ValueError):
     """An input file between stages is missing, corrupt, tampered with or of the wrong shape."""
 
 
+def _remove_leftovers(path: Path) -> None:
+    """Delete temporaries that an earlier run killed mid-write (SIGKILL skips cleanup)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside `path`; on success fsync it and rename it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
@@ -78,6 +88,7 @@ def fresh_directory(path: str | Path) -> Iterator[Path]:
     """Build a whole output folder beside `path` and swap it in only when complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield staging

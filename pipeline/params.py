@@ -77,6 +77,13 @@ class _DatasetBase(_Strict):
     classes: list[str] = Field(min_length=2)
     mirrors: list[str] = []
 
+    @field_validator("shape", mode="before")
+    @classmethod
+    def _three_sizes(cls, shape: Any) -> Any:
+        if not isinstance(shape, list | tuple) or len(shape) != 3:
+            raise ValueError("expected [channels, height, width], e.g. [1, 28, 28]")
+        return shape
+
     @field_validator("classes")
     @classmethod
     def _unique_classes(cls, classes: list[str]) -> list[str]:

@@ -93,8 +93,8 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, classes: list[str], per_
                 title: str) -> str:
     """A row of example images for every class (first `per_class` of each in the split)."""
     figure, axes = plt.subplots(len(classes), per_class,
-                                figsize=(per_class * 0.9 + 1.6, len(classes) * 0.9),
-                                squeeze=False)
+                                figsize=(per_class * 0.9 + 1.6, len(classes) * 0.9 + 0.5),
+                                squeeze=False, layout="constrained")
     for row, name in enumerate(classes):
         picks = np.flatnonzero(labels == row)[:per_class]
         for col in range(per_class):

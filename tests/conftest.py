@@ -1,0 +1,129 @@
+"""Shared fixtures: real data files and a local HTTP server with scripted misbehaviour."""
+
+from __future__ import annotations
+
+import http.server
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.params import Params, load_params
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FASHION_SAMPLE = FIXTURES / "fashion-mnist-sample.csv"
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot"]
+
+
+@pytest.fixture
+def repo_params() -> Params:
+    return load_params(ROOT / "params.yaml")
+
+
+Route = Callable[[http.server.BaseHTTPRequestHandler], None]
+
+
+class LocalServer:
+    """A threaded HTTP server on 127.0.0.1; each path maps to a list of scripted responses
+    (the last one repeats), and every request is logged."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, list[Route]] = {}
+        self.log: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            timeout = 10
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                server.log.append(self.path)
+                script = server.routes.get(self.path)
+                if not script:
+                    self.send_error(404, "Not Found")
+                    return
+                action = script.pop(0) if len(script) > 1 else script[0]
+                action(self)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def add(self, path: str, *actions: Route) -> str:
+        self.routes[path] = list(actions)
+        return self.url + path
+
+    def hits(self, path: str) -> int:
+        return self.log.count(path)
+
+
+def serve_bytes(body: bytes, status: int = 200) -> Route:
+    def action(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+    return action
+
+
+def serve_error(status: int) -> Route:
+    def action(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_error(status)
+    return action
+
+
+def serve_truncated(body: bytes, keep: int) -> Route:
+    """Promise the full length, send `keep` bytes, then close the connection."""
+    def action(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body[:keep])
+        handler.wfile.flush()
+        handler.close_connection = True
+    return action
+
+
+def serve_dropped() -> Route:
+    """Close the socket without any response."""
+    def action(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.close_connection = True
+        handler.connection.close()
+    return action
+
+
+def serve_slow(body: bytes, delay_s: float) -> Route:
+    def action(handler: http.server.BaseHTTPRequestHandler) -> None:
+        time.sleep(delay_s)
+        serve_bytes(body)(handler)
+    return action
+
+
+@pytest.fixture
+def http_server() -> Iterator[LocalServer]:
+    server = LocalServer()
+    server.thread.start()
+    try:
+        yield server
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+
+
+@pytest.fixture
+def fashion_sample(tmp_path: Path) -> Path:
+    target = tmp_path / "fashion-mnist-sample.csv"
+    shutil.copyfile(FASHION_SAMPLE, target)
+    return target

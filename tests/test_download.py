@@ -1,0 +1,239 @@
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.artifacts import read_json
+from pipeline.download import (
+    IDX_LABELS_MAGIC,
+    DownloadError,
+    download,
+    fetch,
+    materialise,
+    read_idx,
+)
+from pipeline.params import CsvDataset, DownloadParams, FileSource, IdxDataset
+from tests.conftest import (
+    FASHION_CLASSES,
+    FASHION_SAMPLE,
+    FIXTURES,
+    serve_bytes,
+    serve_dropped,
+    serve_error,
+    serve_slow,
+    serve_truncated,
+)
+
+FAST = DownloadParams(timeout_s=2, retries=2, backoff_s=0, max_total_s=30, chunk_bytes=4096)
+LABELS = FIXTURES / "t10k-labels-idx1-ubyte.gz"
+LABELS_SHA = "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"
+OTHER_LABELS = FIXTURES / "train-labels-idx1-ubyte.gz"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def get(urls, tmp_path, expected: bytes, settings=FAST):
+    dest = tmp_path / "cache" / "t10k-labels-idx1-ubyte.gz"
+    return download(urls, dest, sha(expected), len(expected), settings, sleep=lambda _: None)
+
+
+def test_real_file_is_fetched_and_verified(http_server, tmp_path):
+    body = LABELS.read_bytes()
+    url = http_server.add("/a/t10k-labels-idx1-ubyte.gz", serve_bytes(body))
+    fetched = get([url], tmp_path, body)
+    assert fetched.path.read_bytes() == body
+    assert fetched.sha256 == LABELS_SHA
+    assert [p.name for p in fetched.path.parent.iterdir()] == [fetched.path.name]
+
+
+def test_server_error_then_success_is_retried(http_server, tmp_path):
+    body = LABELS.read_bytes()
+    url = http_server.add("/f.gz", serve_error(500), serve_error(503), serve_bytes(body))
+    assert get([url], tmp_path, body).path.read_bytes() == body
+    assert http_server.hits("/f.gz") == 3
+
+
+def test_404_moves_to_the_next_mirror_at_once(http_server, tmp_path):
+    body = LABELS.read_bytes()
+    http_server.add("/one/f.gz", serve_error(404))
+    http_server.add("/two/f.gz", serve_bytes(body))
+    fetched = get([http_server.url + "/one/f.gz", http_server.url + "/two/f.gz"], tmp_path, body)
+    assert fetched.source.endswith("/two/f.gz")
+    assert http_server.hits("/one/f.gz") == 1
+
+
+@pytest.mark.parametrize("failure", [serve_truncated(LABELS.read_bytes(), 1000), serve_dropped()])
+def test_truncated_or_dropped_transfers_are_retried(http_server, tmp_path, failure):
+    body = LABELS.read_bytes()
+    url = http_server.add("/f.gz", failure, serve_bytes(body))
+    assert get([url], tmp_path, body).path.read_bytes() == body
+    assert http_server.hits("/f.gz") == 2
+
+
+def test_every_mirror_failing_lists_what_each_answered(http_server, tmp_path):
+    body = LABELS.read_bytes()
+    urls = [http_server.add("/a/f.gz", serve_error(404)),
+            http_server.add("/b/f.gz", serve_truncated(body, 100)),
+            http_server.add("/c/f.gz", serve_bytes(b"<html><body>Access denied</body></html>"))]
+    with pytest.raises(DownloadError) as caught:
+        get(urls, tmp_path, body)
+    message = str(caught.value)
+    assert "/a/f.gz: HTTP 404" in message
+    assert "/b/f.gz: attempt 3: truncated body: 100 of 5,148 bytes" in message
+    assert "/c/f.gz: not gzip data" in message and "error page" in message
+    assert http_server.hits("/b/f.gz") == FAST.retries + 1
+    assert not any((tmp_path / "cache").iterdir())
+
+
+def test_another_datasets_file_is_rejected_showing_both_hashes(http_server, tmp_path):
+    wrong = OTHER_LABELS.read_bytes()
+    expected = LABELS.read_bytes()
+    url = http_server.add("/f.gz", serve_bytes(wrong))
+    dest = tmp_path / "f.gz"
+    with pytest.raises(DownloadError) as caught:
+        download([url], dest, sha(expected), None, FAST, sleep=lambda _: None)
+    assert f"sha256 {sha(wrong)}, expected {LABELS_SHA}" in str(caught.value)
+    assert not dest.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_wrong_size_is_rejected_before_hashing(http_server, tmp_path):
+    body = LABELS.read_bytes()
+    url = http_server.add("/f.gz", serve_bytes(body))
+    with pytest.raises(DownloadError, match="size 5,148 bytes, expected 5,000"):
+        download([url], tmp_path / "f.gz", None, 5000, FAST, sleep=lambda _: None)
+
+
+def test_a_server_slower_than_the_timeout_fails_with_a_timeout(http_server, tmp_path):
+    body = LABELS.read_bytes()
+    url = http_server.add("/f.gz", serve_slow(body, 1.5))
+    settings = DownloadParams(timeout_s=0.3, retries=1, backoff_s=0, max_total_s=10)
+    with pytest.raises(DownloadError, match="timed out"):
+        get([url], tmp_path, body, settings)
+
+
+def test_total_time_limit_stops_retrying(http_server, tmp_path):
+    body = LABELS.read_bytes()
+    url = http_server.add("/f.gz", serve_error(500))
+    settings = DownloadParams(timeout_s=1, retries=20, backoff_s=0.05, max_total_s=0.2)
+    with pytest.raises(DownloadError, match="HTTP 500"):
+        download([url], tmp_path / "f.gz", sha(body), None, settings)
+    assert http_server.hits("/f.gz") < 21
+
+
+def test_a_cached_file_is_reverified_and_replaced_when_tampered(http_server, tmp_path):
+    body = LABELS.read_bytes()
+    url = http_server.add("/m/t10k-labels-idx1-ubyte.gz", serve_bytes(body))
+    source = FileSource(url=url, sha256=LABELS_SHA)
+    first = fetch(source, [], tmp_path, FAST)
+    second = fetch(source, [], tmp_path, FAST)
+    assert second.source.startswith("cache:") and http_server.hits(url[len(http_server.url):]) == 1
+    first.path.write_bytes(b"tampered")
+    third = fetch(source, [], tmp_path, FAST)
+    assert third.path.read_bytes() == body and not third.source.startswith("cache:")
+
+
+def test_names_are_joined_to_the_mirrors(http_server, tmp_path):
+    body = LABELS.read_bytes()
+    http_server.add("/m1/t10k-labels-idx1-ubyte.gz", serve_error(403))
+    http_server.add("/m2/t10k-labels-idx1-ubyte.gz", serve_bytes(body))
+    source = FileSource(name="t10k-labels-idx1-ubyte.gz", sha256=LABELS_SHA, size=len(body))
+    fetched = fetch(source, [http_server.url + "/m1/", http_server.url + "/m2/"], tmp_path, FAST)
+    assert fetched.source.endswith("/m2/t10k-labels-idx1-ubyte.gz")
+
+
+def test_local_path_with_a_changed_file_is_refused(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("label,p1\n0,1\n")
+    with pytest.raises(DownloadError, match="changed since its sha256 was pinned"):
+        fetch(FileSource(path=str(path), sha256="0" * 64), [], tmp_path, FAST)
+
+
+def test_package_resource_is_found():
+    source = FileSource(resource="sklearn.datasets.data:digits.csv.gz")
+    fetched = fetch(source, [], None, FAST)
+    assert fetched.path.name == "digits.csv.gz" and fetched.size > 10_000
+    with pytest.raises(DownloadError, match="not found in package"):
+        fetch(FileSource(resource="sklearn.datasets.data:nope.csv"), [], None, FAST)
+
+
+def test_real_idx_label_file_is_read():
+    labels = read_idx(LABELS, IDX_LABELS_MAGIC, ())
+    assert labels.shape == (10_000,) and labels.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [1000] * 10
+
+
+def test_idx_with_the_wrong_magic_is_refused(tmp_path):
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(struct.pack(">IIII", 2051, 1, 28, 28) + bytes(784)))
+    with pytest.raises(DownloadError, match="IDX magic 2051, expected 2049"):
+        read_idx(path, IDX_LABELS_MAGIC, ())
+
+
+def idx_images(images: np.ndarray) -> bytes:
+    n, h, w = images.shape
+    return gzip.compress(struct.pack(">IIII", 2051, n, h, w) + images.tobytes())
+
+
+def idx_labels(labels: np.ndarray) -> bytes:
+    return gzip.compress(struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes())
+
+
+def test_idx_dataset_becomes_kaggle_layout_csv(http_server, tmp_path):
+    sample = pd.read_csv(FASHION_SAMPLE)
+    labels = sample["label"].to_numpy()
+    images = sample.drop(columns="label").to_numpy(dtype=np.uint8).reshape(-1, 28, 28)
+    files = {"tr-img.gz": idx_images(images[:600]), "tr-lab.gz": idx_labels(labels[:600]),
+             "te-img.gz": idx_images(images[600:]), "te-lab.gz": idx_labels(labels[600:])}
+    for name, body in files.items():
+        http_server.add(f"/mirror/{name}", serve_bytes(body))
+
+    def ref(name: str) -> dict:
+        return {"name": name, "sha256": sha(files[name]), "size": len(files[name])}
+
+    dataset = IdxDataset(
+        format="idx", mirrors=[http_server.url + "/mirror/"], shape=(1, 28, 28),
+        classes=FASHION_CLASSES,
+        train={"images": ref("tr-img.gz"), "labels": ref("tr-lab.gz")},
+        test={"images": ref("te-img.gz"), "labels": ref("te-lab.gz")},
+    )
+    out = tmp_path / "raw" / "fashion"
+    materialise("fashion", dataset, out, tmp_path / "cache", FAST)
+    train_csv = pd.read_csv(out / "train.csv")
+    test_csv = pd.read_csv(out / "test.csv")
+    assert list(train_csv.columns) == list(sample.columns)
+    pd.testing.assert_frame_equal(train_csv, sample.iloc[:600].reset_index(drop=True))
+    pd.testing.assert_frame_equal(test_csv, sample.iloc[600:].reset_index(drop=True))
+    record = read_json(out / "source.json")
+    assert record["files"]["train.csv"]["rows"] == 600
+    assert record["files"]["test.csv"]["images"]["sha256"] == sha(files["te-img.gz"])
+
+
+def test_idx_images_and_labels_of_different_lengths_are_refused(http_server, tmp_path):
+    images = np.zeros((5, 28, 28), np.uint8)
+    http_server.add("/m/i.gz", serve_bytes(idx_images(images)))
+    http_server.add("/m/l.gz", serve_bytes(idx_labels(np.zeros(4))))
+    pair = {"images": {"name": "i.gz"}, "labels": {"name": "l.gz"}}
+    dataset = IdxDataset(format="idx", mirrors=[http_server.url + "/m/"], shape=(1, 28, 28),
+                         classes=["a", "b"], train=pair, test=pair)
+    with pytest.raises(DownloadError, match="5 images but 4 labels"):
+        materialise("x", dataset, tmp_path / "raw" / "x", tmp_path / "cache", FAST)
+    assert not (tmp_path / "raw" / "x").exists()
+
+
+def test_user_csv_by_url_is_copied_and_its_hash_reported(http_server, tmp_path, capsys):
+    body = FASHION_SAMPLE.read_bytes()
+    url = http_server.add("/kaggle/fashion-mnist_train.csv", serve_bytes(body))
+    dataset = CsvDataset(format="csv", train={"url": url}, shape=(1, 28, 28),
+                         classes=FASHION_CLASSES, label_column="label")
+    out = tmp_path / "raw" / "user"
+    materialise("user", dataset, out, tmp_path / "cache", FAST)
+    assert (out / "train.csv").read_bytes() == body
+    assert f"sha256 {sha(body)}" in capsys.readouterr().out
+    assert read_json(out / "source.json")["files"]["train.csv"]["sha256"] == sha(body)

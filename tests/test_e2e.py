@@ -1,0 +1,93 @@
+"""The whole pipeline through `dvc repro`, in a copy of the repository (one run, small epochs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import FASHION_CLASSES, FASHION_SAMPLE, ROOT, serve_bytes
+
+pytestmark = pytest.mark.e2e
+
+
+def sh(args: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def copy_repository(target: Path) -> None:
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in listed:
+        source = ROOT / name
+        if source.is_file() and not name.startswith("tests/"):
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    (target / "dvc.lock").unlink(missing_ok=True)
+    sh(["git", "init", "-q"], target)
+
+
+def lock_hashes(repo: Path, stage_prefix: str) -> dict[str, str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {f"{name}:{out['path']}": out["md5"] for name, stage in lock.items()
+            if name.startswith(stage_prefix) for out in stage.get("outs", [])}
+
+
+def test_dvc_repro_end_to_end(tmp_path, http_server):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    copy_repository(repo)
+    url = http_server.add("/kaggle/fashion-mnist_test.csv",
+                          serve_bytes(FASHION_SAMPLE.read_bytes()))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["run"]["datasets"] = ["digits", "fashion_sample"]
+    params["datasets"]["fashion_sample"] = {   # a user CSV, added through params only
+        "format": "csv", "train": {"url": url}, "header": True, "label_column": "label",
+        "shape": [1, 28, 28], "classes": FASHION_CLASSES}
+    params["train"]["epochs"] = 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    sh(["dvc", "repro"], repo)
+
+    html = (repo / "reports" / "index.html").read_text()
+    for dataset in ("digits", "fashion_sample"):
+        for model in params["run"]["models"]:
+            for section in ("curves", "confusion", "layers"):
+                assert f'id="{dataset}-{model}-{section}"' in html, (dataset, model, section)
+        assert f'id="{dataset}-params"' in html and f'id="{dataset}-curves"' in html
+    images = re.findall(r'<img src="([^"]+)"', html)
+    assert images and all(src.startswith("data:image/png;base64,") for src in images)
+    assert "T-shirt/top" in html
+
+    metrics = json.loads(sh(["dvc", "metrics", "show", "--json"], repo))
+    shown = json.dumps(metrics)
+    for dataset in ("digits", "fashion_sample"):
+        for model in params["run"]["models"]:
+            assert f"reports/metrics/{dataset}/{model}.json" in shown
+    cnn = json.loads((repo / "reports/metrics/fashion_sample/cnn.json").read_text())
+    assert cnn["params"] == 26_194 and cnn["epochs"] == 2
+
+    assert "Data and pipelines are up to date" in sh(["dvc", "repro"], repo)
+    sh(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo)
+    assert (tmp_path / "plots" / "index.html").stat().st_size > 1000
+
+    # Deterministic on CPU: rebuild from nothing, same prepared data and the same accuracies.
+    prepared = lock_hashes(repo, "prepare")
+    accuracies = {p: json.loads(p.read_text())["test_accuracy"]
+                  for p in sorted((repo / "reports/metrics").rglob("*.json"))}
+    shutil.rmtree(repo / "data" / "raw")
+    shutil.rmtree(repo / "data" / "prepared")
+    sh(["dvc", "repro", "--force"], repo)
+    assert lock_hashes(repo, "prepare") == prepared
+    assert {p: json.loads(p.read_text())["test_accuracy"] for p in accuracies} == accuracies

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.ingest import CsvLayout, DataError, duplicate_count, read_image_csv, row_digests
+from tests.conftest import FASHION_SAMPLE
+
+KAGGLE = CsvLayout(num_pixels=784, num_classes=10, header=True, label_column="label")
+TINY = CsvLayout(num_pixels=4, num_classes=3, header=True, label_column="label")
+HEADER = "label,p1,p2,p3,p4\n"
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "data.csv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+def test_reads_the_real_kaggle_layout_sample():
+    table = read_image_csv(FASHION_SAMPLE, KAGGLE)
+    reference = pd.read_csv(FASHION_SAMPLE)
+    assert table.images.shape == (1000, 784)
+    assert table.images.dtype == np.uint8
+    np.testing.assert_array_equal(table.labels, reference["label"].to_numpy())
+    np.testing.assert_array_equal(table.images, reference.drop(columns="label").to_numpy())
+    assert table.quality.rows_read == table.quality.rows_kept == 1000
+
+
+def test_small_blocks_give_the_same_arrays_as_one_block():
+    whole = read_image_csv(FASHION_SAMPLE, KAGGLE)
+    pieces = read_image_csv(FASHION_SAMPLE, KAGGLE, block_bytes=10_000)
+    np.testing.assert_array_equal(whole.images, pieces.images)
+    np.testing.assert_array_equal(whole.labels, pieces.labels)
+
+
+def test_gzip_bom_crlf_spaces_and_no_final_newline_are_accepted(tmp_path):
+    text = "\ufefflabel,p1,p2,p3,p4\r\n1, 2 ,3,4,5\r\n2,0,0,0,255"
+    path = write(tmp_path, gzip.compress(text.encode("utf-8")), "data.csv.gz")
+    table = read_image_csv(path, TINY)
+    np.testing.assert_array_equal(table.labels, [1, 2])
+    np.testing.assert_array_equal(table.images, [[2, 3, 4, 5], [0, 0, 0, 255]])
+
+
+def test_label_column_last_and_by_index_without_header(tmp_path):
+    path = write(tmp_path, "1,2,3,4,2\n5,6,7,8,0\n")
+    for spec in ("last", 4, -1):
+        layout = CsvLayout(4, 3, header=False, label_column=spec)
+        table = read_image_csv(path, layout)
+        np.testing.assert_array_equal(table.labels, [2, 0])
+        np.testing.assert_array_equal(table.images, [[1, 2, 3, 4], [5, 6, 7, 8]])
+
+
+def test_pixels_are_scaled_to_0_255_when_the_maximum_differs(tmp_path):
+    path = write(tmp_path, "0,8,16,4,0\n")
+    table = read_image_csv(path, CsvLayout(4, 10, header=False, label_column="last",
+                                           max_pixel=16))
+    np.testing.assert_array_equal(table.images, [[0, 128, 255, 64]])
+
+
+def test_blank_lines_are_skipped_and_counted(tmp_path):
+    path = write(tmp_path, HEADER + "1,2,3,4,5\n\n2,0,0,0,0\n\n")
+    table = read_image_csv(path, TINY)
+    assert len(table.labels) == 2
+    assert table.quality.blank_lines >= 1
+
+
+@pytest.mark.parametrize(
+    ("row", "line_fragment"),
+    [
+        ("1,2,3,4,5,6", "line 3: too many fields: found 6, expected 5"),
+        ("1,2,3,4", "line 3: too few fields: found 4, expected 5"),
+        ("1,2,x,4,5", "line 3, column 3 ('p2'): non-numeric value 'x'"),
+        ("1,2,,4,5", "line 3, column 3 ('p2'): empty cell"),
+        ("1,2,3.5,4,5", "line 3, column 3 ('p2'): fractional value '3.5'"),
+        ("1,2,3.0,4,5", "line 3, column 3 ('p2'): fractional value '3.0'"),
+        ("1,2,3,4,256", "line 3, column 5 ('p4'): pixel '256' is outside 0..255"),
+        ("1,2,-1,4,5", "line 3, column 3 ('p2'): pixel '-1' is outside 0..255"),
+        ("3,2,3,4,5", "line 3, column 1 ('label'): label '3' is not a class; expected 0..2"),
+        ("-1,2,3,4,5", "line 3, column 1 ('label'): label '-1' is not a class"),
+    ],
+)
+def test_each_defect_names_file_line_column_and_value(tmp_path, row, line_fragment):
+    path = write(tmp_path, HEADER + "0,1,1,1,1\n" + row + "\n2,0,0,0,0\n")
+    with pytest.raises(DataError) as caught:
+        read_image_csv(path, TINY)
+    message = str(caught.value)
+    assert str(path) in message
+    assert line_fragment in message
+    assert "on_bad_row: drop" in message
+
+
+def test_defect_line_numbers_are_exact_in_later_blocks(tmp_path):
+    rows = "".join(f"{i % 3},1,2,3,4\n" for i in range(2000))
+    path = write(tmp_path, HEADER + rows + "1,2,3,4,999\n")
+    with pytest.raises(DataError, match=r"line 2002, column 5 \('p4'\)"):
+        read_image_csv(path, TINY, block_bytes=1024)
+
+
+@pytest.mark.parametrize(
+    ("text", "layout", "expected"),
+    [
+        ("", TINY, "the file is empty"),
+        (HEADER, TINY, "no data rows after the header"),
+        ("label,p1,p2,p3\n0,1,2,3\n", TINY, "the header has 4 columns, expected 5"),
+        ("y,p1,p2,p3,p4\n0,1,2,3,4\n", TINY, "the header has no label column 'label'"),
+        ("0,1,2,3,4\n", TINY, "expected a header row but found numbers"),
+        (HEADER + "0,1,2,3,4\n", CsvLayout(4, 3, header=False, label_column="first"),
+         "header: true"),
+    ],
+)
+def test_file_level_problems(tmp_path, text, layout, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(DataError, match=expected):
+        read_image_csv(path, layout)
+
+
+def test_missing_file_says_which_stage_to_run(tmp_path):
+    with pytest.raises(DataError, match="run the download stage"):
+        read_image_csv(tmp_path / "nope.csv", TINY)
+
+
+def test_drop_mode_skips_bad_rows_and_counts_them_by_reason(tmp_path):
+    good = "".join(f"{i % 3},1,2,3,4\n" for i in range(200))
+    path = write(tmp_path, HEADER + good + "1,2,x,4,5\n1,2,3\n9,0,0,0,0\n")
+    table = read_image_csv(path, TINY, on_bad_row="drop", max_bad_fraction=0.05)
+    assert len(table.labels) == 200
+    report = table.quality.as_dict()
+    assert report["rows_read"] == 203
+    assert report["rows_dropped"] == 3
+    assert report["dropped_by_reason"] == {
+        "label out of range": 1, "non-numeric value": 1, "too few fields": 1}
+    assert any("line 202" in example for example in report["dropped_examples"])
+
+
+def test_drop_mode_still_fails_above_the_bad_fraction(tmp_path):
+    path = write(tmp_path, HEADER + "0,1,2,3,4\n1,x,2,3,4\n2,1,2,3,4\n")
+    with pytest.raises(DataError, match=r"1 of 3 rows are bad .*max_bad_fraction"):
+        read_image_csv(path, TINY, on_bad_row="drop", max_bad_fraction=0.1)
+
+
+def test_duplicates_are_counted(tmp_path):
+    images = np.array([[1, 2], [3, 4], [1, 2], [1, 2]], dtype=np.uint8)
+    assert duplicate_count(row_digests(images)) == 2

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from pipeline.params import ParamsError, load_params, parse_params
+from tests.conftest import ROOT
+
+BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def params_with(**changes) -> dict:
+    """A copy of the repo's params.yaml with dotted keys set (None deletes)."""
+    raw = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = raw
+        for key in parents:
+            node = node[key]
+        if value is None:
+            del node[last]
+        else:
+            node[last] = value
+    return raw
+
+
+def refused(raw: dict) -> str:
+    with pytest.raises(ParamsError) as caught:
+        parse_params(raw)
+    return str(caught.value)
+
+
+def test_the_repository_params_are_valid(repo_params):
+    assert repo_params.run.datasets == ["digits"]
+    assert set(repo_params.run.models) <= set(repo_params.models)
+    digits = repo_params.datasets["digits"]
+    assert digits.shape == (1, 8, 8) and digits.max_pixel == 16
+
+
+def test_unknown_keys_get_a_did_you_mean():
+    message = refused(params_with(train__epochz=3))
+    assert "train.epochz: unknown key (did you mean 'epochs'?)" in message
+    message = refused(params_with(datasets__digits__hedaer=True))
+    assert "datasets.digits.hedaer: unknown key (did you mean 'header'?)" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"train__epochs": 0}, "train.epochs = 0: Input should be greater than or equal to 1"),
+        ({"train__lr": 0}, "train.lr = 0: Input should be greater than 0"),
+        ({"train__batch_size": "big"}, "train.batch_size = 'big'"),
+        ({"prepare__valid_fraction": 1.0}, "prepare.valid_fraction = 1.0"),
+        ({"prepare__valid_fraction": 0}, "prepare.valid_fraction = 0"),
+        ({"train__device": "tpu"}, "train.device = 'tpu'"),
+        ({"models__cnn__kernel_size": 4}, "kernel_size must be odd"),
+        ({"datasets__digits__shape": [8, 8]},
+         "datasets.digits.shape = [8, 8]: expected [channels, height, width]"),
+        ({"datasets__digits__classes": ["a", "a"]}, "class names must be unique"),
+    ],
+)
+def test_bad_values_name_the_key_and_value(change, expected):
+    assert expected in refused(params_with(**change))
+
+
+def test_a_model_listed_to_run_must_be_defined():
+    message = refused(params_with(run__models=["cnn", "cnnn"]))
+    assert "run.models[1] = 'cnnn' is not defined under 'models:'" in message
+    assert "did you mean 'cnn'?" in message
+
+
+def test_a_file_source_needs_exactly_one_location():
+    message = refused(params_with(datasets__digits__train={"url": "http://x/a.csv",
+                                                           "path": "a.csv"}))
+    assert "exactly one of url, name, path or resource" in message
+
+
+def test_per_model_overrides_apply_on_top_of_the_train_section(repo_params):
+    cnn = repo_params.training_for("cnn")
+    linear = repo_params.training_for("linear")
+    assert cnn.lr == 0.01 and linear.lr == repo_params.train.lr
+    assert cnn.epochs == linear.epochs == repo_params.train.epochs
+
+
+def test_yaml_errors_name_the_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("run:\n  datasets: [digits\n")
+    with pytest.raises(ParamsError, match=r"not valid YAML at line \d+"):
+        load_params(path)

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.artifacts import read_json
+from pipeline.download import materialise
+from pipeline.ingest import DataError
+from pipeline.params import CsvDataset, DownloadParams, PrepareParams
+from pipeline.prepare import load_split, prepare, split_dataset
+from tests.conftest import FASHION_CLASSES, FASHION_SAMPLE
+
+
+def fashion_dataset(**overrides) -> CsvDataset:
+    fields = {"format": "csv", "train": {"path": str(FASHION_SAMPLE)}, "shape": (1, 28, 28),
+              "classes": FASHION_CLASSES, "label_column": "label", **overrides}
+    return CsvDataset(**fields)
+
+
+def test_split_is_stratified_80_20_and_deterministic():
+    labels = np.repeat(np.arange(10), 100)
+    images = np.arange(1000, dtype=np.uint8).reshape(1000, 1)
+    settings = PrepareParams(valid_fraction=0.2, seed=42)
+    first = split_dataset(images, labels, (images[:10], labels[:10]), settings)
+    second = split_dataset(images, labels, (images[:10], labels[:10]), settings)
+    assert len(first["train"][1]) == 800 and len(first["valid"][1]) == 200
+    assert np.bincount(first["valid"][1]).tolist() == [20] * 10
+    for name in ("train", "valid"):
+        np.testing.assert_array_equal(first[name][0], second[name][0])
+
+
+def test_without_a_test_file_a_stratified_test_set_is_split_off():
+    labels = np.repeat(np.arange(4), 50)
+    images = np.arange(200, dtype=np.uint8).reshape(200, 1)
+    splits = split_dataset(images, labels, None, PrepareParams(test_fraction=0.25,
+                                                               valid_fraction=0.2))
+    assert {k: len(v[1]) for k, v in splits.items()} == {"train": 120, "valid": 30, "test": 50}
+    everything = np.concatenate([v[0][:, 0] for v in splits.values()])
+    assert sorted(everything.tolist()) == list(range(200))
+
+
+def test_a_class_too_small_to_stratify_is_explained():
+    labels = np.array([0] * 20 + [1])
+    with pytest.raises(DataError, match="smallest class has 1 rows"):
+        split_dataset(np.zeros((21, 1), np.uint8), labels, None, PrepareParams())
+
+
+def test_prepare_writes_safe_pickles_and_a_quality_report(tmp_path):
+    raw = tmp_path / "raw"
+    materialise("f", fashion_dataset(), raw, tmp_path / "cache", DownloadParams())
+    out = tmp_path / "prepared"
+    quality = prepare(raw, out, fashion_dataset(), PrepareParams())
+    assert quality["split_sizes"] == {"train": 640, "valid": 160, "test": 200}
+    splits = {name: load_split(out / f"{name}.pkl") for name in ("train", "valid", "test")}
+    assert splits["train"].images.shape == (640, 1, 28, 28)
+    assert splits["train"].classes == FASHION_CLASSES
+    assert sum(len(s.labels) for s in splits.values()) == 1000
+    saved = read_json(out / "quality.json")
+    assert saved["files"]["train"]["rows_read"] == 1000
+    assert sum(saved["class_counts"]["test"]) == 200
+    assert saved["duplicates_within"]["train"] >= 0
+
+
+def test_prepare_is_byte_for_byte_reproducible(tmp_path):
+    raw = tmp_path / "raw"
+    materialise("f", fashion_dataset(), raw, tmp_path / "cache", DownloadParams())
+    prepare(raw, tmp_path / "a", fashion_dataset(), PrepareParams())
+    prepare(raw, tmp_path / "b", fashion_dataset(), PrepareParams())
+    for name in ("train.pkl", "valid.pkl", "test.pkl", "quality.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_bad_rows_in_drop_mode_are_counted_in_quality_json(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    text = FASHION_SAMPLE.read_text().splitlines()
+    text[5] = text[5].replace(",0,", ",x,", 1)
+    (raw / "train.csv").write_text("\n".join(text) + "\n")
+    quality = prepare(raw, tmp_path / "out", fashion_dataset(),
+                      PrepareParams(on_bad_row="drop", max_bad_fraction=0.01))
+    assert quality["files"]["train"]["dropped_by_reason"] == {"non-numeric value": 1}
+    assert sum(quality["split_sizes"].values()) == 999
+
+
+def test_a_failed_prepare_leaves_no_output(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copyfile(FASHION_SAMPLE, raw / "train.csv")
+    with open(raw / "train.csv", "a") as handle:
+        handle.write("\n11" + ",0" * 784 + "\n")  # the sample has no final newline
+    with pytest.raises(DataError, match="line 1002, column 1 \\('label'\\)"):
+        prepare(raw, tmp_path / "out", fashion_dataset(), PrepareParams())
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.artifacts import ArtifactError
+from pipeline.models import ModelConfig, build_model, count_params
+from pipeline.params import ParamsError, TrainSettings
+from pipeline.prepare import Split
+from pipeline.train import (
+    fit,
+    load_checkpoint,
+    save_checkpoint,
+    select_device,
+    write_history,
+    write_predictions,
+)
+
+CPU = torch.device("cpu")
+
+
+def toy_splits(seed: int = 0) -> dict[str, Split]:
+    """Two easily separable classes of 1x4x4 images: bright left half vs bright right half."""
+    rng = np.random.default_rng(seed)
+
+    def make(n: int) -> Split:
+        labels = rng.integers(0, 2, n)
+        images = rng.integers(0, 60, (n, 1, 4, 4)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 0, :, 2 * label : 2 * label + 2] += 180
+        return Split(images, labels.astype(np.int64), ["left", "right"])
+
+    return {"train": make(256), "valid": make(64), "test": make(64)}
+
+
+@pytest.mark.parametrize("arch", ["linear", "linearnet", "cnn"])
+def test_fit_learns_a_separable_problem(arch):
+    config = ModelConfig(arch, (1, 4, 4), 2, hidden=(16,), channels=(4, 8), head_hidden=8)
+    result = fit(config, TrainSettings(epochs=8, batch_size=32, lr=0.01), toy_splits(), CPU,
+                 seed=0, log=lambda _: None)
+    assert len(result.history) == 8
+    assert result.test_accuracy >= 0.95
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.test_probabilities.shape == (64, 2)
+    np.testing.assert_allclose(result.test_probabilities.sum(1), 1, rtol=1e-5)
+
+
+def test_training_is_deterministic_on_cpu():
+    config = ModelConfig("cnn", (1, 4, 4), 2, channels=(4,), head_hidden=4)
+    settings = TrainSettings(epochs=2, batch_size=16)
+    first = fit(config, settings, toy_splits(), CPU, seed=3, log=lambda _: None)
+    second = fit(config, settings, toy_splits(), CPU, seed=3, log=lambda _: None)
+    assert [h["train_loss"] for h in first.history] == [h["train_loss"] for h in second.history]
+    for key, value in first.state_dict.items():
+        assert torch.equal(value, second.state_dict[key])
+
+
+def test_the_best_validation_epoch_weights_are_kept():
+    config = ModelConfig("linear", (1, 4, 4), 2)
+    result = fit(config, TrainSettings(epochs=5, lr=0.05), toy_splits(), CPU, seed=0,
+                 log=lambda _: None)
+    best = max(result.history, key=lambda h: (h["valid_accuracy"], -h["valid_loss"]))
+    assert result.best_epoch == best["epoch"]
+
+
+def test_checkpoint_round_trips_with_weights_only(tmp_path):
+    config = ModelConfig("cnn", (1, 8, 8), 10)
+    model = build_model(config)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, config, model.state_dict(), [str(i) for i in range(10)],
+                    {"metrics": {"test_accuracy": 0.5}})
+    loaded, payload = load_checkpoint(path)
+    assert count_params(loaded) == count_params(model)
+    assert payload["config"]["arch"] == "cnn"
+    x = torch.rand(2, 1, 8, 8)
+    model.eval()
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_a_checkpoint_with_arbitrary_objects_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"config": {"arch": "cnn"}, "state_dict": {}, "extra": np.dtype}, path)
+    with pytest.raises(ArtifactError, match="cannot load checkpoint safely"):
+        load_checkpoint(path)
+
+
+def test_device_selection():
+    assert select_device("cpu") == CPU
+    assert select_device("auto").type in {"cpu", "cuda", "mps"}
+    if not torch.cuda.is_available():
+        with pytest.raises(ParamsError, match="no CUDA device"):
+            select_device("cuda")
+
+
+def test_history_and_predictions_files(tmp_path):
+    write_history(tmp_path / "h.csv", [{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8,
+                                        "valid_loss": 0.6, "valid_accuracy": 0.7,
+                                        "seconds": 0.1}])
+    assert (tmp_path / "h.csv").read_text().splitlines()[0] == (
+        "epoch,train_loss,train_accuracy,valid_loss,valid_accuracy,seconds")
+    probs = np.array([[0.9, 0.1], [0.3, 0.7]])
+    write_predictions(tmp_path / "p.csv", np.array([0, 0]), probs, ["cat", "dog"])
+    assert (tmp_path / "p.csv").read_text().splitlines() == [
+        "index,actual,predicted,confidence", "0,cat,cat,0.9000", "1,cat,dog,0.7000"]

@@ -342,18 +342,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    if args.dataset not in params.datasets:
-        sys.exit(f"--dataset {args.dataset!r} is not defined under `datasets:` in {args.params}")
     record = materialise(
         args.dataset,
-        params.datasets[args.dataset],
+        params.dataset(args.dataset),
         args.out,
         args.cache / args.dataset,
         params.download,
         show_progress=sys.stderr.isatty(),
     )
-    for file_name, info in record["files"].items():
-        print(f"{args.dataset}: wrote {args.out / file_name}  ({info.get('rows', '')} {info})")
+    for file_name in record["files"]:
+        size = (args.out / file_name).stat().st_size
+        print(f"{args.dataset}: wrote {args.out / file_name} ({size:,} bytes)")
 
 
 if __name__ == "__main__":

@@ -234,6 +234,21 @@ class Params(_Strict):
             _check_name(f"models.{name}", name)
         return self
 
+    def dataset(self, name: str) -> CsvDataset | IdxDataset:
+        return self._lookup("datasets", name)
+
+    def model(self, name: str) -> ModelSpec:
+        return self._lookup("models", name)
+
+    def _lookup(self, kind: str, name: str) -> Any:
+        defined = getattr(self, kind)
+        if name not in defined:
+            raise ParamsError(
+                f"{name!r} is not defined under `{kind}:` in the parameters "
+                f"(defined: {', '.join(sorted(defined))}){_did_you_mean(name, list(defined))}"
+            )
+        return defined[name]
+
     def training_for(self, model_name: str) -> TrainSettings:
         """The train section with the model's own overrides applied."""
         overrides = self.models[model_name].train.model_dump(exclude_none=True)

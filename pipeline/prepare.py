@@ -8,7 +8,6 @@ data/prepared/<dataset>/{train,valid,test}.pkl plus quality.json with every coun
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,9 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    if args.dataset not in params.datasets:
-        sys.exit(f"--dataset {args.dataset!r} is not defined under `datasets:` in {args.params}")
-    quality = prepare(args.raw, args.out, params.datasets[args.dataset], params.prepare)
+    quality = prepare(args.raw, args.out, params.dataset(args.dataset), params.prepare)
     sizes = ", ".join(f"{k} {v:,}" for k, v in quality["split_sizes"].items())
     dropped = sum(f["rows_dropped"] for f in quality["files"].values())
     print(f"{args.dataset}: {sizes} rows; {dropped} bad rows dropped -> {args.out}")

@@ -284,9 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    for kind, name in (("datasets", args.dataset), ("models", args.model)):
-        if name not in getattr(params, kind):
-            sys.exit(f"{name!r} is not defined under `{kind}:` in {args.params}")
+    params.dataset(args.dataset)
+    spec = params.model(args.model)
     train_params: TrainParams = params.train
     settings = params.training_for(args.model)
     if train_params.threads:
@@ -295,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
 
     splits = {name: load_split(args.data / f"{name}.pkl") for name in ("train", "valid", "test")}
     classes = splits["train"].classes
-    config = model_config(params.models[args.model], splits["train"].images.shape[1:],
+    config = model_config(spec, splits["train"].images.shape[1:],
                           len(classes))
     n_params = count_params(build_model(config))
     print(f"{args.dataset}/{args.model}: {config.arch}, {n_params:,} parameters, on {device}, "

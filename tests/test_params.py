@@ -89,3 +89,11 @@ def test_yaml_errors_name_the_line(tmp_path):
     path.write_text("run:\n  datasets: [digits\n")
     with pytest.raises(ParamsError, match=r"not valid YAML at line \d+"):
         load_params(path)
+
+
+def test_looking_up_an_undefined_dataset_or_model_suggests_a_name(repo_params):
+    assert repo_params.model("cnn").arch == "cnn"
+    with pytest.raises(ParamsError, match=r"'digts' is not defined under `datasets:`.*'digits'"):
+        repo_params.dataset("digts")
+    with pytest.raises(ParamsError, match="'vgg' is not defined under `models:`"):
+        repo_params.model("vgg")

@@ -69,17 +69,13 @@ def model_config(spec: ModelSpec, shape: tuple[int, int, int], num_classes: int)
     )
 
 
-def make_optimizer(settings: TrainSettings, model: nn.Module,
-                   device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(settings: TrainSettings, model: nn.Module) -> torch.optim.Optimizer:
     params = model.parameters()
     if settings.optimizer == "sgd":
         return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
                                weight_decay=settings.weight_decay)
-    # One fused kernel per step instead of one per parameter tensor: the small models here are
-    # bound by launch overhead on CUDA.
-    fused = device.type == "cuda"
     optimizer = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
-    return optimizer(params, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused)
+    return optimizer(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
 @dataclass
@@ -176,7 +172,7 @@ def fit(
     seed_everything(seed)
     model = build_model(config)
     runner = Runner(model, device, amp, channels_last and config.arch == "cnn")
-    optimizer = make_optimizer(settings, runner.model, device)
+    optimizer = make_optimizer(settings, runner.model)
     data = {name: DeviceData.from_split(split, device) for name, split in splits.items()}
     generator = torch.Generator().manual_seed(seed)
 

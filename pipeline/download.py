@@ -243,7 +243,7 @@ def read_idx(path: Path, expected_magic: int, expected_dims: tuple[int, ...] | N
         raise DownloadError(f"{path}: not a readable gzip file ({error})") from None
     if len(data) < 8:
         raise DownloadError(f"{path}: too short for an IDX header ({len(data)} bytes)")
-    magic, count = struct.unpack(">II", data[:8])
+    (magic,) = struct.unpack(">I", data[:4])
     if magic != expected_magic:
         raise DownloadError(f"{path}: IDX magic {magic}, expected {expected_magic}")
     ndims = magic & 0xFF
@@ -255,7 +255,6 @@ def read_idx(path: Path, expected_magic: int, expected_dims: tuple[int, ...] | N
         raise DownloadError(
             f"{path}: IDX body has {body.size:,} bytes, header promises {int(np.prod(dims)):,}"
         )
-    del count
     return body.reshape(dims)
 
 

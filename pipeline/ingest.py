@@ -1,10 +1,15 @@
 """Read a CSV of labelled images into uint8 arrays, validating every cell.
 
-The file is read in blocks of whole lines into preallocated arrays. Each block first goes through
-pandas' C parser with integer dtypes (the fast path). A block that fails there, or holds any byte a
-clean block cannot (a '.', a letter, a quote), or has a value out of range, is parsed again line by
-line in Python (the exact path), which names the file, the 1-based line, the column, the value and
-what was expected. Clean files never take the exact path, so the checks cost almost nothing.
+The file is read in blocks of whole lines into arrays preallocated from a line count, so memory
+stays at the final uint8 arrays plus a few block-sized buffers whatever the file size. Each block
+goes down three paths until one accepts it:
+
+1. digits: numpy parses the bytes in place (fields of 1-3 digits, commas, newlines, the exact
+   field count per row, every value in range). This is what clean files take, ~5x faster than
+   pandas.read_csv and without its int64 frame.
+2. pandas: the C parser with integer dtypes, for clean blocks with spaces or longer fields.
+3. exact: line by line in Python, which names the file, the 1-based line, the column, the value
+   and what was expected (or drops the row, counted by reason).
 
 Accepted as valid: a UTF-8 BOM, CRLF line endings, a missing final newline, spaces around values,
 blank lines (skipped and counted), gzip-compressed files. Refused (or dropped, counted by reason,
@@ -26,7 +31,11 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
-BLOCK_BYTES = 32 << 20
+# 1 MiB blocks keep the digits path's index arrays (8 bytes per field) around 4 MB and in cache;
+# larger blocks measured slower and use more memory.
+BLOCK_BYTES = 1 << 20
+_PAD = b"\n\n\n\n"  # lets the digits path look 4 bytes back from the first field
+_COMMA, _NEWLINE, _ZERO, _NINE = ord(","), ord("\n"), ord("0"), ord("9")
 _CLEAN_BYTES = b"0123456789,\n\r \t"
 _BOM = b"\xef\xbb\xbf"
 MAX_ERRORS_KEPT = 20
@@ -276,7 +285,59 @@ class _Reader:
         return np.array(rows, dtype=np.int64).reshape(len(rows), self.ncols)
 
     # --- a whole block, fast ----------------------------------------------------------------
-    def parse_block_fast(self, block: bytes) -> np.ndarray | None:
+    def _in_range(self, values: np.ndarray) -> bool:
+        labels = values[:, self.label_index]
+        if labels.size and (labels.min() < 0 or labels.max() >= self.layout.num_classes):
+            return False
+        if self.label_index == 0:
+            pixels = values[:, 1:]
+        elif self.label_index == self.ncols - 1:
+            pixels = values[:, :-1]
+        else:
+            pixels = values[:, self.pixel_columns]
+        return not pixels.size or (pixels.min() >= 0 and pixels.max() <= self.layout.max_pixel)
+
+    def parse_block_digits(self, block: bytes) -> np.ndarray | None:
+        """Parse a block of 1-3 digit fields with numpy; None when it needs another path.
+
+        Every byte below '0' is a separator. Each field is read back from its last digit:
+        value = ones + 10 tens + 100 hundreds, where a place counts only if it and every place
+        after it are digits. Four bytes of padding in front keep the look-back inside the buffer.
+        """
+        if b"\r" in block:
+            block = block.replace(b"\r\n", b"\n")
+        data = np.frombuffer(_PAD + block, dtype=np.uint8)
+        if data.max() > _NINE:
+            return None
+        last_digit = np.flatnonzero(data[len(_PAD):] < _ZERO)
+        last_digit += len(_PAD) - 1
+        rows = len(last_digit) // self.ncols
+        if rows == 0 or len(last_digit) != rows * self.ncols:
+            return None
+        separators = data[last_digit + 1]
+        newline = separators == _NEWLINE
+        # exactly one newline per row, as the row's last separator; all others are commas
+        if int(np.count_nonzero(newline)) != rows or not newline[self.ncols - 1 :: self.ncols].all():
+            return None
+        if np.count_nonzero(separators == _COMMA) != len(separators) - rows:
+            return None
+        ones, tens, hundreds, before = (data[last_digit - k] for k in range(4))
+        if (ones < _ZERO).any():  # an empty field or a blank line
+            return None
+        has_tens = tens >= _ZERO
+        has_hundreds = (hundreds >= _ZERO) & has_tens
+        if (has_hundreds & (before >= _ZERO)).any():  # 4+ digits: leading zeros or too large
+            return None
+        values = ones.astype(np.int16) - _ZERO
+        values += (tens.astype(np.int16) - _ZERO) * 10 * has_tens
+        values += (hundreds.astype(np.int16) - _ZERO) * 100 * has_hundreds
+        values = values.reshape(rows, self.ncols)
+        if not self._in_range(values):
+            return None
+        self.quality.rows_read += rows
+        return values
+
+    def parse_block_pandas(self, block: bytes) -> np.ndarray | None:
         """Parse a clean block with pandas; None when the block needs the exact path."""
         if block.translate(None, _CLEAN_BYTES) or b"\n\n" in block or b"\n\r\n" in block:
             return None
@@ -288,22 +349,26 @@ class _Reader:
         except (ValueError, pd.errors.ParserError, OverflowError):
             return None
         values = frame.to_numpy()
-        if values.shape[1] != self.ncols:
-            return None
-        labels = values[:, self.label_index]
-        pixels = values[:, self.pixel_columns]
-        if labels.size and (labels.min() < 0 or labels.max() >= self.layout.num_classes):
-            return None
-        if pixels.size and (pixels.min() < 0 or pixels.max() > self.layout.max_pixel):
+        if values.shape[1] != self.ncols or not self._in_range(values):
             return None
         self.quality.rows_read += len(values)
         return values
 
 
-def _scale(pixels: np.ndarray, max_pixel: int) -> np.ndarray:
+def _store(values: np.ndarray, label_index: int, max_pixel: int,
+           images: np.ndarray, labels: np.ndarray) -> None:
+    """Copy parsed rows into the preallocated outputs, scaling pixels to 0..255."""
+    labels[:] = values[:, label_index]
+    if label_index == 0:
+        pixels = values[:, 1:]
+    elif label_index == values.shape[1] - 1:
+        pixels = values[:, :-1]
+    else:
+        pixels = np.delete(values, label_index, axis=1)
     if max_pixel == 255:
-        return pixels.astype(np.uint8)
-    return np.rint(pixels * (255.0 / max_pixel)).astype(np.uint8)
+        images[:] = pixels
+    else:
+        images[:] = np.rint(pixels * (255.0 / max_pixel))
 
 
 def read_image_csv(
@@ -340,16 +405,15 @@ def read_image_csv(
                     if reader.read_header(block[:first_end]):
                         block = block[first_end:]
                         line_no += 1
-                lines_in_block = block.count(b"\n")
-                values = reader.parse_block_fast(block)
+                values = reader.parse_block_digits(block)
+                if values is None:
+                    values = reader.parse_block_pandas(block)
                 if values is None:
                     values = reader.parse_block_exact(block, line_no)
-                line_no += lines_in_block
+                line_no += block.count(b"\n")
                 count = len(values)
-                labels[filled : filled + count] = values[:, reader.label_index]
-                images[filled : filled + count] = _scale(
-                    values[:, reader.pixel_columns], layout.max_pixel
-                )
+                _store(values, reader.label_index, layout.max_pixel,
+                       images[filled : filled + count], labels[filled : filled + count])
                 filled += count
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not a text file ({error})") from None

@@ -1,9 +1,9 @@
 """A deterministic Fashion-MNIST-shaped dataset: learnable, ~50 % zero pixels, Kaggle CSV layout.
 
-Each class has a smooth template (a random 7x7 pattern upsampled to 28x28); an image is mostly its
-class template blended with another class's template, plus noise, then clipped so that about half
-the pixels are 0. Linear models and CNNs both learn it, but not perfectly, so accuracy comparisons
-between training loops mean something.
+Each class has a blocky template (a random 7x7 pattern upsampled to 28x28); an image is its class
+template blended 60/40 with another class's, plus pixel noise, shifted by up to 2 pixels each way,
+then clipped so that about half the pixels are 0. Both LinearNet and the CNN reach about 90 % after
+two epochs, like on Fashion-MNIST, so accuracy comparisons between training loops mean something.
 """
 
 from __future__ import annotations
@@ -14,20 +14,25 @@ import numpy as np
 
 SIDE = 28
 CLASSES = 10
+MAX_SHIFT = 2
 
 
 def make_images(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(labels uint8 (rows,), pixels uint8 (rows, 784)), balanced classes, same for the same seed."""
+    """(labels (rows,), pixels (rows, 784)), both uint8; balanced classes; same seed, same data."""
     rng = np.random.default_rng(seed)
     templates = np.kron(rng.random((CLASSES, 7, 7)), np.ones((4, 4)))
     labels = np.arange(rows) % CLASSES
     rng.shuffle(labels)
     other = rng.integers(0, CLASSES, rows)
     images = np.empty((rows, SIDE * SIDE), dtype=np.uint8)
+    shifts = rng.integers(-MAX_SHIFT, MAX_SHIFT + 1, size=(rows, 2))
     for start in range(0, rows, 10_000):  # bounded float64 memory for large row counts
         stop = min(start + 10_000, rows)
-        mixed = 0.65 * templates[labels[start:stop]] + 0.35 * templates[other[start:stop]]
-        mixed += rng.normal(0.0, 0.18, mixed.shape)
+        mixed = 0.6 * templates[labels[start:stop]] + 0.4 * templates[other[start:stop]]
+        mixed += rng.normal(0.0, 0.35, mixed.shape)
+        for shift in np.unique(shifts[start:stop], axis=0):
+            chosen = (shifts[start:stop] == shift).all(axis=1)
+            mixed[chosen] = np.roll(mixed[chosen], tuple(shift), axis=(1, 2))
         scaled = (mixed - 0.53) * (255 / 0.5)
         images[start:stop] = np.clip(scaled, 0, 255).reshape(stop - start, -1)
     return labels.astype(np.uint8), images

@@ -317,7 +317,8 @@ class _Reader:
         separators = data[last_digit + 1]
         newline = separators == _NEWLINE
         # exactly one newline per row, as the row's last separator; all others are commas
-        if int(np.count_nonzero(newline)) != rows or not newline[self.ncols - 1 :: self.ncols].all():
+        row_ends = newline[self.ncols - 1 :: self.ncols]
+        if int(np.count_nonzero(newline)) != rows or not row_ends.all():
             return None
         if np.count_nonzero(separators == _COMMA) != len(separators) - rows:
             return None

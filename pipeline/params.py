@@ -155,6 +155,7 @@ class TrainSettings(_Strict):
     batch_size: PositiveInt = 32
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: Annotated[float, Field(gt=0)] = 1e-3
+    schedule: Literal["onecycle", "constant"] = "onecycle"
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
 
@@ -166,6 +167,7 @@ class TrainOverrides(_Strict):
     batch_size: PositiveInt | None = None
     optimizer: Literal["adam", "adamw", "sgd"] | None = None
     lr: Annotated[float, Field(gt=0)] | None = None
+    schedule: Literal["onecycle", "constant"] | None = None
     momentum: Annotated[float, Field(ge=0, lt=1)] | None = None
     weight_decay: Annotated[float, Field(ge=0)] | None = None
 
@@ -173,7 +175,7 @@ class TrainOverrides(_Strict):
 class TrainParams(TrainSettings):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    amp: bool = Field(True, description="bf16 autocast, on CUDA only")
+    amp: bool = Field(True, description="bf16 autocast where the hardware has native bf16")
     channels_last: bool = True
     threads: Annotated[int, Field(ge=0)] = Field(0, description="0: torch's default")
 

@@ -80,7 +80,8 @@ def test_a_file_source_needs_exactly_one_location():
 def test_per_model_overrides_apply_on_top_of_the_train_section(repo_params):
     cnn = repo_params.training_for("cnn")
     linear = repo_params.training_for("linear")
-    assert cnn.lr == 0.01 and linear.lr == repo_params.train.lr
+    assert cnn.lr == repo_params.models["cnn"].train.lr != repo_params.train.lr
+    assert linear.lr == repo_params.train.lr
     assert cnn.epochs == linear.epochs == repo_params.train.epochs
 
 

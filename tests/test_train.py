@@ -11,6 +11,9 @@ from pipeline.prepare import Split
 from pipeline.train import (
     fit,
     load_checkpoint,
+    make_optimizer,
+    make_schedule,
+    native_bf16,
     save_checkpoint,
     select_device,
     write_history,
@@ -103,3 +106,36 @@ def test_history_and_predictions_files(tmp_path):
     write_predictions(tmp_path / "p.csv", np.array([0, 0]), probs, ["cat", "dog"])
     assert (tmp_path / "p.csv").read_text().splitlines() == [
         "index,actual,predicted,confidence", "0,cat,cat,0.9000", "1,cat,dog,0.7000"]
+
+
+def test_onecycle_warms_up_to_lr_and_anneals_while_constant_stays():
+    model = build_model(ModelConfig("linear", (1, 2, 2), 2))
+    settings = TrainSettings(epochs=2, lr=0.1, schedule="onecycle")
+    optimizer = make_optimizer(settings, model, CPU)
+    schedule = make_schedule(settings, optimizer, steps_per_epoch=10)
+    rates = []
+    for _ in range(20):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] < 0.01 and max(rates) == pytest.approx(0.1, rel=0.05)
+    assert rates.index(max(rates)) in range(4, 8) and rates[-1] < 0.001
+    constant = TrainSettings(epochs=2, lr=0.1, schedule="constant")
+    assert make_schedule(constant, make_optimizer(constant, model, CPU), 10) is None
+
+
+def test_cpu_adam_uses_the_fused_kernel_and_bf16_detection_answers():
+    model = build_model(ModelConfig("linear", (1, 2, 2), 2))
+    optimizer = make_optimizer(TrainSettings(), model, CPU)
+    assert optimizer.defaults["fused"] is True
+    assert isinstance(native_bf16(CPU), bool)
+    assert native_bf16(torch.device("meta")) is False
+
+
+def test_bf16_autocast_training_on_a_native_bf16_cpu_still_learns():
+    if not native_bf16(CPU):
+        pytest.skip("this CPU has no native bf16, so training runs in fp32 here")
+    config = ModelConfig("cnn", (1, 4, 4), 2, channels=(4, 8), head_hidden=8)
+    result = fit(config, TrainSettings(epochs=8, batch_size=32, lr=0.01), toy_splits(), CPU,
+                 seed=0, amp=True, log=lambda line: None)
+    assert result.test_accuracy > 0.9

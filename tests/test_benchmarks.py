@@ -1,0 +1,64 @@
+"""The benchmark's parts: the synthetic data, the tutorial loop copy, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmarks import run, tutorial
+from benchmarks.synthetic import csv_bytes, make_images, write_csv
+from pipeline.ingest import CsvLayout, read_image_csv
+
+
+def test_synthetic_images_are_deterministic_balanced_and_half_zero():
+    labels, pixels = make_images(2000, seed=5)
+    again_labels, again_pixels = make_images(2000, seed=5)
+    np.testing.assert_array_equal(labels, again_labels)
+    np.testing.assert_array_equal(pixels, again_pixels)
+    assert pixels.shape == (2000, 784) and pixels.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [200] * 10
+    assert 0.4 < (pixels == 0).mean() < 0.6
+    assert pixels.max() == 255
+
+
+def test_synthetic_csv_reads_back_the_same_with_pandas_and_the_pipeline(tmp_path):
+    labels, pixels = make_images(300, seed=1)
+    data = csv_bytes(labels, pixels)
+    frame = pd.read_csv(io.BytesIO(data))
+    assert list(frame.columns[:3]) == ["label", "pixel1", "pixel2"]
+    np.testing.assert_array_equal(frame["label"], labels)
+    np.testing.assert_array_equal(frame.drop(columns="label"), pixels)
+    table = read_image_csv(write_csv(tmp_path / "s.csv", 300, seed=1),
+                           CsvLayout(784, 10, True, "label"))
+    np.testing.assert_array_equal(table.images, pixels)
+
+
+def test_the_tutorial_dataset_scales_reshapes_and_one_hot_encodes():
+    pixels = np.array([[0, 255, 51, 102]], dtype=np.uint8)
+    image, target = tutorial.TutorialDataset(pixels, np.array([2]), (1, 2, 2), 3)[0]
+    assert image.dtype == torch.float32 and image.shape == (1, 2, 2)
+    torch.testing.assert_close(image.flatten(), torch.tensor([0.0, 1.0, 0.2, 0.4]))
+    assert target.tolist() == [0.0, 0.0, 1.0]
+
+
+def test_a_tiny_benchmark_run_writes_json_and_markdown(tmp_path):
+    code = run.main(["--rows", "500", "--epochs", "1", "--repeats", "1", "--scaling", "300",
+                     "--skip-dvc", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "cpu.json").read_text())
+    assert code in (0, 1)  # goals need full-size data; at 500 rows they may well fail
+    assert results["ingest"]["rows"] == 500
+    assert results["ingest"]["pipeline"]["seconds"]["median"] > 0
+    for model in ("cnn", "linearnet"):
+        entry = results["training"][model]
+        assert entry["train_rows"] == 400 and entry["epochs"] == 1
+        assert 0 <= entry["tutorial"]["accuracy"] <= 1
+        assert entry["speedup"] > 0
+    assert [row["rows"] for row in results["scaling"]] == [300]
+    assert set(results["goals"]) == {"ingest speed", "ingest memory", "cnn speed",
+                                     "cnn accuracy", "linearnet speed", "linearnet accuracy"}
+    table = (tmp_path / "cpu.md").read_text()
+    assert "`cnn` epoch" in table and "pandas.read_csv" in table

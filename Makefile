@@ -24,6 +24,9 @@ repro: setup
 test: setup
 	$(BIN)/python -m pytest
 
+bench: setup
+	$(BIN)/python -m benchmarks.run
+
 lint: setup
 	$(BIN)/ruff check .
 

@@ -325,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     seed = params.train.seed
     results: dict = {
         "date": time.strftime("%Y-%m-%d"),
-        "command": "python -m benchmarks.run " + " ".join(argv if argv is not None
-                                                          else sys.argv[1:]),
+        "command": " ".join(["python -m benchmarks.run",
+                             *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine(), "repeats": args.repeats,
     }
     print(f"machine: {results['machine']}", flush=True)

@@ -8,7 +8,7 @@ the hardware computes in bf16 natively (CUDA; CPUs with AVX512-BF16 or AMX, wher
 1.6-2x faster than fp32; on other CPUs it is emulated and several times slower, so it stays off).
 The learning rate follows a one-cycle schedule by default: with large batches it reaches the
 accuracy the tutorials' batch-32 constant-rate loop reaches in the same number of epochs
-(benchmarks/README.md has the measurements).
+(the README's Speed section has the measurements).
 
 Writes the checkpoint (state_dict + plain config, loadable with `weights_only=True`), a metrics
 JSON, the per-epoch history CSV and the test predictions CSV.

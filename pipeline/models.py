@@ -1,8 +1,10 @@
-"""The models: a config object, the three architectures, parameter counts and a layer table.
+"""The models: a config object, the architectures, parameter counts and a layer table.
 
 For a 1x28x28 input and 10 classes, `linearnet` and `cnn` are exactly the tutorials' LinearNet
-(218,058 parameters) and CNN (26,194 parameters). Every architecture is built for any C x H x W
-input; the CNN only pools while the feature map is at least 2x2, so it never pools below 1x1.
+(218,058 parameters) and CNN (26,194 parameters); `convnet` with channels [32, 64] and no hidden
+layer is the Keras MNIST example (50,186; 60,362 at 3x32x32) and with channels [32, 64, 128] and
+hidden [625] the 3-conv + FC625 tutorial net. Every architecture is built for any C x H x W input:
+convolutions keep the size ("same" padding) and pooling stops once the map is 1 pixel high or wide.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-ARCHITECTURES = ("linear", "linearnet", "cnn")
+ARCHITECTURES = ("linear", "linearnet", "cnn", "convnet")
+CONV_ARCHITECTURES = ("cnn", "convnet")
+ACTIVATIONS = ("leaky_relu", "relu")
 
 
 @dataclass(frozen=True)
@@ -25,10 +29,17 @@ class ModelConfig:
     kernel_size: int = 3  # cnn
     head_hidden: int = 24  # cnn
     negative_slope: float = 0.01  # LeakyReLU's default, as in the tutorials
+    activation: str = "leaky_relu"  # linearnet, cnn, convnet
+    dropout: float = 0.0  # convnet: before every Linear layer of the head
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch {self.arch!r} is not one of {', '.join(ARCHITECTURES)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not one of "
+                             f"{', '.join(ACTIVATIONS)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
             raise ValueError(f"input_shape must be (C, H, W) with sizes >= 1: {self.input_shape}")
         if self.num_classes < 2:
@@ -36,6 +47,11 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def act(self) -> nn.Module:
+        if self.activation == "relu":
+            return nn.ReLU()
+        return nn.LeakyReLU(self.negative_slope)
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
@@ -67,7 +83,7 @@ class LinearNet(nn.Module):
         layers: list[nn.Module] = [nn.Flatten()]
         width = c * h * w
         for size in config.hidden:
-            layers += [nn.Linear(width, size), nn.LeakyReLU(config.negative_slope)]
+            layers += [nn.Linear(width, size), config.act()]
             width = size
         layers.append(nn.Linear(width, config.num_classes))
         self.net = nn.Sequential(*layers)
@@ -89,14 +105,14 @@ class CNN(nn.Module):
             if min(height, width) >= 2:
                 blocks.append(nn.MaxPool2d(2))
                 height, width = height // 2, width // 2
-            blocks.append(nn.LeakyReLU(config.negative_slope))
+            blocks.append(config.act())
             in_channels = out_channels
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Sequential(
             nn.Flatten(),
             nn.Linear(in_channels, config.head_hidden),
-            nn.LeakyReLU(config.negative_slope),
+            config.act(),
             nn.Linear(config.head_hidden, config.num_classes),
         )
 
@@ -104,7 +120,37 @@ class CNN(nn.Module):
         return self.head(self.pool(self.features(x)))
 
 
-_BUILDERS = {"linear": SoftmaxRegression, "linearnet": LinearNet, "cnn": CNN}
+class ConvNet(nn.Module):
+    """[Conv ("same") -> activation -> MaxPool2] blocks, flatten, then a dropout + Linear head.
+
+    Pooling rounds up (ceil mode), as the 3-conv tutorial's padded last pool does (7x7 -> 4x4).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        in_channels, height, width = config.input_shape
+        blocks: list[nn.Module] = []
+        for out_channels in config.channels:
+            blocks += [nn.Conv2d(in_channels, out_channels, config.kernel_size,
+                                 padding=config.kernel_size // 2), config.act()]
+            if min(height, width) >= 2:
+                blocks.append(nn.MaxPool2d(2, ceil_mode=True))
+                height, width = -(-height // 2), -(-width // 2)
+            in_channels = out_channels
+        self.features = nn.Sequential(*blocks)
+        head: list[nn.Module] = [nn.Flatten()]
+        size = in_channels * height * width
+        for hidden in config.hidden:
+            head += [nn.Dropout(config.dropout), nn.Linear(size, hidden), config.act()]
+            size = hidden
+        head += [nn.Dropout(config.dropout), nn.Linear(size, config.num_classes)]
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+_BUILDERS = {"linear": SoftmaxRegression, "linearnet": LinearNet, "cnn": CNN, "convnet": ConvNet}
 
 
 def build_model(config: ModelConfig) -> nn.Module:

@@ -181,13 +181,21 @@ class TrainParams(TrainSettings):
 
 
 class ModelSpec(_Strict):
-    arch: Literal["linear", "linearnet", "cnn"]
-    hidden: list[PositiveInt] = [256, 64]
-    channels: list[PositiveInt] = [8, 16, 32, 64]
+    arch: Literal["linear", "linearnet", "cnn", "convnet"]
+    hidden: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="hidden Linear sizes; default [256, 64] for linearnet, [] for convnet")
+    channels: list[PositiveInt] = Field([8, 16, 32, 64], min_length=1)
     kernel_size: PositiveInt = 3
     head_hidden: PositiveInt = 24
+    activation: Literal["leaky_relu", "relu"] = "leaky_relu"
     negative_slope: Annotated[float, Field(ge=0)] = 0.01
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     train: TrainOverrides = TrainOverrides()
+
+    def hidden_sizes(self) -> list[int]:
+        if self.hidden is not None:
+            return self.hidden
+        return [256, 64] if self.arch == "linearnet" else []
 
     @field_validator("kernel_size")
     @classmethod

@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.artifacts import ArtifactError, atomic_write, write_json
-from pipeline.models import ModelConfig, build_model, count_params
+from pipeline.models import CONV_ARCHITECTURES, ModelConfig, build_model, count_params
 from pipeline.params import ModelSpec, ParamsError, TrainParams, TrainSettings, load_params
 from pipeline.prepare import Split, load_split
 
@@ -76,11 +76,13 @@ def model_config(spec: ModelSpec, shape: tuple[int, int, int], num_classes: int)
         arch=spec.arch,
         input_shape=tuple(shape),
         num_classes=num_classes,
-        hidden=tuple(spec.hidden),
+        hidden=tuple(spec.hidden_sizes()),
         channels=tuple(spec.channels),
         kernel_size=spec.kernel_size,
         head_hidden=spec.head_hidden,
         negative_slope=spec.negative_slope,
+        activation=spec.activation,
+        dropout=spec.dropout,
     )
 
 
@@ -203,7 +205,7 @@ class Training:
         seed_everything(seed)
         self.settings = settings
         self.runner = Runner(build_model(config), device, amp,
-                             channels_last and config.arch == "cnn")
+                             channels_last and config.arch in CONV_ARCHITECTURES)
         self.optimizer = make_optimizer(settings, self.runner.model, device)
         self.data = {name: DeviceData.from_split(split, device) for name, split in splits.items()}
         steps_per_epoch = -(-len(self.data["train"]) // settings.batch_size)

@@ -17,7 +17,7 @@ def test_tutorial_parameter_counts_at_1x28x28(arch, expected):
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32), (1, 1, 1), (2, 5, 3)])
-@pytest.mark.parametrize("arch", ["linear", "linearnet", "cnn"])
+@pytest.mark.parametrize("arch", ["linear", "linearnet", "cnn", "convnet"])
 def test_every_architecture_fits_any_input_shape(arch, shape):
     model = build_model(config(arch, shape=shape, classes=7))
     assert model(torch.zeros(4, *shape)).shape == (4, 7)
@@ -47,8 +47,35 @@ def test_config_round_trips_through_a_plain_dict():
 
 
 @pytest.mark.parametrize("kwargs", [{"arch": "resnet"}, {"input_shape": (28, 28)},
-                                    {"num_classes": 1}])
+                                    {"num_classes": 1}, {"activation": "gelu"},
+                                    {"dropout": 1.0}])
 def test_bad_configs_are_refused(kwargs):
     fields = {"arch": "cnn", "input_shape": (1, 8, 8), "num_classes": 10, **kwargs}
     with pytest.raises(ValueError):
         ModelConfig(**fields)
+
+
+KERAS = {"channels": (32, 64), "hidden": (), "activation": "relu", "dropout": 0.5}
+CNN3 = {"channels": (32, 64, 128), "hidden": (625,), "activation": "relu", "dropout": 0.3}
+
+
+@pytest.mark.parametrize(("kwargs", "shape", "expected"), [
+    (KERAS, (1, 28, 28), 50_186),
+    (KERAS, (3, 32, 32), 60_362),
+    (CNN3, (1, 28, 28), 1_379_557),
+])
+def test_convnet_matches_the_keras_example_and_the_3_conv_tutorial(kwargs, shape, expected):
+    assert count_params(build_model(config("convnet", shape=shape, **kwargs))) == expected
+
+
+def test_convnet_pools_like_the_padded_tutorial_and_drops_out_only_in_training():
+    model = build_model(config("convnet", **CNN3))
+    rows = layer_summary(model, (1, 28, 28))
+    pools = [r.output_shape[-2:] for r in rows if r.kind == "MaxPool2d"]
+    assert pools == [(14, 14), (7, 7), (4, 4)]
+    assert [r.kind for r in rows].count("ReLU") == 4
+    x = torch.rand(8, 1, 28, 28)
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+    model.train()
+    assert not torch.equal(model(x), model(x))

@@ -59,6 +59,10 @@ def test_unknown_keys_get_a_did_you_mean():
         ({"datasets__digits__shape": [8, 8]},
          "datasets.digits.shape = [8, 8]: expected [channels, height, width]"),
         ({"datasets__digits__classes": ["a", "a"]}, "class names must be unique"),
+        ({"models__cnn3__activation": "gelu"}, "models.cnn3.activation = 'gelu'"),
+        ({"models__cnn3__dropout": 1.0}, "models.cnn3.dropout = 1.0"),
+        ({"models__cnn3__channels": []}, "models.cnn3.channels = []"),
+        ({"train__schedule": "cosine"}, "train.schedule = 'cosine'"),
     ],
 )
 def test_bad_values_name_the_key_and_value(change, expected):
@@ -98,3 +102,9 @@ def test_looking_up_an_undefined_dataset_or_model_suggests_a_name(repo_params):
         repo_params.dataset("digts")
     with pytest.raises(ParamsError, match="'vgg' is not defined under `models:`"):
         repo_params.model("vgg")
+
+
+def test_hidden_sizes_default_by_architecture(repo_params):
+    assert repo_params.model("linearnet").hidden_sizes() == [256, 64]
+    assert repo_params.model("keras_cnn").hidden_sizes() == []
+    assert repo_params.model("cnn3").hidden_sizes() == [625]

@@ -125,3 +125,131 @@ def class_balance(counts: dict[str, list[int]], classes: list[str], title: str) 
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return to_data_uri(figure)
+
+
+def _show_image(ax, image: np.ndarray) -> None:
+    """A uint8 C x H x W image: grey for one channel, RGB for three."""
+    if image.shape[0] == 1:
+        ax.imshow(image[0], cmap="gray_r", vmin=0, vmax=255)
+    else:
+        ax.imshow(np.transpose(image[:3], (1, 2, 0)))
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def accuracy_vs_params(points: dict[str, tuple[int, float]], front: list[str], title: str) -> str:
+    """One point per model on a log parameter axis, the Pareto front as a step line."""
+    colors = _model_colors(list(points))
+    figure, ax = plt.subplots(figsize=(7, 4.2))
+    for name, (params, accuracy) in points.items():
+        ax.scatter(params, accuracy, s=60, color=colors[name], label=name, zorder=3)
+        ax.annotate(name, (params, accuracy), textcoords="offset points", xytext=(6, 4),
+                    fontsize=9)
+    if len(front) > 1:
+        xs = [points[n][0] for n in front]
+        ys = [points[n][1] for n in front]
+        ax.step(xs, ys, where="post", color="grey", linestyle="--", label="Pareto front")
+    ax.set_xscale("log")
+    ax.set(xlabel="trainable parameters (log scale)", ylabel="test accuracy", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    return to_data_uri(figure)
+
+
+def misclassified_gallery(images: np.ndarray, actual: np.ndarray, predicted: np.ndarray,
+                          confidence: np.ndarray, classes: list[str], title: str,
+                          limit: int = 12) -> str | None:
+    """The most confidently wrong test images, with true class, prediction and confidence."""
+    wrong = np.flatnonzero(actual != predicted)
+    if len(wrong) == 0:
+        return None
+    picks = wrong[np.argsort(-confidence[wrong])][:limit]
+    columns = min(6, len(picks))
+    rows = -(-len(picks) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.9, rows * 2.2), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, index in zip(axes.flat, picks, strict=False):
+        ax.axis("on")
+        _show_image(ax, images[index])
+        ax.set_title(f"true {classes[actual[index]]}\npred {classes[predicted[index]]} "
+                     f"({confidence[index]:.0%})", fontsize=8, color="firebrick")
+    figure.suptitle(title)
+    return to_data_uri(figure)
+
+
+def probability_bars(images: np.ndarray, actual: np.ndarray, probabilities: np.ndarray,
+                     classes: list[str], title: str) -> str:
+    """For a few test images: the image and the model's probability for every class."""
+    count = len(images)
+    figure, axes = plt.subplots(count, 2, figsize=(8, 1.5 + 0.22 * len(classes) * count),
+                                squeeze=False, gridspec_kw={"width_ratios": [1, 3]})
+    for row in range(count):
+        _show_image(axes[row, 0], images[row])
+        axes[row, 0].set_title(f"true: {classes[actual[row]]}", fontsize=9)
+        guess = int(probabilities[row].argmax())
+        colors = ["seagreen" if i == actual[row] else
+                  ("firebrick" if i == guess else "lightsteelblue") for i in range(len(classes))]
+        axes[row, 1].barh(classes, probabilities[row], color=colors)
+        axes[row, 1].invert_yaxis()
+        axes[row, 1].set_xlim(0, 1)
+        axes[row, 1].tick_params(labelsize=8)
+        axes[row, 1].set_xlabel("predicted probability", fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return to_data_uri(figure)
+
+
+def _tile(maps: np.ndarray, title: str, cmap: str, limit: int = 32, symmetric: bool = False
+          ) -> str:
+    count = min(limit, len(maps))
+    columns = min(8, count)
+    rows = -(-count // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.2 + 0.5),
+                                squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for index, ax in enumerate(axes.flat[:count]):
+        data = maps[index]
+        if symmetric:
+            bound = float(np.abs(data).max()) or 1.0
+            ax.imshow(data, cmap=cmap, vmin=-bound, vmax=bound)
+        else:
+            ax.imshow(data, cmap=cmap)
+        ax.set_title(f"#{index}", fontsize=7)
+    figure.suptitle(title)
+    return to_data_uri(figure)
+
+
+def conv_filters(weight: np.ndarray, title: str) -> str:
+    """First-layer filters (out x in x k x k), averaged over input channels, blue-white-red."""
+    return _tile(weight.mean(axis=1), title, "RdBu_r", symmetric=True)
+
+
+def feature_maps(maps: np.ndarray, title: str) -> str:
+    return _tile(maps, title, "viridis")
+
+
+def weight_histograms(initial: dict[str, np.ndarray], trained: dict[str, np.ndarray],
+                      title: str) -> str:
+    """Per weight tensor: the distribution at initialisation and after training."""
+    names = [n for n in trained if n.endswith("weight")]
+    columns = min(3, len(names))
+    rows = -(-len(names) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 3.6, rows * 2.6),
+                                squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names, strict=False):
+        ax.axis("on")
+        bins = np.histogram_bin_edges(np.concatenate([initial[name].ravel(),
+                                                      trained[name].ravel()]), bins=40)
+        ax.hist(initial[name].ravel(), bins=bins, alpha=0.6, label="initial", color="grey")
+        ax.hist(trained[name].ravel(), bins=bins, alpha=0.6, label="trained", color="tab:blue")
+        ax.set_title(f"{name} ({trained[name].size:,})", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("weight value", fontsize=7)
+        ax.set_ylabel("count", fontsize=7)
+    axes.flat[0].legend(fontsize=7)
+    figure.suptitle(title)
+    return to_data_uri(figure)

@@ -1,8 +1,12 @@
 """Stage 4: render reports/index.html, one self-contained page comparing every model.
 
-Per dataset: split sizes and class balance, sample images per class, the model table, learning
-curves, a confusion matrix per model (counts and row-normalised) and parameter counts (bar chart
-and a per-layer table). At the end: the parameters used, git commit, package versions, device.
+A summary of the best model per dataset, then per dataset: split sizes, class balance, data
+quality and sample images; the model table with timing; accuracy against parameters with the
+Pareto front; the ensemble of all models; learning curves; parameter counts. Per model: learning
+curves, confusion matrix, per-class precision/recall/F1 and the most confused pairs, the most
+confidently wrong test images, predicted probabilities for a few test images, first-layer filters
+and feature maps (convolutional models), weight histograms at initialisation and after training,
+and a per-layer parameter table. At the end: the parameters used, git commit, packages, device.
 """
 
 from __future__ import annotations
@@ -20,14 +24,15 @@ import jinja2
 import numpy as np
 import yaml
 
-from pipeline import plots
+from pipeline import analysis, plots
 from pipeline.artifacts import ArtifactError, atomic_write, read_json
-from pipeline.models import LayerRow, layer_summary
+from pipeline.models import CONV_ARCHITECTURES, LayerRow, ModelConfig, layer_summary
 from pipeline.params import Params, load_params
-from pipeline.prepare import load_split
-from pipeline.train import load_checkpoint
+from pipeline.prepare import Split, load_split
+from pipeline.train import load_checkpoint, select_device
 
 PACKAGES = ("dvc", "torch", "numpy", "pandas", "scikit-learn", "matplotlib", "jinja2", "pydantic")
+PROBABILITY_EXAMPLES = 4  # test images shown with every model's class probabilities
 
 
 @dataclass
@@ -37,7 +42,12 @@ class ModelResult:
     history: list[dict]
     confusion: np.ndarray
     layers: list[LayerRow]
-    figures: dict[str, str] = field(default_factory=dict)
+    model: object = None  # the trained torch module
+    config: ModelConfig | None = None
+    logits: np.ndarray | None = None  # test set
+    scores: list[analysis.ClassScores] = field(default_factory=list)
+    confused: list[tuple[str, str, int]] = field(default_factory=list)
+    figures: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,6 +56,9 @@ class DatasetSection:
     classes: list[str]
     quality: dict
     models: list[ModelResult]
+    test: Split | None = None
+    ensemble: dict = field(default_factory=dict)
+    pareto: list[str] = field(default_factory=list)
     figures: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -94,20 +107,38 @@ def collect_dataset(name: str, params: Params, inputs: Inputs) -> DatasetSection
     quality = read_json(inputs.prepared / name / "quality.json")
     classes = quality["classes"]
     shape = tuple(quality["shape"])
+    test = load_split(inputs.prepared / name / "test.pkl")
+    device = select_device(params.train.device)
     results = []
     for model_name in params.run.models:
-        model, _ = load_checkpoint(inputs.checkpoints / name / f"{model_name}.pt")
-        results.append(ModelResult(
+        model, payload = load_checkpoint(inputs.checkpoints / name / f"{model_name}.pt")
+        config = ModelConfig.from_dict(payload["config"])
+        result = ModelResult(
             name=model_name,
             metrics=read_json(inputs.metrics / name / f"{model_name}.json"),
             history=read_history(inputs.history / name / f"{model_name}.csv"),
             confusion=read_confusion(inputs.predictions / name / f"{model_name}.csv", classes),
             layers=layer_summary(model, shape),
-        ))
-    return DatasetSection(name, classes, quality, results)
+            model=model,
+            config=config,
+        )
+        result.logits = analysis.test_logits(
+            model, test.images, device, params.train.amp,
+            params.train.channels_last and config.arch in CONV_ARCHITECTURES)
+        model.to("cpu")
+        predicted = result.logits.argmax(1)
+        result.scores = analysis.per_class_scores(test.labels, predicted, classes)
+        result.confused = analysis.most_confused(result.confusion, classes)
+        results.append(result)
+    section = DatasetSection(name, classes, quality, results, test)
+    section.ensemble = analysis.ensemble({m.name: m.logits for m in results}, test.labels)
+    section.pareto = analysis.pareto_front(
+        {m.name: (m.metrics["params"], m.metrics["test_accuracy"]) for m in results})
+    return section
 
 
-def draw_figures(section: DatasetSection, train_split_path: Path, per_class: int) -> None:
+def draw_figures(section: DatasetSection, train_split_path: Path, per_class: int,
+                 seed: int) -> None:
     train = load_split(train_split_path)
     ds = section.name
     section.figures["samples"] = plots.sample_grid(
@@ -120,11 +151,38 @@ def draw_figures(section: DatasetSection, train_split_path: Path, per_class: int
         {m.name: m.metrics["params"] for m in section.models},
         {m.name: m.metrics["test_accuracy"] for m in section.models},
         f"{ds}: parameters per model")
+    section.figures["scatter"] = plots.accuracy_vs_params(
+        {m.name: (m.metrics["params"], m.metrics["test_accuracy"]) for m in section.models},
+        section.pareto, f"{ds}: test accuracy vs parameters")
+    test = section.test
+    examples = np.linspace(0, len(test.labels) - 1, PROBABILITY_EXAMPLES).astype(int)
     for model in section.models:
+        title = f"{ds} / {model.name}"
+        probabilities = analysis.softmax(model.logits)
+        predicted = probabilities.argmax(1)
         model.figures["curves"] = plots.learning_curves(
-            {model.name: model.history}, f"{ds} / {model.name}: train vs valid")
+            {model.name: model.history}, f"{title}: train vs valid")
         model.figures["confusion"] = plots.confusion_matrices(
-            model.confusion, section.classes, f"{ds} / {model.name}: test confusion matrix")
+            model.confusion, section.classes, f"{title}: test confusion matrix")
+        model.figures["misclassified"] = plots.misclassified_gallery(
+            test.images, test.labels, predicted, probabilities.max(1), section.classes,
+            f"{title}: most confidently wrong test images")
+        model.figures["probabilities"] = plots.probability_bars(
+            test.images[examples], test.labels[examples], probabilities[examples],
+            section.classes, f"{title}: predicted probabilities (green: true, red: wrong guess)")
+        conv = analysis.first_conv(model.model)
+        if conv is not None:
+            model.figures["filters"] = plots.conv_filters(
+                conv.weight.detach().float().numpy(), f"{title}: first-layer filters")
+            model.figures["maps"] = plots.feature_maps(
+                analysis.first_block_maps(model.model, test.images[0]),
+                f"{title}: first-layer feature maps of test image 0 "
+                f"({section.classes[test.labels[0]]})")
+        initial = analysis.initial_weights(model.config, seed)
+        model.figures["weights"] = plots.weight_histograms(
+            {k: v.numpy() for k, v in initial.items()},
+            {k: v.detach().float().numpy() for k, v in model.model.named_parameters()},
+            f"{title}: weights at initialisation vs after training")
 
 
 def git_commit(cwd: Path) -> str:
@@ -171,7 +229,7 @@ def build_report(params: Params, inputs: Inputs, out: Path,
     for name in params.run.datasets:
         section = collect_dataset(name, params, inputs)
         draw_figures(section, inputs.prepared / name / "train.pkl",
-                     params.report.samples_per_class)
+                     params.report.samples_per_class, params.train.seed)
         sections.append(section)
     devices = sorted({f"{m.metrics['device']} ({m.metrics['device_name']})"
                       for s in sections for m in s.models})

@@ -63,9 +63,13 @@ def test_dvc_repro_end_to_end(tmp_path, http_server):
     html = (repo / "reports" / "index.html").read_text()
     for dataset in ("digits", "fashion_sample"):
         for model in params["run"]["models"]:
-            for section in ("curves", "confusion", "layers"):
+            for section in ("curves", "confusion", "classes", "errors", "probabilities",
+                            "weights", "layers"):
                 assert f'id="{dataset}-{model}-{section}"' in html, (dataset, model, section)
-        assert f'id="{dataset}-params"' in html and f'id="{dataset}-curves"' in html
+            has_filters = f'id="{dataset}-{model}-filters"' in html
+            assert has_filters == (params["models"][model]["arch"] in ("cnn", "convnet"))
+        for section in ("data", "models", "tradeoff", "ensemble", "curves", "params"):
+            assert f'id="{dataset}-{section}"' in html, (dataset, section)
     images = re.findall(r'<img src="([^"]+)"', html)
     assert images and all(src.startswith("data:image/png;base64,") for src in images)
     assert "T-shirt/top" in html

@@ -1,0 +1,100 @@
+"""What the report computes from trained models: test logits, per-class scores, confusions,
+ensembles, the accuracy/parameter Pareto front, activations and initial weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import precision_recall_fscore_support
+from torch import nn
+
+from pipeline.models import ModelConfig, build_model
+from pipeline.train import DeviceData, Runner, seed_everything
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+def test_logits(model: nn.Module, images: np.ndarray, device: torch.device, amp: bool,
+                channels_last: bool) -> np.ndarray:
+    """Logits for every image, computed the way the train stage evaluated them."""
+    runner = Runner(model, device, amp, channels_last)
+    data = DeviceData(torch.from_numpy(images).to(device), torch.zeros(len(images),
+                                                                       dtype=torch.int64,
+                                                                       device=device))
+    return runner.evaluate(data)[2].float().cpu().numpy()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def per_class_scores(labels: np.ndarray, predicted: np.ndarray,
+                     classes: list[str]) -> list[ClassScores]:
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=range(len(classes)), zero_division=0)
+    return [ClassScores(name, float(p), float(r), float(f), int(s))
+            for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)]
+
+
+def most_confused(confusion: np.ndarray, classes: list[str], top: int = 5
+                  ) -> list[tuple[str, str, int]]:
+    """The largest off-diagonal cells: (true class, predicted class, count), biggest first."""
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(off, axis=None)[::-1][:top]
+    pairs = [(classes[i], classes[j], int(off[i, j]))
+             for i, j in zip(*np.unravel_index(order, off.shape), strict=True)]
+    return [pair for pair in pairs if pair[2] > 0]
+
+
+def ensemble(logits: dict[str, np.ndarray], labels: np.ndarray) -> dict:
+    """Accuracy of averaging the members' logits, next to each member's own."""
+    members = {name: float((values.argmax(1) == labels).mean()) for name, values in logits.items()}
+    mean = np.mean(np.stack(list(logits.values())), axis=0)
+    accuracy = float((mean.argmax(1) == labels).mean())
+    return {"members": members, "accuracy": accuracy,
+            "gain_over_best": accuracy - max(members.values())}
+
+
+def pareto_front(points: dict[str, tuple[int, float]]) -> list[str]:
+    """Models no other model beats on both fewer parameters and higher accuracy, by size."""
+    front = [name for name, (params, accuracy) in points.items()
+             if not any(p <= params and a >= accuracy and (p, a) != (params, accuracy)
+                        for p, a in points.values())]
+    return sorted(front, key=lambda name: points[name][0])
+
+
+def initial_weights(config: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
+    """The weights training started from: the train stage seeds, then builds, exactly so."""
+    seed_everything(seed)
+    return {name: p.detach().clone() for name, p in build_model(config).named_parameters()}
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d | None:
+    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+@torch.no_grad()
+def first_block_maps(model: nn.Module, image: np.ndarray) -> np.ndarray | None:
+    """The first convolution's output channels for one uint8 C x H x W image (CPU, fp32)."""
+    conv = first_conv(model)
+    if conv is None:
+        return None
+    captured: list[torch.Tensor] = []
+    hook = conv.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        model.eval()
+        model(torch.from_numpy(image).float().div(255).unsqueeze(0).to(conv.weight.device))
+    finally:
+        hook.remove()
+    return captured[0][0].float().cpu().numpy()

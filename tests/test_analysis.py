@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import analysis
+from pipeline.models import ModelConfig, build_model
+from pipeline.params import TrainSettings
+from pipeline.train import Training
+from tests.test_train import CPU, toy_splits
+
+
+def test_pareto_front_keeps_models_nothing_beats_on_both_axes():
+    points = {"tiny": (100, 0.80), "small": (1_000, 0.90), "bloated": (50_000, 0.89),
+              "big": (100_000, 0.95), "twin": (1_000, 0.90)}
+    assert analysis.pareto_front(points) == ["tiny", "small", "twin", "big"]
+
+
+def test_most_confused_pairs_are_off_diagonal_and_sorted():
+    confusion = np.array([[50, 3, 0], [9, 40, 1], [0, 0, 30]])
+    assert analysis.most_confused(confusion, ["a", "b", "c"], top=5) == [
+        ("b", "a", 9), ("a", "b", 3), ("b", "c", 1)]
+
+
+def test_ensemble_averages_logits():
+    labels = np.array([0, 1, 1])
+    first = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])   # 2 of 3 right
+    second = np.array([[0.0, 1.0], [0.0, 3.0], [0.0, 4.0]])  # 2 of 3 right
+    result = analysis.ensemble({"first": first, "second": second}, labels)
+    assert result["members"] == {"first": pytest.approx(2 / 3), "second": pytest.approx(2 / 3)}
+    assert result["accuracy"] == 1.0
+    assert result["gain_over_best"] == pytest.approx(1 / 3)
+
+
+def test_per_class_scores_match_hand_counts():
+    scores = analysis.per_class_scores(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]),
+                                       ["cat", "dog"])
+    assert scores[0] == analysis.ClassScores("cat", 1.0, 0.5, pytest.approx(2 / 3), 2)
+    assert scores[1].precision == pytest.approx(2 / 3) and scores[1].recall == 1.0
+
+
+def test_initial_weights_are_the_ones_training_started_from():
+    config = ModelConfig("cnn", (1, 4, 4), 2, channels=(4, 8), head_hidden=8)
+    expected = analysis.initial_weights(config, seed=3)
+    training = Training(config, TrainSettings(epochs=1), toy_splits(), CPU, seed=3)
+    for name, value in training.runner.model.named_parameters():
+        torch.testing.assert_close(value.detach(), expected[name])
+
+
+def test_feature_maps_and_logits_have_the_right_shapes():
+    config = ModelConfig("convnet", (1, 4, 4), 3, channels=(5,), activation="relu")
+    model = build_model(config)
+    images = np.random.default_rng(0).integers(0, 255, (7, 1, 4, 4)).astype(np.uint8)
+    assert analysis.first_block_maps(model, images[0]).shape == (5, 4, 4)
+    logits = analysis.test_logits(model, images, CPU, amp=False, channels_last=True)
+    assert logits.shape == (7, 3)
+    np.testing.assert_allclose(analysis.softmax(logits).sum(1), 1.0, rtol=1e-6)
+    assert analysis.first_block_maps(build_model(ModelConfig("linear", (1, 4, 4), 3)),
+                                     images[0]) is None

@@ -110,12 +110,13 @@ _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.numeric", "_frombuffer"),
     ("numpy.core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),  # how protocol-2 pickles store bytes; it only re-encodes a string
 }
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
-    def __init__(self, file: IO[bytes], source: Path):
-        super().__init__(file)
+    def __init__(self, file: IO[bytes], source: Path | str, encoding: str = "ASCII"):
+        super().__init__(file, encoding=encoding)
         self._source = source
 
     def find_class(self, module: str, name: str) -> Any:
@@ -126,6 +127,17 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
                 "by this pipeline or was tampered with; delete it and run `dvc repro`."
             )
         return super().find_class(module, name)
+
+
+def load_foreign_arrays(data: bytes, source: str) -> Any:
+    """Unpickle a file someone else wrote (e.g. CIFAR's Python 2 batches: strings come back as
+    bytes), resolving nothing but numpy array globals."""
+    try:
+        return _ArrayOnlyUnpickler(io.BytesIO(data), source, encoding="bytes").load()
+    except ArtifactError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as error:
+        raise ArtifactError(f"{source}: corrupt or truncated pickle ({error})") from None
 
 
 def save_arrays(path: str | Path, payload: dict[str, Any]) -> None:

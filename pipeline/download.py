@@ -19,6 +19,7 @@ import random
 import shutil
 import struct
 import sys
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -29,12 +30,19 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.artifacts import atomic_write, fresh_directory, sha256_of, write_json
+from pipeline.artifacts import (
+    atomic_write,
+    fresh_directory,
+    load_foreign_arrays,
+    sha256_of,
+    write_json,
+)
 from pipeline.params import (
+    AnyDataset,
+    CifarDataset,
     CsvDataset,
     DownloadParams,
     FileSource,
-    IdxDataset,
     load_params,
 )
 
@@ -283,6 +291,41 @@ def _idx_split_to_csv(
     return write_kaggle_csv(out, images, labels)
 
 
+def read_cifar_batches(archive: Path, names: list[str], shape: tuple[int, int, int],
+                       num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, C*H*W) and labels (N,) from the named batches of a CIFAR python tarball."""
+    pixels = int(np.prod(shape))
+    images, labels = [], []
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            for name in names:
+                if name not in members:
+                    raise DownloadError(
+                        f"{archive.name}: no batch {name!r} in the archive (it holds "
+                        f"{', '.join(sorted(members)) or 'no files'}); check the dataset's "
+                        "train_batches / test_batches")
+                where = f"{archive.name}:{members[name].name}"
+                batch = load_foreign_arrays(tar.extractfile(members[name]).read(), where)
+                data = batch.get(b"data") if isinstance(batch, dict) else None
+                targets = batch.get(b"labels", batch.get(b"fine_labels")) \
+                    if isinstance(batch, dict) else None
+                if not isinstance(data, np.ndarray) or data.dtype != np.uint8 \
+                        or data.ndim != 2 or data.shape[1] != pixels:
+                    raise DownloadError(f"{where}: expected b'data' as uint8 rows of {pixels} "
+                                        f"pixels (shape {list(shape)})")
+                targets = np.asarray(targets if targets is not None else [], dtype=np.int64)
+                if len(targets) != len(data) or targets.min() < 0 \
+                        or targets.max() >= num_classes:
+                    raise DownloadError(f"{where}: expected {len(data):,} labels in "
+                                        f"0..{num_classes - 1}")
+                images.append(data)
+                labels.append(targets)
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise DownloadError(f"{archive.name}: not a readable tar archive ({error})") from None
+    return np.concatenate(images), np.concatenate(labels)
+
+
 def _csv_name(split: str, fetched: Fetched) -> str:
     return f"{split}.csv.gz" if fetched.path.name.endswith(".gz") else f"{split}.csv"
 
@@ -293,7 +336,7 @@ def _record(fetched: Fetched) -> dict:
 
 def materialise(
     name: str,
-    dataset: CsvDataset | IdxDataset,
+    dataset: AnyDataset,
     out_dir: Path,
     cache_dir: Path,
     settings: DownloadParams,
@@ -314,6 +357,16 @@ def materialise(
                 if source.sha256 is None:
                     print(f"{name}.{split}: sha256 {fetched.sha256} "
                           f"(pin it as datasets.{name}.{split}.sha256 in params.yaml)")
+        elif isinstance(dataset, CifarDataset):
+            archive = fetch(dataset.archive, dataset.mirrors, cache_dir, settings, show_progress)
+            for split, batches in (("train", dataset.train_batches),
+                                   ("test", dataset.test_batches)):
+                images, labels = read_cifar_batches(archive.path, batches, dataset.shape,
+                                                    len(dataset.classes))
+                target = staging / f"{split}.csv"
+                rows = write_kaggle_csv(target, images, labels)
+                files[target.name] = {"archive": _record(archive), "batches": batches,
+                                      "rows": rows, "sha256": sha256_of(target)}
         else:
             for split in ("train", "test"):
                 pair = getattr(dataset, split)

@@ -131,7 +131,24 @@ class IdxDataset(_DatasetBase):
         return 255
 
 
-Dataset = Annotated[CsvDataset | IdxDataset, Field(discriminator="format")]
+class CifarDataset(_DatasetBase):
+    """The CIFAR python tarball: pickled batches (read through a numpy-only unpickler),
+    converted to Kaggle-layout CSV (label + C*H*W pixel columns) on download."""
+
+    format: Literal["cifar"]
+    archive: FileSource
+    train_batches: list[str] = Field(
+        ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"],
+        min_length=1)
+    test_batches: list[str] = Field(["test_batch"], min_length=1)
+
+    @property
+    def max_pixel(self) -> int:
+        return 255
+
+
+Dataset = Annotated[CsvDataset | IdxDataset | CifarDataset, Field(discriminator="format")]
+AnyDataset = CsvDataset | IdxDataset | CifarDataset
 
 
 class DownloadParams(_Strict):
@@ -244,7 +261,7 @@ class Params(_Strict):
             _check_name(f"models.{name}", name)
         return self
 
-    def dataset(self, name: str) -> CsvDataset | IdxDataset:
+    def dataset(self, name: str) -> AnyDataset:
         return self._lookup("datasets", name)
 
     def model(self, name: str) -> ModelSpec:
@@ -281,8 +298,8 @@ def _allowed_keys(loc: tuple) -> list[str]:
     """The keys allowed where the unknown key `loc[-1]` was found, for 'did you mean'."""
     node: Any = Params
     for part in loc[:-1]:
-        if part in ("csv", "idx"):  # pydantic's tag for the dataset union member
-            node = CsvDataset if part == "csv" else IdxDataset
+        if part in ("csv", "idx", "cifar"):  # pydantic's tag for the dataset union member
+            node = {"csv": CsvDataset, "idx": IdxDataset, "cifar": CifarDataset}[part]
         elif typing.get_origin(node) is dict:
             node = typing.get_args(node)[1]
         elif isinstance(node, type) and issubclass(node, BaseModel) and part in node.model_fields:

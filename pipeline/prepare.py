@@ -23,7 +23,7 @@ from pipeline.artifacts import (
     write_json,
 )
 from pipeline.ingest import CsvLayout, DataError, duplicate_count, read_image_csv, row_digests
-from pipeline.params import CsvDataset, IdxDataset, PrepareParams, load_params
+from pipeline.params import AnyDataset, CsvDataset, PrepareParams, load_params
 
 SPLITS = ("train", "valid", "test")
 
@@ -35,8 +35,8 @@ class Split:
     classes: list[str]
 
 
-def layout_for(dataset: CsvDataset | IdxDataset) -> CsvLayout:
-    if isinstance(dataset, IdxDataset):  # written by the download stage in the Kaggle layout
+def layout_for(dataset: AnyDataset) -> CsvLayout:
+    if not isinstance(dataset, CsvDataset):  # written by the download stage in Kaggle layout
         return CsvLayout(dataset.num_pixels, len(dataset.classes), True, "label", 255)
     return CsvLayout(dataset.num_pixels, len(dataset.classes), dataset.header,
                      dataset.label_column, dataset.max_pixel)
@@ -86,7 +86,7 @@ def split_dataset(
 
 
 def prepare(
-    raw_dir: Path, out_dir: Path, dataset: CsvDataset | IdxDataset, settings: PrepareParams
+    raw_dir: Path, out_dir: Path, dataset: AnyDataset, settings: PrepareParams
 ) -> dict:
     """Read, validate, split and write one dataset. Returns the quality record."""
     layout = layout_for(dataset)

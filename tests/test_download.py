@@ -237,3 +237,83 @@ def test_user_csv_by_url_is_copied_and_its_hash_reported(http_server, tmp_path, 
     assert (out / "train.csv").read_bytes() == body
     assert f"sha256 {sha(body)}" in capsys.readouterr().out
     assert read_json(out / "source.json")["files"]["train.csv"]["sha256"] == sha(body)
+
+
+def cifar_tarball(batches: dict[str, object]) -> bytes:
+    """A tar.gz laid out like cifar-10-python.tar.gz, each batch pickled as given."""
+    import io
+    import pickle
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, payload in batches.items():
+            data = payload if isinstance(payload, bytes) else pickle.dumps(payload, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def cifar_batch(rng, rows: int) -> dict:
+    return {b"batch_label": b"training batch", b"labels": rng.integers(0, 10, rows).tolist(),
+            b"data": rng.integers(0, 256, (rows, 3072)).astype(np.uint8),
+            b"filenames": [b"x.png"] * rows}
+
+
+def cifar_dataset(url: str, body: bytes, **extra):
+    from pipeline.params import CifarDataset
+
+    return CifarDataset(format="cifar", archive={"url": url, "sha256": sha(body),
+                                                 "size": len(body)},
+                        shape=(3, 32, 32), classes=[str(i) for i in range(10)], **extra)
+
+
+def test_cifar_tarball_batches_become_kaggle_layout_csv(http_server, tmp_path):
+    from pipeline.ingest import CsvLayout, read_image_csv
+
+    rng = np.random.default_rng(0)
+    batches = {f"data_batch_{i}": cifar_batch(rng, 4) for i in range(1, 6)}
+    batches["test_batch"] = cifar_batch(rng, 3)
+    body = cifar_tarball(batches)
+    url = http_server.add("/kriz/cifar-10-python.tar.gz", serve_bytes(body))
+    out = tmp_path / "raw" / "cifar"
+    materialise("cifar", cifar_dataset(url, body), out, tmp_path / "cache", FAST)
+    layout = CsvLayout(3072, 10, True, "label")
+    train = read_image_csv(out / "train.csv", layout)
+    expected = np.concatenate([batches[f"data_batch_{i}"][b"data"] for i in range(1, 6)])
+    np.testing.assert_array_equal(train.images, expected)
+    np.testing.assert_array_equal(
+        train.labels, sum((batches[f"data_batch_{i}"][b"labels"] for i in range(1, 6)), []))
+    test = read_image_csv(out / "test.csv", layout)
+    np.testing.assert_array_equal(test.images, batches["test_batch"][b"data"])
+    assert read_json(out / "source.json")["files"]["test.csv"]["rows"] == 3
+
+
+def test_a_cifar_batch_that_runs_code_is_refused_and_nothing_runs(http_server, tmp_path):
+    import pickle
+
+    from pipeline.artifacts import ArtifactError
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (__import__("os").system, (f"touch {marker}",))
+
+    body = cifar_tarball({"data_batch_1": pickle.dumps(Payload(), protocol=2),
+                          "test_batch": cifar_batch(np.random.default_rng(1), 2)})
+    url = http_server.add("/evil.tar.gz", serve_bytes(body))
+    dataset = cifar_dataset(url, body, train_batches=["data_batch_1"])
+    with pytest.raises(ArtifactError, match="references posix.system"):
+        materialise("cifar", dataset, tmp_path / "raw" / "cifar", tmp_path / "cache", FAST)
+    assert not marker.exists() and not (tmp_path / "raw" / "cifar").exists()
+
+
+def test_a_cifar_archive_missing_a_batch_names_what_it_holds(http_server, tmp_path):
+    body = cifar_tarball({"test_batch": cifar_batch(np.random.default_rng(2), 2)})
+    url = http_server.add("/short.tar.gz", serve_bytes(body))
+    with pytest.raises(DownloadError, match="no batch 'data_batch_1' in the archive "
+                                            r"\(it holds test_batch\)"):
+        materialise("cifar", cifar_dataset(url, body), tmp_path / "raw" / "c", tmp_path / "c",
+                    FAST)

@@ -8,12 +8,14 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import FASHION_CLASSES, FASHION_SAMPLE, ROOT, serve_bytes
+from tests.browser import check_page
+from tests.conftest import FASHION_CLASSES, FASHION_SAMPLE, ROOT, LocalServer, serve_bytes
 
 pytestmark = pytest.mark.e2e
 
@@ -44,21 +46,42 @@ def lock_hashes(repo: Path, stage_prefix: str) -> dict[str, str]:
             if name.startswith(stage_prefix) for out in stage.get("outs", [])}
 
 
-def test_dvc_repro_end_to_end(tmp_path, http_server):
-    repo = tmp_path / "repo"
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Iterator[tuple[Path, dict]]:
+    """One `dvc repro` of a copy of the repository, shared by the tests below."""
+    repo = tmp_path_factory.mktemp("e2e") / "repo"
     repo.mkdir()
     copy_repository(repo)
-    url = http_server.add("/kaggle/fashion-mnist_test.csv",
-                          serve_bytes(FASHION_SAMPLE.read_bytes()))
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["run"]["datasets"] = ["digits", "fashion_sample"]
-    params["datasets"]["fashion_sample"] = {   # a user CSV, added through params only
-        "format": "csv", "train": {"url": url}, "header": True, "label_column": "label",
-        "shape": [1, 28, 28], "classes": FASHION_CLASSES}
-    params["train"]["epochs"] = 2
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    server = LocalServer()
+    server.thread.start()
+    try:
+        url = server.add("/kaggle/fashion-mnist_test.csv",
+                         serve_bytes(FASHION_SAMPLE.read_bytes()))
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["run"]["datasets"] = ["digits", "fashion_sample"]
+        params["datasets"]["fashion_sample"] = {   # a user CSV, added through params only
+            "format": "csv", "train": {"url": url}, "header": True, "label_column": "label",
+            "shape": [1, 28, 28], "classes": FASHION_CLASSES}
+        params["train"]["epochs"] = 2
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        sh(["dvc", "repro"], repo)
+        yield repo, params
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
 
-    sh(["dvc", "repro"], repo)
+
+def test_the_report_renders_in_a_real_browser(built, tmp_path):
+    repo, _ = built
+    report = repo / "reports" / "index.html"
+    check = check_page(report, tmp_path)
+    assert check.images == report.read_text().count("<img ") > 20
+    assert check.broken == [] and check.errors == [] and check.console_errors == []
+    assert check.screenshot.stat().st_size > 20_000
+
+
+def test_dvc_repro_end_to_end(built, tmp_path):
+    repo, params = built
 
     html = (repo / "reports" / "index.html").read_text()
     for dataset in ("digits", "fashion_sample"):

@@ -1,0 +1,166 @@
+"""Classify new images with a trained model: PNG/JPEG files or CSV rows in the dataset's layout.
+
+    python -m pipeline.predict --checkpoint models/digits/cnn.pt my_digit.png
+    pipeline-predict --checkpoint models/digits/cnn.pt data/raw/digits/train.csv.gz --top-k 3 \\
+        --out predictions.csv
+
+Images are converted to the model's channels (grey or RGB) and resized to its input size. The
+built-in datasets draw bright ink on a dark background; a photo or scan with a light background
+is inverted (`--invert auto`, the default, decides by the border pixels; `yes`/`no` force it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.artifacts import atomic_write
+from pipeline.ingest import DataError, read_image_csv
+from pipeline.params import load_params
+from pipeline.prepare import layout_for
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+CSV_SUFFIXES = (".csv", ".csv.gz")
+
+
+class PredictError(DataError):
+    """An input cannot be classified; the message says which file and why."""
+
+
+@dataclass
+class Inputs:
+    names: list[str]  # "file" or "file:row"
+    images: np.ndarray  # (N, C, H, W) uint8
+    labels: list[str | None]  # the true class where the input says it
+
+
+def load_image(path: Path, shape: tuple[int, int, int], invert: str = "auto") -> np.ndarray:
+    """One image file as a C x H x W uint8 array in the model's shape."""
+    channels, height, width = shape
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = opened.convert("L" if channels == 1 else "RGB")
+    except FileNotFoundError:
+        raise PredictError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise PredictError(f"{path}: not an image this tool can read ({error}); "
+                           "use a PNG or JPEG file") from None
+    if channels not in (1, 3):
+        raise PredictError(f"{path}: the model takes {channels}-channel input; only grey (1) "
+                           "and RGB (3) models can classify image files, use a CSV instead")
+    if image.width < width or image.height < height:
+        raise PredictError(
+            f"{path}: the image is {image.width}x{image.height}, smaller than the model's "
+            f"{width}x{height} input; use an image at least that size")
+    resized = image.resize((width, height), Image.Resampling.LANCZOS)
+    array = np.asarray(resized, dtype=np.uint8)
+    array = array[None] if channels == 1 else np.transpose(array, (2, 0, 1))
+    if invert == "yes" or (invert == "auto" and _light_background(array)):
+        array = 255 - array
+    return np.ascontiguousarray(array)
+
+
+def _light_background(image: np.ndarray) -> bool:
+    border = np.concatenate([image[:, 0].ravel(), image[:, -1].ravel(),
+                             image[:, :, 0].ravel(), image[:, :, -1].ravel()])
+    return float(border.mean()) > 127
+
+
+def load_inputs(paths: list[Path], shape: tuple[int, int, int], classes: list[str],
+                dataset_name: str | None, params_path: Path, invert: str) -> Inputs:
+    names: list[str] = []
+    images: list[np.ndarray] = []
+    labels: list[str | None] = []
+    for path in paths:
+        if path.name.lower().endswith(CSV_SUFFIXES):
+            if dataset_name is None:
+                raise PredictError(f"{path}: the checkpoint does not say which dataset it was "
+                                   "trained on, so the CSV layout is unknown")
+            dataset = load_params(params_path).dataset(dataset_name)
+            try:
+                table = read_image_csv(path, layout_for(dataset))
+            except DataError as error:
+                raise PredictError(str(error)) from None
+            images.extend(table.images.reshape(-1, *shape))
+            names.extend(f"{path}:{row}" for row in range(1, len(table.labels) + 1))
+            labels.extend(classes[label] for label in table.labels)
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(load_image(path, shape, invert))
+            names.append(str(path))
+            labels.append(None)
+        else:
+            raise PredictError(f"{path}: expected a CSV ({', '.join(CSV_SUFFIXES)}) or an image "
+                               f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return Inputs(names, np.stack(images) if images else np.zeros((0, *shape), np.uint8), labels)
+
+
+@torch.no_grad()
+def probabilities(model: torch.nn.Module, images: np.ndarray, batch: int = 1024) -> np.ndarray:
+    model.eval()
+    chunks = [torch.softmax(model(torch.from_numpy(images[i : i + batch]).float() / 255.0), 1)
+              for i in range(0, len(images), batch)]
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0))
+
+
+def write_csv(path: Path, inputs: Inputs, probs: np.ndarray, classes: list[str]) -> None:
+    with atomic_write(path, "w") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["input", "actual", "predicted", "confidence", *classes])
+        for name, label, row in zip(inputs.names, inputs.labels, probs, strict=True):
+            best = int(row.argmax())
+            writer.writerow([name, label or "", classes[best], f"{row[best]:.4f}",
+                             *(f"{p:.4f}" for p in row)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pipeline.train import load_checkpoint
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", nargs="+", type=Path, help="PNG/JPEG files or CSV files")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="models/<ds>/<model>.pt")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="for the CSV layout of the checkpoint's dataset")
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto")
+    parser.add_argument("--out", type=Path, help="also write every probability to this CSV")
+    args = parser.parse_args(argv)
+
+    model, payload = load_checkpoint(args.checkpoint)
+    classes = payload["classes"]
+    shape = tuple(payload["config"]["input_shape"])
+    inputs = load_inputs(args.inputs, shape, classes, payload.get("dataset"), args.params,
+                         args.invert)
+    probs = probabilities(model, inputs.images)
+    top_k = max(1, min(args.top_k, len(classes)))
+    for name, label, row in zip(inputs.names, inputs.labels, probs, strict=True):
+        best = np.argsort(-row)[:top_k]
+        guesses = ", ".join(f"{classes[i]} {row[i]:.1%}" for i in best)
+        truth = f"  (true: {label})" if label is not None else ""
+        print(f"{name}: {guesses}{truth}")
+    known = [(label, classes[int(row.argmax())]) for label, row in zip(inputs.labels, probs,
+                                                                       strict=True) if label]
+    if known:
+        right = sum(label == guess for label, guess in known)
+        print(f"accuracy on the {len(known):,} labelled inputs: {right / len(known):.2%}",
+              file=sys.stderr)
+    if args.out:
+        write_csv(args.out, inputs, probs, classes)
+        print(f"wrote {args.out}", file=sys.stderr)
+
+
+def cli() -> None:
+    from pipeline.cli import run_stage
+
+    run_stage(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,72 @@
+"""Open an HTML file in headless Chromium (Debian's package) and report what a reader would see:
+how many images loaded, which did not, script and console errors, and a screenshot."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PROBE = """
+<script>
+window.__errors = [];
+window.addEventListener("error", e => window.__errors.push(
+  e.message ? "script error: " + e.message : "failed to load: " + (e.target.alt || e.target.src)
+), true);
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const broken = images.filter(i => !(i.complete && i.naturalWidth > 0))
+                       .map(i => i.alt || i.src.slice(0, 60));
+  const out = document.createElement("pre");
+  out.id = "browser-check";
+  out.textContent = JSON.stringify({images: images.length, broken, errors: window.__errors});
+  document.body.appendChild(out);
+});
+</script>
+"""
+
+
+@dataclass
+class PageCheck:
+    images: int
+    broken: list[str]
+    errors: list[str]
+    console_errors: list[str]
+    screenshot: Path
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    pytest.skip("Chromium is not installed (the set-up installs Debian's `chromium` where "
+                "apt-get can run as root); the browser check cannot run here")
+
+
+def _run(browser: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
+                           "--virtual-time-budget=10000", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def check_page(html_file: Path, workdir: Path) -> PageCheck:
+    browser = chromium()
+    html = html_file.read_text(encoding="utf-8")
+    # the probe goes first in <head> so it hears errors from everything after it
+    probed = workdir / "probed.html"
+    probed.write_text(html.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
+    dom = _run(browser, "--dump-dom", probed.as_uri())
+    found = re.search(r'<pre id="browser-check">(.*?)</pre>', dom.stdout, re.S)
+    assert found, f"the page never finished loading:\n{dom.stderr[-2000:]}"
+    result = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    console = [line for line in dom.stderr.splitlines()
+               if "CONSOLE" in line and ("ERROR" in line or "Uncaught" in line)]
+    screenshot = workdir / "screenshot.png"
+    _run(browser, f"--screenshot={screenshot}", "--window-size=1280,2400", html_file.as_uri())
+    return PageCheck(result["images"], result["broken"], result["errors"], console, screenshot)

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.models import ModelConfig
+from pipeline.params import TrainSettings
+from pipeline.predict import PredictError, _light_background, load_image, main
+from pipeline.train import fit, save_checkpoint
+from tests.conftest import ROOT
+from tests.test_train import CPU, toy_splits
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A model that tells 'left' (bright left half) from 'right' on 1x4x4 images."""
+    config = ModelConfig("linear", (1, 4, 4), 2)
+    result = fit(config, TrainSettings(epochs=8, batch_size=32, lr=0.05), toy_splits(), CPU,
+                 seed=0, log=lambda line: None)
+    path = tmp_path_factory.mktemp("model") / "toy.pt"
+    save_checkpoint(path, config, result.state_dict, ["left", "right"], {"dataset": None})
+    return path
+
+
+def half_image(path, side: str, size: int = 16, ink: int = 255, paper: int = 0):
+    pixels = np.full((size, size), paper, dtype=np.uint8)
+    if side == "left":
+        pixels[:, : size // 2] = ink
+    else:
+        pixels[:, size // 2 :] = ink
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_pngs_are_resized_and_classified(checkpoint, tmp_path, capsys):
+    left = half_image(tmp_path / "left.png", "left")
+    right = half_image(tmp_path / "right.png", "right")
+    out = tmp_path / "predictions.csv"
+    main([str(left), str(right), "--checkpoint", str(checkpoint), "--invert", "no",
+          "--out", str(out), "--top-k", "2"])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(f"{left}: left ") and printed[1].startswith(f"{right}: right ")
+    rows = out.read_text().splitlines()
+    assert rows[0] == "input,actual,predicted,confidence,left,right"
+    assert rows[1].split(",")[2] == "left" and rows[2].split(",")[2] == "right"
+
+
+def test_a_light_background_image_is_inverted_to_the_datasets_convention(checkpoint, tmp_path,
+                                                                        capsys):
+    scan = half_image(tmp_path / "scan.png", "left", ink=0, paper=255)  # dark ink on white
+    image = load_image(scan, (1, 4, 4), invert="auto")
+    assert image[0, :, :2].min() > 200 and image[0, :, 2:].max() < 50
+    main([str(scan), "--checkpoint", str(checkpoint)])
+    assert capsys.readouterr().out.startswith(f"{scan}: left ")
+
+
+def test_light_background_detection():
+    dark = np.zeros((1, 8, 8), np.uint8)
+    dark[0, 2:6, 2:6] = 255
+    assert not _light_background(dark) and _light_background(255 - dark)
+
+
+def test_csv_rows_in_the_dataset_layout_are_classified_with_their_labels(tmp_path, capsys):
+    config = ModelConfig("linear", (1, 8, 8), 10)
+    rng = np.random.default_rng(0)
+    splits = toy_splits()
+    for name, split in splits.items():  # reshape the toy data to digits' 1x8x8, 10 classes
+        images = rng.integers(0, 255, (len(split.labels), 1, 8, 8)).astype(np.uint8)
+        splits[name] = type(split)(images, split.labels, [str(i) for i in range(10)])
+    result = fit(config, TrainSettings(epochs=1), splits, CPU, seed=0, log=lambda line: None)
+    model = tmp_path / "digits.pt"
+    save_checkpoint(model, config, result.state_dict, [str(i) for i in range(10)],
+                    {"dataset": "digits"})
+    rows = tmp_path / "new.csv"  # digits layout: no header, 64 pixels 0..16, label last
+    rows.write_text("".join(",".join(["8"] * 64 + [str(label)]) + "\n" for label in (3, 7)))
+    main([str(rows), "--checkpoint", str(model), "--params", str(ROOT / "params.yaml")])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(f"{rows}:1: ") and printed[0].endswith("(true: 3)")
+    assert printed[1].endswith("(true: 7)")
+
+
+def test_wrong_inputs_get_clear_errors(checkpoint, tmp_path):
+    fake = tmp_path / "photo.png"
+    fake.write_text("not an image")
+    with pytest.raises(PredictError, match="photo.png: not an image this tool can read"):
+        main([str(fake), "--checkpoint", str(checkpoint)])
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tiny)
+    with pytest.raises(PredictError, match=r"tiny.png: the image is 2x2, smaller than .* 4x4"):
+        main([str(tiny), "--checkpoint", str(checkpoint)])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    with pytest.raises(PredictError, match="notes.txt: expected a CSV"):
+        main([str(notes), "--checkpoint", str(checkpoint)])
+
+
+def test_the_command_line_prints_one_error_line(checkpoint, tmp_path):
+    missing = tmp_path / "missing.png"
+    result = subprocess.run([sys.executable, "-m", "pipeline.predict", str(missing),
+                             "--checkpoint", str(checkpoint)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {missing}: no such file"

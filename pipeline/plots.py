@@ -253,3 +253,27 @@ def weight_histograms(initial: dict[str, np.ndarray], trained: dict[str, np.ndar
     axes.flat[0].legend(fontsize=7)
     figure.suptitle(title)
     return to_data_uri(figure)
+
+
+def experiment_overlay(curves: dict[str, dict[str, list[dict]]], title: str) -> str:
+    """Validation accuracy per epoch, one panel per model, one line per experiment."""
+    models = list(curves)
+    columns = min(3, len(models))
+    rows = -(-len(models) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 4.2, rows * 3.2),
+                                squeeze=False, layout="constrained")
+    names = sorted({name for runs in curves.values() for name in runs})
+    colors = _model_colors(names)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, model in zip(axes.flat, models, strict=False):
+        ax.axis("on")
+        for name, history in curves[model].items():
+            ax.plot([r["epoch"] for r in history], [r["valid_accuracy"] for r in history],
+                    color=colors[name], label=name,
+                    linewidth=2.2 if name == "workspace" else 1.3)
+        ax.set(title=model, xlabel="epoch", ylabel="valid accuracy")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7, loc="lower right")
+    figure.suptitle(title)
+    return to_data_uri(figure)

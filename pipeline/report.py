@@ -24,7 +24,7 @@ import jinja2
 import numpy as np
 import yaml
 
-from pipeline import analysis, plots
+from pipeline import analysis, experiments, plots
 from pipeline.artifacts import ArtifactError, atomic_write, read_json
 from pipeline.models import CONV_ARCHITECTURES, LayerRow, ModelConfig, layer_summary
 from pipeline.params import Params, load_params
@@ -207,7 +207,38 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def render(sections: list[DatasetSection], params: Params, environment: dict) -> str:
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def compare_experiments(sections: list[DatasetSection], params: Params, inputs: Inputs,
+                        repo_root: Path) -> dict:
+    """The workspace next to the committed baseline and `dvc exp` experiments (git refs)."""
+    runs = [(s.name, m.name) for s in sections for m in s.models]
+    found = experiments.list_experiments(repo_root, runs, _relative(inputs.metrics, repo_root),
+                                         _relative(inputs.history, repo_root))
+    workspace = experiments.Experiment(
+        "workspace", experiments.flatten(params.model_dump(mode="json")),
+        {(s.name, m.name): m.metrics["test_accuracy"] for s in sections for m in s.models},
+        {(s.name, m.name): m.history for s in sections for m in s.models})
+    rows = [{"name": e.name, "changed": experiments.changed_params(e, workspace.params),
+             "accuracy": e.accuracy} for e in [workspace, *found]]
+    figures = {}
+    if found:
+        for section in sections:
+            curves = {m.name: {e.name: e.histories[(section.name, m.name)]
+                               for e in [workspace, *found] if (section.name, m.name)
+                               in e.histories} for m in section.models}
+            figures[section.name] = plots.experiment_overlay(
+                curves, f"{section.name}: validation accuracy, workspace vs experiments")
+    return {"runs": runs, "rows": rows, "figures": figures, "count": len(found)}
+
+
+def render(sections: list[DatasetSection], params: Params, environment: dict,
+           comparison: dict) -> str:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("pipeline", "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
@@ -218,6 +249,7 @@ def render(sections: list[DatasetSection], params: Params, environment: dict) ->
     template = env.get_template("report.html.j2")
     return template.render(
         sections=sections,
+        comparison=comparison,
         params_yaml=yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, width=100),
         environment=environment,
     )
@@ -240,7 +272,8 @@ def build_report(params: Params, inputs: Inputs, out: Path,
         "devices": devices,
         "platform": f"{platform.system()} {platform.machine()}",
     }
-    html = render(sections, params, environment)
+    comparison = compare_experiments(sections, params, inputs, repo_root)
+    html = render(sections, params, environment, comparison)
     with atomic_write(out, "w") as handle:
         handle.write(html)
     return sections

@@ -11,11 +11,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from pipeline.params import ParamsError, parse_params
+
+# refs/exps/<first 2 hex of the baseline commit>/<other 38>/<experiment name>; DVC keeps its own
+# bookkeeping refs (refs/exps/exec/...) beside them
+EXPERIMENT_REF = re.compile(r"^refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/[^/]+$")
 
 
 @dataclass
@@ -46,6 +53,14 @@ def _git(repo: Path, *args: str) -> str | None:
     return result.stdout if result.returncode == 0 else None
 
 
+def normalised_params(raw: dict) -> dict[str, object]:
+    """Flattened params with the schema's defaults filled in, so revisions compare fairly."""
+    try:
+        return flatten(parse_params(raw).model_dump(mode="json"))
+    except ParamsError:  # written under an older schema: compare what is there
+        return flatten(raw)
+
+
 def _history(text: str) -> list[dict]:
     return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
             for row in csv.DictReader(io.StringIO(text))]
@@ -56,7 +71,7 @@ def read_revision(repo: Path, revision: str, name: str, runs: list[tuple[str, st
     params_text = _git(repo, "show", f"{revision}:params.yaml")
     if params_text is None:
         return None
-    experiment = Experiment(name, flatten(yaml.safe_load(params_text) or {}))
+    experiment = Experiment(name, normalised_params(yaml.safe_load(params_text) or {}))
     for dataset, model in runs:
         metrics = _git(repo, "show", f"{revision}:{metrics_dir}/{dataset}/{model}.json")
         history = _git(repo, "show", f"{revision}:{history_dir}/{dataset}/{model}.csv")
@@ -76,7 +91,7 @@ def list_experiments(repo: Path, runs: list[tuple[str, str]], metrics_dir: str,
         found.append(head)
     refs = _git(repo, "for-each-ref", "--sort=-committerdate", "--format=%(refname)",
                 "refs/exps") or ""
-    for ref in [line for line in refs.splitlines() if line.strip()][:limit]:
+    for ref in [line for line in refs.splitlines() if EXPERIMENT_REF.match(line)][:limit]:
         experiment = read_revision(repo, ref, ref.rsplit("/", 1)[-1], runs, metrics_dir,
                                    history_dir)
         if experiment is not None:

@@ -40,6 +40,7 @@ def test_experiments_are_read_from_their_git_refs(tmp_path):
     git(repo, "commit", "-qm", "experiment")
     git(repo, "update-ref", f"refs/exps/{baseline[:2]}/{baseline[2:]}/bold-lr",
         git(repo, "rev-parse", "HEAD"))
+    git(repo, "update-ref", "refs/exps/exec/EXEC_MERGE", "HEAD")  # DVC bookkeeping: ignored
     git(repo, "reset", "-q", "--hard", baseline)
 
     found = list_experiments(repo, RUNS, "reports/metrics", "reports/history")

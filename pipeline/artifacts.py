@@ -92,9 +92,10 @@ def fresh_directory(path: str | Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield staging
-        for entry in staging.iterdir():
-            with open(entry, "rb") as handle:
-                os.fsync(handle.fileno())
+        for entry in staging.rglob("*"):
+            if entry.is_file():
+                with open(entry, "rb") as handle:
+                    os.fsync(handle.fileno())
         if path.exists():
             shutil.rmtree(path)
         os.replace(staging, path)

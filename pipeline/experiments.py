@@ -1,28 +1,24 @@
 """The experiments DVC knows, read for the report's comparison section.
 
-`dvc exp run` stores each experiment as a git commit under `refs/exps/...`; since this project
-commits params.yaml, reports/metrics and reports/history to git, every experiment's parameters,
-metrics and learning curves can be read straight from that commit with `git show`, which works
-while `dvc repro` holds its lock (calling `dvc exp show` from inside a stage would not).
+`dvc.api.exp_show` lists the committed baseline and the `dvc exp run` experiments derived from it;
+each one's params.yaml and dvclive files (committed to git, see dvc.yaml) are then read at its
+revision through `dvc.api.DVCFileSystem`. DVC releases its repository lock while a stage's command
+runs, so the report stage can call its API.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from pipeline import tracking
+from pipeline.artifacts import ArtifactError
 from pipeline.params import ParamsError, parse_params
 
-# refs/exps/<first 2 hex of the baseline commit>/<other 38>/<experiment name>; DVC keeps its own
-# bookkeeping refs (refs/exps/exec/...) beside them
-EXPERIMENT_REF = re.compile(r"^refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/[^/]+$")
+FINISHED = (None, "Success")  # exp_show's State of a usable row; queued/running/failed are not
 
 
 @dataclass
@@ -44,15 +40,6 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def _git(repo: Path, *args: str) -> str | None:
-    try:
-        result = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
-                                timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout if result.returncode == 0 else None
-
-
 def normalised_params(raw: dict) -> dict[str, object]:
     """Flattened params with the schema's defaults filled in, so revisions compare fairly."""
     try:
@@ -61,39 +48,60 @@ def normalised_params(raw: dict) -> dict[str, object]:
         return flatten(raw)
 
 
-def _history(text: str) -> list[dict]:
-    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
-            for row in csv.DictReader(io.StringIO(text))]
-
-
 def read_revision(repo: Path, revision: str, name: str, runs: list[tuple[str, str]],
-                  metrics_dir: str, history_dir: str) -> Experiment | None:
-    params_text = _git(repo, "show", f"{revision}:params.yaml")
+                  live_dir: str) -> Experiment | None:
+    """One revision's params, test accuracies and curves; None if it has no usable run."""
+    from dvc.api import DVCFileSystem
+
+    fs = DVCFileSystem(str(repo), rev=revision)
+
+    def read(path: str) -> str | None:
+        try:
+            return fs.read_text(path, encoding="utf-8")
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+
+    params_text = read("params.yaml")
     if params_text is None:
         return None
     experiment = Experiment(name, normalised_params(yaml.safe_load(params_text) or {}))
     for dataset, model in runs:
-        metrics = _git(repo, "show", f"{revision}:{metrics_dir}/{dataset}/{model}.json")
-        history = _git(repo, "show", f"{revision}:{history_dir}/{dataset}/{model}.csv")
-        if metrics is not None:
-            experiment.accuracy[(dataset, model)] = json.loads(metrics)["test_accuracy"]
-        if history is not None:
-            experiment.histories[(dataset, model)] = _history(history)
+        run_dir = f"{live_dir}/{dataset}/{model}"
+        summary = read(f"{run_dir}/{tracking.METRICS_FILE}")
+        try:
+            accuracy = json.loads(summary)["test"]["accuracy"] if summary else None
+            history = tracking.parse_history(lambda rel, d=run_dir: read(f"{d}/{rel}"),
+                                             f"{revision}:{run_dir}")
+        except (ValueError, KeyError, TypeError, ArtifactError):  # older layout or damaged
+            continue
+        if isinstance(accuracy, (int, float)):
+            experiment.accuracy[(dataset, model)] = accuracy
+            experiment.histories[(dataset, model)] = history
     return experiment if experiment.accuracy else None
 
 
-def list_experiments(repo: Path, runs: list[tuple[str, str]], metrics_dir: str,
-                     history_dir: str, limit: int = 8) -> list[Experiment]:
-    """The committed baseline (HEAD) and the newest `limit` experiments, newest first."""
-    found: list[Experiment] = []
-    head = read_revision(repo, "HEAD", "HEAD (committed)", runs, metrics_dir, history_dir)
-    if head is not None:
-        found.append(head)
-    refs = _git(repo, "for-each-ref", "--sort=-committerdate", "--format=%(refname)",
-                "refs/exps") or ""
-    for ref in [line for line in refs.splitlines() if EXPERIMENT_REF.match(line)][:limit]:
-        experiment = read_revision(repo, ref, ref.rsplit("/", 1)[-1], runs, metrics_dir,
-                                   history_dir)
+def list_experiments(repo: Path, runs: list[tuple[str, str]], live_dir: str,
+                     limit: int = 8) -> list[Experiment]:
+    """The committed baseline and up to `limit` finished experiments, as `dvc exp show` lists
+    them; empty outside a git/DVC repository or before the first commit."""
+    import dvc.api
+    from dvc.exceptions import DvcException
+    from scmrepo.exceptions import SCMError
+
+    try:
+        rows = dvc.api.exp_show(repo=str(repo))
+    except (DvcException, SCMError, OSError):
+        return []
+    baselines = [r for r in rows if r["typ"] == "baseline" and r["rev"] != "workspace"]
+    children = [r for r in rows if r["typ"] != "baseline" and r.get("Experiment")
+                and r.get("State") in FINISHED][:limit]
+    found = []
+    for row in baselines[:1] + children:
+        name = f"{row['rev']} (committed)" if row["typ"] == "baseline" else row["Experiment"]
+        try:
+            experiment = read_revision(repo, row["rev"], name, runs, live_dir)
+        except (DvcException, SCMError, OSError):
+            continue
         if experiment is not None:
             found.append(experiment)
     return found

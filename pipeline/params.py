@@ -195,6 +195,7 @@ class TrainParams(TrainSettings):
     amp: bool = Field(True, description="bf16 autocast where the hardware has native bf16")
     channels_last: bool = True
     threads: Annotated[int, Field(ge=0)] = Field(0, description="0: torch's default")
+    tensorboard: bool = Field(False, description="also write TensorBoard event logs")
 
 
 class ModelSpec(_Strict):
@@ -207,6 +208,8 @@ class ModelSpec(_Strict):
     activation: Literal["leaky_relu", "relu"] = "leaky_relu"
     negative_slope: Annotated[float, Field(ge=0)] = 0.01
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    seeds: Annotated[int, Field(ge=1, le=16)] = Field(
+        1, description="train this many copies (train.seed, +1, ...) for a seed ensemble")
     train: TrainOverrides = TrainOverrides()
 
     def hidden_sizes(self) -> list[int]:

@@ -103,10 +103,13 @@ def load_inputs(paths: list[Path], shape: tuple[int, int, int], classes: list[st
 
 
 @torch.no_grad()
-def probabilities(model: torch.nn.Module, images: np.ndarray, batch: int = 1024) -> np.ndarray:
-    model.eval()
-    chunks = [torch.softmax(model(torch.from_numpy(images[i : i + batch]).float() / 255.0), 1)
-              for i in range(0, len(images), batch)]
+def probabilities(models: list[torch.nn.Module], images: np.ndarray,
+                  batch: int = 1024) -> np.ndarray:
+    """Softmax of the models' mean logits: one model, or a seed ensemble."""
+    chunks = []
+    for start in range(0, len(images), batch):
+        x = torch.from_numpy(images[start : start + batch]).float() / 255.0
+        chunks.append(torch.softmax(torch.stack([m.eval()(x) for m in models]).mean(0), 1))
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0))
 
 
@@ -121,7 +124,7 @@ def write_csv(path: Path, inputs: Inputs, probs: np.ndarray, classes: list[str])
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pipeline.train import load_checkpoint
+    from pipeline.train import load_checkpoint, seed_models
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", type=Path, help="PNG/JPEG files or CSV files")
@@ -133,12 +136,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="also write every probability to this CSV")
     args = parser.parse_args(argv)
 
-    model, payload = load_checkpoint(args.checkpoint)
+    _, payload = load_checkpoint(args.checkpoint)
+    models = seed_models(payload)
+    if len(models) > 1:
+        print(f"{args.checkpoint}: averaging the logits of its {len(models)} seed copies",
+              file=sys.stderr)
     classes = payload["classes"]
     shape = tuple(payload["config"]["input_shape"])
     inputs = load_inputs(args.inputs, shape, classes, payload.get("dataset"), args.params,
                          args.invert)
-    probs = probabilities(model, inputs.images)
+    probs = probabilities(models, inputs.images)
     top_k = max(1, min(args.top_k, len(classes)))
     for name, label, row in zip(inputs.names, inputs.labels, probs, strict=True):
         best = np.argsort(-row)[:top_k]

@@ -12,7 +12,6 @@ and a per-layer parameter table. At the end: the parameters used, git commit, pa
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import importlib.metadata
 import platform
@@ -24,12 +23,12 @@ import jinja2
 import numpy as np
 import yaml
 
-from pipeline import analysis, experiments, plots
-from pipeline.artifacts import ArtifactError, atomic_write, read_json
+from pipeline import analysis, experiments, plots, tracking
+from pipeline.artifacts import atomic_write, read_json
 from pipeline.models import CONV_ARCHITECTURES, LayerRow, ModelConfig, layer_summary
 from pipeline.params import Params, load_params
 from pipeline.prepare import Split, load_split
-from pipeline.train import load_checkpoint, select_device
+from pipeline.train import load_checkpoint, seed_models, select_device
 
 PACKAGES = ("dvc", "torch", "numpy", "pandas", "scikit-learn", "matplotlib", "jinja2", "pydantic")
 PROBABILITY_EXAMPLES = 4  # test images shown with every model's class probabilities
@@ -48,6 +47,7 @@ class ModelResult:
     scores: list[analysis.ClassScores] = field(default_factory=list)
     confused: list[tuple[str, str, int]] = field(default_factory=list)
     figures: dict[str, str | None] = field(default_factory=dict)
+    seeds: dict = field(default_factory=dict)  # the seed ensemble, when trained with seeds > 1
 
 
 @dataclass
@@ -66,30 +66,26 @@ class DatasetSection:
         return max(self.models, key=lambda m: (m.metrics["test_accuracy"], -m.metrics["params"]))
 
 
-def read_history(path: Path) -> list[dict]:
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: missing; run the train stage (dvc repro)") from None
-    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in rows]
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    return np.bincount(labels * n_classes + predicted,
+                       minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def read_confusion(path: Path, classes: list[str]) -> np.ndarray:
-    index = {name: i for i, name in enumerate(classes)}
-    matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            for line_no, row in enumerate(csv.DictReader(handle), start=2):
-                try:
-                    matrix[index[row["actual"]], index[row["predicted"]]] += 1
-                except KeyError as error:
-                    raise ArtifactError(
-                        f"{path}, line {line_no}: unknown class {error}; re-run the train stage"
-                    ) from None
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: missing; run the train stage (dvc repro)") from None
-    return matrix
+def model_metrics(summary: dict, payload: dict, history: list[dict], arch: str) -> dict:
+    """The numbers the report shows for a model, from dvclive's summary and the checkpoint."""
+    run = payload.get("run", {})
+    return {
+        "arch": arch,
+        "params": int(summary["params"]),
+        "test_accuracy": summary["test"]["accuracy"],
+        "test_loss": summary["test"]["loss"],
+        "best_epoch": summary.get("best", {}).get("epoch", "-"),
+        "epochs": len(history),
+        "train_seconds": summary.get("train_seconds", 0.0),
+        "samples_per_second": summary.get("samples_per_second", 0.0),
+        "device": run.get("device", "unknown"),
+        "device_name": run.get("device_name", "unknown"),
+    }
 
 
 @dataclass(frozen=True)
@@ -98,9 +94,7 @@ class Inputs:
 
     prepared: Path
     checkpoints: Path
-    metrics: Path
-    history: Path
-    predictions: Path
+    live: Path
 
 
 def collect_dataset(name: str, params: Params, inputs: Inputs) -> DatasetSection:
@@ -113,22 +107,34 @@ def collect_dataset(name: str, params: Params, inputs: Inputs) -> DatasetSection
     for model_name in params.run.models:
         model, payload = load_checkpoint(inputs.checkpoints / name / f"{model_name}.pt")
         config = ModelConfig.from_dict(payload["config"])
+        run_dir = inputs.live / name / model_name
+        history = tracking.read_history(run_dir)
+        channels_last = params.train.channels_last and config.arch in CONV_ARCHITECTURES
+        logits = analysis.test_logits(model, test.images, device, params.train.amp, channels_last)
+        model.to("cpu")
+        predicted = logits.argmax(1)
+        confusion = confusion_matrix(test.labels, predicted, len(classes))
         result = ModelResult(
             name=model_name,
-            metrics=read_json(inputs.metrics / name / f"{model_name}.json"),
-            history=read_history(inputs.history / name / f"{model_name}.csv"),
-            confusion=read_confusion(inputs.predictions / name / f"{model_name}.csv", classes),
+            metrics=model_metrics(tracking.read_summary(run_dir), payload, history, config.arch),
+            history=history,
+            confusion=confusion,
             layers=layer_summary(model, shape),
             model=model,
             config=config,
+            logits=logits,
+            scores=analysis.per_class_scores(test.labels, predicted, classes),
+            confused=analysis.most_confused(confusion, classes),
         )
-        result.logits = analysis.test_logits(
-            model, test.images, device, params.train.amp,
-            params.train.channels_last and config.arch in CONV_ARCHITECTURES)
-        model.to("cpu")
-        predicted = result.logits.argmax(1)
-        result.scores = analysis.per_class_scores(test.labels, predicted, classes)
-        result.confused = analysis.most_confused(result.confusion, classes)
+        copies = seed_models(payload)
+        if len(copies) > 1:
+            seeds = payload.get("run", {}).get("seeds") or list(range(len(copies)))
+            seed_logits = {f"seed {seed}": logits if i == 0 else analysis.test_logits(
+                copy, test.images, device, params.train.amp, channels_last)
+                for i, (seed, copy) in enumerate(zip(seeds, copies, strict=True))}
+            result.seeds = analysis.ensemble(seed_logits, test.labels)
+            members = np.array(list(result.seeds["members"].values()))
+            result.seeds.update(mean=float(members.mean()), std=float(members.std(ddof=1)))
         results.append(result)
     section = DatasetSection(name, classes, quality, results, test)
     section.ensemble = analysis.ensemble({m.name: m.logits for m in results}, test.labels)
@@ -216,10 +222,9 @@ def _relative(path: Path, root: Path) -> str:
 
 def compare_experiments(sections: list[DatasetSection], params: Params, inputs: Inputs,
                         repo_root: Path) -> dict:
-    """The workspace next to the committed baseline and `dvc exp` experiments (git refs)."""
+    """The workspace next to the committed baseline and the experiments `dvc exp show` lists."""
     runs = [(s.name, m.name) for s in sections for m in s.models]
-    found = experiments.list_experiments(repo_root, runs, _relative(inputs.metrics, repo_root),
-                                         _relative(inputs.history, repo_root))
+    found = experiments.list_experiments(repo_root, runs, _relative(inputs.live, repo_root))
     workspace = experiments.Experiment(
         "workspace", experiments.flatten(params.model_dump(mode="json")),
         {(s.name, m.name): m.metrics["test_accuracy"] for s in sections for m in s.models},
@@ -284,14 +289,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", required=True)
     parser.add_argument("--prepared", required=True, type=Path)
     parser.add_argument("--checkpoints", required=True, type=Path)
-    parser.add_argument("--metrics", required=True, type=Path)
-    parser.add_argument("--history", required=True, type=Path)
-    parser.add_argument("--predictions", required=True, type=Path)
+    parser.add_argument("--live", required=True, type=Path, help="the train stage's dvclive "
+                        "folders, <live>/<dataset>/<model>")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    inputs = Inputs(args.prepared, args.checkpoints, args.metrics, args.history, args.predictions)
+    inputs = Inputs(args.prepared, args.checkpoints, args.live)
     sections = build_report(params, inputs, args.out, Path(args.params).resolve().parent)
     for section in sections:
         best = section.best

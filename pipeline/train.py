@@ -10,19 +10,24 @@ The learning rate follows a one-cycle schedule by default: with large batches it
 accuracy the tutorials' batch-32 constant-rate loop reaches in the same number of epochs
 (the README's Speed section has the measurements).
 
-Writes the checkpoint (state_dict + plain config, loadable with `weights_only=True`), a metrics
-JSON, the per-epoch history CSV and the test predictions CSV.
+With `seeds: N` on a model, N copies are trained from seeds train.seed, train.seed+1, ...; the
+first is the model, the others make its seed ensemble (mean of logits), kept in the checkpoint.
+
+Writes the checkpoint (state_dicts + plain config, loadable with `weights_only=True`) and logs
+through dvclive (pipeline/tracking.py): per-epoch curves, the metrics summary and the test
+confusion matrix; TensorBoard event logs too when `train.tensorboard` is on.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import io
 import platform
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,13 +36,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.artifacts import ArtifactError, atomic_write, write_json
+from pipeline.artifacts import ArtifactError, atomic_write, fresh_directory
 from pipeline.models import CONV_ARCHITECTURES, ModelConfig, build_model, count_params
 from pipeline.params import ModelSpec, ParamsError, TrainParams, TrainSettings, load_params
 from pipeline.prepare import Split, load_split
+from pipeline.tracking import RunTracker, describe_tensorboard_folder
 
-HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy",
-                  "seconds")
 EVAL_BATCH = 1024
 
 
@@ -191,7 +195,7 @@ class TrainResult:
     state_dict: dict
     test_loss: float
     test_accuracy: float
-    test_probabilities: np.ndarray
+    test_logits: np.ndarray
     train_seconds: float
     samples_per_second: float
 
@@ -226,7 +230,8 @@ class Training:
         valid_loss, valid_acc, _ = self.runner.evaluate(self.data["valid"])
         row = {"epoch": len(self.history) + 1, "train_loss": train_loss,
                "train_accuracy": train_acc, "valid_loss": valid_loss,
-               "valid_accuracy": valid_acc, "seconds": seconds}
+               "valid_accuracy": valid_acc, "lr": self.optimizer.param_groups[0]["lr"],
+               "seconds": seconds}
         self.history.append(row)
         if (valid_acc, -valid_loss) > (self.best[0], -self.best[1]):
             self.best = (valid_acc, valid_loss)
@@ -247,7 +252,7 @@ class Training:
             state_dict=self.best_state,
             test_loss=test_loss,
             test_accuracy=test_acc,
-            test_probabilities=torch.softmax(test_logits, dim=1).cpu().numpy(),
+            test_logits=test_logits.float().cpu().numpy(),
             train_seconds=train_seconds,
             samples_per_second=samples / train_seconds if train_seconds > 0 else 0.0,
         )
@@ -263,8 +268,10 @@ def fit(
     channels_last: bool = True,
     show_progress: bool = False,
     log=print,
+    on_epoch: Callable[[dict, nn.Module], None] | None = None,
 ) -> TrainResult:
-    """Train for `settings.epochs`, keep the weights with the best validation accuracy."""
+    """Train for `settings.epochs`, keep the weights with the best validation accuracy;
+    `on_epoch(row, model)` sees every history row (the tracker logs it)."""
     training = Training(config, settings, splits, device, seed, amp, channels_last)
     total = settings.epochs * len(training.data["train"])
     with tqdm(total=total, unit="img", disable=not show_progress, leave=False) as progress:
@@ -278,33 +285,17 @@ def fit(
                 progress.write(line)
             else:
                 log(line)
+            if on_epoch is not None:
+                on_epoch(row, training.runner.model)
     return training.finish()
 
 
-def write_history(path: Path, history: list[dict]) -> None:
-    with atomic_write(path, "w") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v)
-                             for k, v in row.items()})
-
-
-def write_predictions(path: Path, labels: np.ndarray, probabilities: np.ndarray,
-                      classes: list[str]) -> None:
-    predicted = probabilities.argmax(1)
-    with atomic_write(path, "w") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["index", "actual", "predicted", "confidence"])
-        for i, (truth, guess) in enumerate(zip(labels, predicted, strict=True)):
-            writer.writerow([i, classes[truth], classes[guess], f"{probabilities[i, guess]:.4f}"])
-
-
-def save_checkpoint(path: Path, config: ModelConfig, state_dict: dict, classes: list[str],
+def save_checkpoint(path: Path, config: ModelConfig, state_dicts: list[dict], classes: list[str],
                     extra: dict) -> None:
+    """The first state_dict is the model; any others are the rest of its seed ensemble."""
     buffer = io.BytesIO()
-    torch.save({"config": config.to_dict(), "state_dict": state_dict, "classes": classes,
-                **extra}, buffer)
+    torch.save({"config": config.to_dict(), "state_dict": state_dicts[0],
+                "seed_state_dicts": state_dicts[1:], "classes": classes, **extra}, buffer)
     with atomic_write(path) as handle:
         handle.write(buffer.getvalue())
 
@@ -324,6 +315,44 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     return model, payload
 
 
+def seed_models(payload: dict) -> list[nn.Module]:
+    """Every trained copy in a checkpoint: the model first, then the rest of its seed ensemble."""
+    models = []
+    for state_dict in [payload["state_dict"], *payload.get("seed_state_dicts", [])]:
+        model = build_model(ModelConfig.from_dict(payload["config"]))
+        model.load_state_dict(state_dict)
+        models.append(model.eval())
+    return models
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean())
+
+
+def summarise(results: list[TrainResult], labels: np.ndarray, n_params: int) -> dict:
+    """The metrics summary (dvclive names): the first seed's run, plus its seed ensemble."""
+    first = results[0]
+    summary = {
+        "test/accuracy": round(first.test_accuracy, 6),
+        "test/loss": round(first.test_loss, 6),
+        "best/epoch": first.best_epoch,
+        "best/valid_accuracy": round(max(h["valid_accuracy"] for h in first.history), 6),
+        "params": n_params,
+        "train_seconds": round(first.train_seconds, 3),
+        "samples_per_second": round(first.samples_per_second, 1),
+    }
+    if len(results) > 1:
+        accuracies = np.array([r.test_accuracy for r in results])
+        mean_logits = np.mean([r.test_logits for r in results], axis=0)
+        summary.update({
+            "seeds/count": len(results),
+            "seeds/test_accuracy_mean": round(float(accuracies.mean()), 6),
+            "seeds/test_accuracy_std": round(float(accuracies.std(ddof=1)), 6),
+            "seeds/ensemble_test_accuracy": round(accuracy(mean_logits, labels), 6),
+        })
+    return summary
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", required=True)
@@ -331,9 +360,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True, type=Path, help="data/prepared/<dataset>")
     parser.add_argument("--checkpoint", required=True, type=Path)
-    parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
-    parser.add_argument("--history", required=True, type=Path, help="per-epoch CSV to write")
-    parser.add_argument("--predictions", required=True, type=Path, help="test predictions CSV")
+    parser.add_argument("--live", required=True, type=Path,
+                        help="folder for dvclive's metrics.json and plots")
+    parser.add_argument("--tensorboard", required=True, type=Path,
+                        help="folder for TensorBoard event logs (left empty unless "
+                             "train.tensorboard is on)")
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
@@ -347,43 +378,59 @@ def main(argv: list[str] | None = None) -> None:
 
     splits = {name: load_split(args.data / f"{name}.pkl") for name in ("train", "valid", "test")}
     classes = splits["train"].classes
-    config = model_config(spec, splits["train"].images.shape[1:],
-                          len(classes))
+    config = model_config(spec, splits["train"].images.shape[1:], len(classes))
     n_params = count_params(build_model(config))
     bf16 = train_params.amp and native_bf16(device)
+    seeds = [train_params.seed + k for k in range(spec.seeds)]
     print(f"{args.dataset}/{args.model}: {config.arch}, {n_params:,} parameters, on {device}, "
           f"{settings.epochs} epochs, batch {settings.batch_size}, {settings.optimizer} "
-          f"lr {settings.lr:g} ({settings.schedule}), bf16 {'on' if bf16 else 'off'}")
-    result = fit(config, settings, splits, device, train_params.seed, train_params.amp,
-                 train_params.channels_last, show_progress=sys.stderr.isatty())
+          f"lr {settings.lr:g} ({settings.schedule}), bf16 {'on' if bf16 else 'off'}"
+          + (f", seeds {seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else ""))
 
-    metrics = {
-        "test_accuracy": round(result.test_accuracy, 6),
-        "test_loss": round(result.test_loss, 6),
-        "best_valid_accuracy": round(max(h["valid_accuracy"] for h in result.history), 6),
-        "best_epoch": result.best_epoch,
-        "params": n_params,
-        "epochs": settings.epochs,
-        "batch_size": settings.batch_size,
-        "lr": settings.lr,
-        "schedule": settings.schedule,
-        "bf16": bool(bf16),
-        "train_seconds": round(result.train_seconds, 3),
-        "samples_per_second": round(result.samples_per_second, 1),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "torch_version": str(torch.__version__),
-        "arch": config.arch,
-    }
-    save_checkpoint(args.checkpoint, config, result.state_dict, classes,
-                    {"dataset": args.dataset, "model": args.model, "metrics": metrics})
-    write_history(args.history, result.history)
-    write_predictions(args.predictions, splits["test"].labels, result.test_probabilities, classes)
-    write_json(args.metrics, metrics)
-    print(f"{args.dataset}/{args.model}: test accuracy {result.test_accuracy:.4f}, "
-          f"loss {result.test_loss:.4f} (best epoch {result.best_epoch}), "
-          f"{result.samples_per_second:,.0f} samples/s")
+    # Both folders are built aside and swapped in whole, so a failed run leaves no half-log.
+    with contextlib.ExitStack() as stack:
+        live_dir = stack.enter_context(fresh_directory(args.live))
+        tensorboard_dir = stack.enter_context(fresh_directory(args.tensorboard))
+        describe_tensorboard_folder(tensorboard_dir, f"{args.dataset}/{args.model}",
+                                    train_params.tensorboard)
+        tracker = RunTracker(live_dir, tensorboard_dir if train_params.tensorboard else None)
+        results = []
+        for seed in seeds:
+            prefix = f"seed {seed}  " if len(seeds) > 1 else ""
+            results.append(fit(
+                config, settings, splits, device, seed, train_params.amp,
+                train_params.channels_last, show_progress=sys.stderr.isatty(),
+                log=lambda line, prefix=prefix: print(prefix + line),
+                on_epoch=tracker.log_epoch if seed == seeds[0] else None))
+        labels = splits["test"].labels
+        summary = summarise(results, labels, n_params)
+        tracker.log_summary(summary)
+        predicted = results[0].test_logits.argmax(1)
+        tracker.log_confusion([classes[i] for i in labels], [classes[i] for i in predicted])
+        tracker.log_hyperparameters(
+            {"dataset": args.dataset, "model": args.model, "arch": config.arch,
+             **settings.model_dump()},
+            {"test_accuracy": summary["test/accuracy"], "test_loss": summary["test/loss"]})
+        tracker.close()
+        run_info = {
+            "seeds": seeds,
+            "bf16": bool(bf16),
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine(),
+            "torch_version": str(torch.__version__),
+            **settings.model_dump(),
+        }
+        save_checkpoint(args.checkpoint, config, [r.state_dict for r in results], classes,
+                        {"dataset": args.dataset, "model": args.model, "run": run_info,
+                         "metrics": summary})
+    first = results[0]
+    print(f"{args.dataset}/{args.model}: test accuracy {first.test_accuracy:.4f}, "
+          f"loss {first.test_loss:.4f} (best epoch {first.best_epoch}), "
+          f"{first.samples_per_second:,.0f} samples/s"
+          + (f"; {len(seeds)} seeds {summary['seeds/test_accuracy_mean']:.4f} "
+             f"+- {summary['seeds/test_accuracy_std']:.4f}, their ensemble "
+             f"{summary['seeds/ensemble_test_accuracy']:.4f}" if len(seeds) > 1 else ""))
 
 
 if __name__ == "__main__":

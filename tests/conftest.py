@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import http.server
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +21,15 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FASHION_SAMPLE = FIXTURES / "fashion-mnist-sample.csv"
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot"]
+
+
+def sh(args: list[str], cwd: Path) -> str:
+    """Run a command (the venv's `dvc` first on PATH); fail the test with its output."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
 
 
 @pytest.fixture

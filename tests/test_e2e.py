@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pipeline.experiments import changed_params, list_experiments
 from tests.browser import check_page
-from tests.conftest import FASHION_CLASSES, FASHION_SAMPLE, ROOT, LocalServer, serve_bytes
+from tests.conftest import FASHION_CLASSES, FASHION_SAMPLE, ROOT, LocalServer, serve_bytes, sh
 
 pytestmark = pytest.mark.e2e
-
-
-def sh(args: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1"}
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
 
 
 def copy_repository(target: Path) -> None:
@@ -101,9 +92,13 @@ def test_dvc_repro_end_to_end(built, tmp_path):
     shown = json.dumps(metrics)
     for dataset in ("digits", "fashion_sample"):
         for model in params["run"]["models"]:
-            assert f"reports/metrics/{dataset}/{model}.json" in shown
-    cnn = json.loads((repo / "reports/metrics/fashion_sample/cnn.json").read_text())
-    assert cnn["params"] == 26_194 and cnn["epochs"] == 2
+            assert f"reports/live/{dataset}/{model}/metrics.json" in shown
+    cnn = json.loads((repo / "reports/live/fashion_sample/cnn/metrics.json").read_text())
+    assert cnn["params"] == 26_194 and cnn["step"] == 2  # step: epochs logged by dvclive
+    assert cnn["seeds"]["count"] == params["models"]["cnn"]["seeds"] == 3
+    assert 'id="fashion_sample-ensemble"' in html and "Seed ensembles" in html
+    tensorboard = repo / "reports/tensorboard/fashion_sample/cnn"
+    assert [p.name for p in tensorboard.iterdir()] == ["README.txt"]  # train.tensorboard: false
 
     assert "Data and pipelines are up to date" in sh(["dvc", "repro"], repo)
     sh(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo)
@@ -111,10 +106,40 @@ def test_dvc_repro_end_to_end(built, tmp_path):
 
     # Deterministic on CPU: rebuild from nothing, same prepared data and the same accuracies.
     prepared = lock_hashes(repo, "prepare")
-    accuracies = {p: json.loads(p.read_text())["test_accuracy"]
-                  for p in sorted((repo / "reports/metrics").rglob("*.json"))}
+    accuracies = {p: json.loads(p.read_text())["test"]["accuracy"]
+                  for p in sorted((repo / "reports/live").rglob("metrics.json"))}
     shutil.rmtree(repo / "data" / "raw")
     shutil.rmtree(repo / "data" / "prepared")
     sh(["dvc", "repro", "--force"], repo)
     assert lock_hashes(repo, "prepare") == prepared
-    assert {p: json.loads(p.read_text())["test_accuracy"] for p in accuracies} == accuracies
+    assert {p: json.loads(p.read_text())["test"]["accuracy"] for p in accuracies} == accuracies
+
+
+def test_an_experiment_is_logged_by_dvclive_and_compared_in_the_report(built):
+    """`dvc exp run` commits the dvclive files; the report stage reads DVC's experiment list
+    while `dvc exp run` is running it; `dvc exp show` and the experiments module see both."""
+    repo, params = built
+    sh(["git", "config", "user.name", "e2e"], repo)
+    sh(["git", "config", "user.email", "e2e@example.org"], repo)
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "baseline"], repo)
+    sh(["dvc", "exp", "run", "-n", "narrow", "-S", "models.linearnet.hidden=[128,32]"], repo)
+
+    html = (repo / "reports" / "index.html").read_text()
+    experiments = html[html.index('id="experiments"'):html.index('id="digits"')]
+    # the committed baseline's row shows where it differs from this run
+    assert "(committed)" in experiments and "models.linearnet.hidden=[256, 64]" in experiments
+    assert "<img " in experiments  # the overlaid validation curves
+
+    assert "narrow" in sh(["dvc", "exp", "show", "--json"], repo)
+    ref = sh(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo).split()
+    committed = sh(["git", "ls-tree", "-r", "--name-only", next(r for r in ref
+                                                             if r.endswith("/narrow"))], repo)
+    assert "reports/live/digits/linearnet/metrics.json" in committed
+    assert "reports/live/digits/linearnet/plots/metrics/valid/accuracy.tsv" in committed
+    assert ".tmp" not in committed
+
+    runs = [(d, m) for d in params["run"]["datasets"] for m in params["run"]["models"]]
+    found = list_experiments(repo, runs, "reports/live")
+    assert [e.name for e in found][1:] == ["narrow"]
+    assert changed_params(found[1], found[0].params) == {"models.linearnet.hidden": [128, 32]}

@@ -1,59 +1,55 @@
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import yaml
 
 from pipeline.experiments import changed_params, flatten, list_experiments
+from pipeline.tracking import RunTracker
+from tests.conftest import sh
 
 RUNS = [("digits", "cnn")]
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
-                          check=True, capture_output=True, text=True).stdout.strip()
-
-
 def write_run(repo: Path, lr: float, accuracy: float, epochs: int) -> None:
+    """What the train stage leaves for one dataset/model: params.yaml and a dvclive folder."""
     (repo / "params.yaml").write_text(yaml.safe_dump({"train": {"lr": lr, "epochs": epochs}}))
-    metrics = repo / "reports/metrics/digits"
-    history = repo / "reports/history/digits"
-    metrics.mkdir(parents=True, exist_ok=True)
-    history.mkdir(parents=True, exist_ok=True)
-    (metrics / "cnn.json").write_text(json.dumps({"test_accuracy": accuracy}))
-    rows = "".join(f"{e},1.0,0.5,1.0,{accuracy * e / epochs},0.1\n" for e in range(1, epochs + 1))
-    (history / "cnn.csv").write_text(
-        "epoch,train_loss,train_accuracy,valid_loss,valid_accuracy,seconds\n" + rows)
+    tracker = RunTracker(repo / "reports/live/digits/cnn")
+    for epoch in range(1, epochs + 1):
+        tracker.log_epoch({"epoch": epoch, "train_loss": 1.0, "train_accuracy": 0.5,
+                           "valid_loss": 1.0, "valid_accuracy": accuracy * epoch / epochs,
+                           "lr": lr, "seconds": 0.1})
+    tracker.log_summary({"test/accuracy": accuracy, "test/loss": 0.3, "params": 10})
+    tracker.close()
 
 
-def test_experiments_are_read_from_their_git_refs(tmp_path):
+def test_experiments_are_listed_by_dvc_and_read_at_their_revision(tmp_path):
     repo = tmp_path
-    git(repo, "init", "-q")
+    sh(["git", "init", "-q"], repo)
+    sh(["git", "config", "user.name", "t"], repo)
+    sh(["git", "config", "user.email", "t@example.org"], repo)
+    sh(["dvc", "init", "-q"], repo)
     write_run(repo, lr=0.02, accuracy=0.9, epochs=3)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "baseline")
-    baseline = git(repo, "rev-parse", "HEAD")
-    write_run(repo, lr=0.05, accuracy=0.95, epochs=4)  # what `dvc exp run -S ...` commits
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "experiment")
-    git(repo, "update-ref", f"refs/exps/{baseline[:2]}/{baseline[2:]}/bold-lr",
-        git(repo, "rev-parse", "HEAD"))
-    git(repo, "update-ref", "refs/exps/exec/EXEC_MERGE", "HEAD")  # DVC bookkeeping: ignored
-    git(repo, "reset", "-q", "--hard", baseline)
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "baseline"], repo)
+    write_run(repo, lr=0.05, accuracy=0.95, epochs=4)  # what `dvc exp run -S ...` leaves
+    sh(["dvc", "exp", "save", "-n", "bold-lr"], repo)
+    sh(["git", "checkout", "-q", "--", "."], repo)  # back to the baseline in the workspace
 
-    found = list_experiments(repo, RUNS, "reports/metrics", "reports/history")
-    assert [e.name for e in found] == ["HEAD (committed)", "bold-lr"]
+    found = list_experiments(repo, RUNS, "reports/live")
+    assert [e.name for e in found] == [f"{sh(['git', 'branch', '--show-current'], repo).strip()} "
+                                       "(committed)", "bold-lr"]
     head, bold = found
     assert head.accuracy == {("digits", "cnn"): 0.9}
     assert bold.accuracy == {("digits", "cnn"): 0.95}
     assert [row["epoch"] for row in bold.histories[("digits", "cnn")]] == [1, 2, 3, 4]
+    assert bold.histories[("digits", "cnn")][-1]["valid_accuracy"] == 0.95
     assert changed_params(bold, head.params) == {"train.epochs": 4, "train.lr": 0.05}
+    assert len(list_experiments(repo, RUNS, "reports/live", limit=0)) == 1
 
 
-def test_outside_a_git_repository_there_is_nothing_to_compare(tmp_path):
-    assert list_experiments(tmp_path, RUNS, "reports/metrics", "reports/history") == []
+def test_outside_a_dvc_repository_there_is_nothing_to_compare(tmp_path):
+    assert list_experiments(tmp_path, RUNS, "reports/live") == []
 
 
 def test_flatten_joins_nested_keys():

@@ -5,12 +5,13 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from pipeline.models import ModelConfig
+from pipeline.models import ModelConfig, build_model
 from pipeline.params import TrainSettings
-from pipeline.predict import PredictError, _light_background, load_image, main
-from pipeline.train import fit, save_checkpoint
+from pipeline.predict import PredictError, _light_background, load_image, main, probabilities
+from pipeline.train import fit, load_checkpoint, save_checkpoint, seed_models
 from tests.conftest import ROOT
 from tests.test_train import CPU, toy_splits
 
@@ -22,7 +23,7 @@ def checkpoint(tmp_path_factory):
     result = fit(config, TrainSettings(epochs=8, batch_size=32, lr=0.05), toy_splits(), CPU,
                  seed=0, log=lambda line: None)
     path = tmp_path_factory.mktemp("model") / "toy.pt"
-    save_checkpoint(path, config, result.state_dict, ["left", "right"], {"dataset": None})
+    save_checkpoint(path, config, [result.state_dict], ["left", "right"], {"dataset": None})
     return path
 
 
@@ -58,6 +59,32 @@ def test_a_light_background_image_is_inverted_to_the_datasets_convention(checkpo
     assert capsys.readouterr().out.startswith(f"{scan}: left ")
 
 
+def test_a_seed_ensemble_checkpoint_predicts_with_the_mean_of_its_copies_logits(tmp_path,
+                                                                                 capsys):
+    config = ModelConfig("linear", (1, 4, 4), 2)
+    settings = TrainSettings(epochs=2, batch_size=32, lr=0.05)
+    copies = [fit(config, settings, toy_splits(), CPU, seed=s, log=lambda line: None).state_dict
+              for s in (0, 1)]
+    path = tmp_path / "pair.pt"
+    save_checkpoint(path, config, copies, ["left", "right"], {"dataset": None})
+    images = toy_splits()["test"].images[:5]
+    x = torch.from_numpy(images).float() / 255.0
+    expected = []
+    for state in copies:
+        model = build_model(config)
+        model.load_state_dict(state)
+        expected.append(model.eval()(x))
+    want = torch.softmax(torch.stack(expected).mean(0), 1).detach().numpy()
+    _, payload = load_checkpoint(path)
+    np.testing.assert_allclose(probabilities(seed_models(payload), images), want, rtol=1e-5)
+
+    main([str(half_image(tmp_path / "l.png", "left")), "--checkpoint", str(path),
+          "--invert", "no"])
+    captured = capsys.readouterr()
+    assert "averaging the logits of its 2 seed copies" in captured.err
+    assert captured.out.startswith(f"{tmp_path / 'l.png'}: left ")
+
+
 def test_light_background_detection():
     dark = np.zeros((1, 8, 8), np.uint8)
     dark[0, 2:6, 2:6] = 255
@@ -73,7 +100,7 @@ def test_csv_rows_in_the_dataset_layout_are_classified_with_their_labels(tmp_pat
         splits[name] = type(split)(images, split.labels, [str(i) for i in range(10)])
     result = fit(config, TrainSettings(epochs=1), splits, CPU, seed=0, log=lambda line: None)
     model = tmp_path / "digits.pt"
-    save_checkpoint(model, config, result.state_dict, [str(i) for i in range(10)],
+    save_checkpoint(model, config, [result.state_dict], [str(i) for i in range(10)],
                     {"dataset": "digits"})
     rows = tmp_path / "new.csv"  # digits layout: no header, 64 pixels 0..16, label last
     rows.write_text("".join(",".join(["8"] * 64 + [str(label)]) + "\n" for label in (3, 7)))

@@ -15,9 +15,9 @@ from pipeline.train import (
     make_schedule,
     native_bf16,
     save_checkpoint,
+    seed_models,
     select_device,
-    write_history,
-    write_predictions,
+    summarise,
 )
 
 CPU = torch.device("cpu")
@@ -45,8 +45,10 @@ def test_fit_learns_a_separable_problem(arch):
     assert len(result.history) == 8
     assert result.test_accuracy >= 0.95
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
-    assert result.test_probabilities.shape == (64, 2)
-    np.testing.assert_allclose(result.test_probabilities.sum(1), 1, rtol=1e-5)
+    assert result.test_logits.shape == (64, 2)
+    assert (result.test_logits.argmax(1) == toy_splits()["test"].labels).mean() == pytest.approx(
+        result.test_accuracy)
+    assert {"epoch", "train_loss", "valid_accuracy", "lr", "seconds"} <= set(result.history[0])
 
 
 def test_training_is_deterministic_on_cpu():
@@ -71,7 +73,7 @@ def test_checkpoint_round_trips_with_weights_only(tmp_path):
     config = ModelConfig("cnn", (1, 8, 8), 10)
     model = build_model(config)
     path = tmp_path / "m.pt"
-    save_checkpoint(path, config, model.state_dict(), [str(i) for i in range(10)],
+    save_checkpoint(path, config, [model.state_dict()], [str(i) for i in range(10)],
                     {"metrics": {"test_accuracy": 0.5}})
     loaded, payload = load_checkpoint(path)
     assert count_params(loaded) == count_params(model)
@@ -96,16 +98,33 @@ def test_device_selection():
             select_device("cuda")
 
 
-def test_history_and_predictions_files(tmp_path):
-    write_history(tmp_path / "h.csv", [{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8,
-                                        "valid_loss": 0.6, "valid_accuracy": 0.7,
-                                        "seconds": 0.1}])
-    assert (tmp_path / "h.csv").read_text().splitlines()[0] == (
-        "epoch,train_loss,train_accuracy,valid_loss,valid_accuracy,seconds")
-    probs = np.array([[0.9, 0.1], [0.3, 0.7]])
-    write_predictions(tmp_path / "p.csv", np.array([0, 0]), probs, ["cat", "dog"])
-    assert (tmp_path / "p.csv").read_text().splitlines() == [
-        "index,actual,predicted,confidence", "0,cat,cat,0.9000", "1,cat,dog,0.7000"]
+def test_seed_copies_round_trip_and_are_summarised_with_their_ensemble(tmp_path):
+    config = ModelConfig("linear", (1, 4, 4), 2)
+    settings = TrainSettings(epochs=3, lr=0.05)
+    splits = toy_splits()
+    results = [fit(config, settings, splits, CPU, seed=seed, log=lambda _: None)
+               for seed in (0, 1, 2)]
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, config, [r.state_dict for r in results], ["left", "right"], {})
+    _, payload = load_checkpoint(path)
+    copies = seed_models(payload)
+    assert len(copies) == 3
+    for copy, result in zip(copies, results, strict=True):
+        for key, value in copy.state_dict().items():
+            assert torch.equal(value, result.state_dict[key])
+    assert not torch.equal(copies[0].state_dict()["fc.weight"],
+                           copies[1].state_dict()["fc.weight"])
+
+    labels = splits["test"].labels
+    summary = summarise(results, labels, n_params=34)
+    assert summary["test/accuracy"] == round(results[0].test_accuracy, 6)
+    assert summary["params"] == 34 and summary["seeds/count"] == 3
+    accuracies = [r.test_accuracy for r in results]
+    assert summary["seeds/test_accuracy_mean"] == pytest.approx(np.mean(accuracies), abs=1e-6)
+    mean_logits = np.mean([r.test_logits for r in results], axis=0)
+    assert summary["seeds/ensemble_test_accuracy"] == pytest.approx(
+        (mean_logits.argmax(1) == labels).mean(), abs=1e-6)
+    assert "seeds/count" not in summarise(results[:1], labels, n_params=34)
 
 
 def test_onecycle_warms_up_to_lr_and_anneals_while_constant_stays():

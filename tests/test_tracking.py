@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from pipeline import train
+from pipeline.artifacts import ArtifactError, save_arrays
+from pipeline.tracking import CURVES, RunTracker, parse_curve, read_history, read_summary
+from tests.conftest import ROOT, sh
+from tests.test_train import toy_splits
+
+
+def write_prepared(folder):
+    folder.mkdir(parents=True)
+    for name, split in toy_splits().items():
+        save_arrays(folder / f"{name}.pkl", {"images": split.images, "labels": split.labels,
+                                             "classes": split.classes, "split": name})
+    return folder
+
+
+def write_params(path, tensorboard: bool, seeds: int = 1):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["models"]["tiny"] = {"arch": "linear", "seeds": seeds}
+    params["train"].update(epochs=3, batch_size=32, lr=0.05, tensorboard=tensorboard)
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def run_train(tmp_path, tensorboard: bool, seeds: int = 1):
+    data = tmp_path / "prepared"
+    if not data.exists():
+        write_prepared(data)
+    params = write_params(tmp_path / "params.yaml", tensorboard, seeds)
+    train.main(["--params", str(params), "--dataset", "digits", "--model", "tiny",
+                "--data", str(data), "--checkpoint", str(tmp_path / "tiny.pt"),
+                "--live", str(tmp_path / "live"), "--tensorboard", str(tmp_path / "tb")])
+    return tmp_path / "live", tmp_path / "tb"
+
+
+def test_the_train_stage_logs_through_dvclive_and_tensorboard(tmp_path):
+    live, tb = run_train(tmp_path, tensorboard=True, seeds=2)
+
+    summary = read_summary(live)
+    assert summary["step"] == 3 and summary["params"] == 34
+    assert 0.9 <= summary["test"]["accuracy"] <= 1.0
+    assert summary["seeds"]["count"] == 2
+    history = read_history(live)
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[-1]["valid_accuracy"] == pytest.approx(summary["valid"]["accuracy"])
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    confusion = json.loads((live / "plots/sklearn/confusion_matrix.json").read_text())
+    assert len(confusion) == 64 and {"actual", "predicted"} == set(confusion[0])
+    assert {row["actual"] for row in confusion} == {"left", "right"}
+
+    events = EventAccumulator(str(tb), size_guidance={"histograms": 0})
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"train/loss", "valid/accuracy", "lr"} <= set(scalars)
+    assert [e.step for e in events.Scalars("valid/accuracy")] == [1, 2, 3]
+    assert events.Scalars("valid/accuracy")[-1].value == pytest.approx(
+        history[-1]["valid_accuracy"], abs=1e-6)
+    assert "weights/fc.weight" in events.Tags()["histograms"]
+    assert "None are written" not in (tb / "README.txt").read_text()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_with_tensorboard_off_its_folder_only_says_so(tmp_path):
+    _, tb = run_train(tmp_path, tensorboard=False)
+    assert [p.name for p in tb.iterdir()] == ["README.txt"]
+    assert "train.tensorboard is false" in (tb / "README.txt").read_text()
+
+
+def test_a_failed_run_leaves_no_half_written_logs(tmp_path, monkeypatch):
+    def crash(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(train, "fit", crash)
+    with pytest.raises(RuntimeError):
+        run_train(tmp_path, tensorboard=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "prepared"]
+
+
+def test_logged_rows_read_back_as_the_history(tmp_path):
+    tracker = RunTracker(tmp_path / "run")
+    rows = [{"epoch": e, **{column: e / 10 + i for i, column in enumerate(CURVES)}}
+            for e in (1, 2)]
+    for row in rows:
+        tracker.log_epoch(row)
+    tracker.log_summary({"test/accuracy": 0.5, "test/loss": 1.0, "params": 7})
+    tracker.close()
+    history = read_history(tmp_path / "run")
+    assert [row["epoch"] for row in history] == [1, 2]
+    for got, want in zip(history, rows, strict=True):
+        assert got == pytest.approx(want)
+    assert read_summary(tmp_path / "run")["test"] == {"accuracy": 0.5, "loss": 1.0}
+
+
+def test_damaged_files_are_named_with_the_line(tmp_path):
+    with pytest.raises(ArtifactError, match="acc.tsv: not a dvclive metric file"):
+        parse_curve("epoch\tvalue\n1\t0.5\n", "acc.tsv")
+    with pytest.raises(ArtifactError, match=r"acc.tsv, line 3: expected a step and a number"):
+        parse_curve("step\taccuracy\n1\t0.5\n2\tabc\n", "acc.tsv")
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5}}))
+    with pytest.raises(ArtifactError, match="key 'test.loss' is missing"):
+        read_summary(tmp_path)
+    with pytest.raises(ArtifactError, match="train/loss.tsv: missing"):
+        read_history(tmp_path)
+    assert np.isfinite(parse_curve("step\tx\n1\t2\n", "x")[1])
+
+
+def test_logging_works_in_a_git_repository_without_commits(tmp_path, monkeypatch):
+    sh(["git", "init", "-q"], tmp_path)
+    sh(["dvc", "init", "-q"], tmp_path)
+    monkeypatch.chdir(tmp_path)  # dvclive finds the repository from the working directory
+    tracker = RunTracker(tmp_path / "run")
+    tracker.log_epoch({"epoch": 1, **{column: 0.5 for column in CURVES}})
+    tracker.log_summary({"test/accuracy": 0.5, "test/loss": 1.0, "params": 7})
+    tracker.close()
+    assert len(read_history(tmp_path / "run")) == 1

@@ -66,6 +66,15 @@ def ensemble(logits: dict[str, np.ndarray], labels: np.ndarray) -> dict:
             "gain_over_best": accuracy - max(members.values())}
 
 
+def seed_ensemble(logits: dict[str, np.ndarray], labels: np.ndarray) -> dict:
+    """`ensemble()` of one model's seed copies, plus the mean and spread of their accuracies."""
+    result = ensemble(logits, labels)
+    accuracies = np.array(list(result["members"].values()))
+    result.update(mean=float(accuracies.mean()),
+                  std=float(accuracies.std(ddof=1)) if len(accuracies) > 1 else 0.0)
+    return result
+
+
 def pareto_front(points: dict[str, tuple[int, float]]) -> list[str]:
     """Models no other model beats on both fewer parameters and higher accuracy, by size."""
     front = [name for name, (params, accuracy) in points.items()

@@ -126,15 +126,15 @@ def collect_dataset(name: str, params: Params, inputs: Inputs) -> DatasetSection
             scores=analysis.per_class_scores(test.labels, predicted, classes),
             confused=analysis.most_confused(confusion, classes),
         )
-        copies = seed_models(payload)
-        if len(copies) > 1:
-            seeds = payload.get("run", {}).get("seeds") or list(range(len(copies)))
-            seed_logits = {f"seed {seed}": logits if i == 0 else analysis.test_logits(
-                copy, test.images, device, params.train.amp, channels_last)
-                for i, (seed, copy) in enumerate(zip(seeds, copies, strict=True))}
-            result.seeds = analysis.ensemble(seed_logits, test.labels)
-            members = np.array(list(result.seeds["members"].values()))
-            result.seeds.update(mean=float(members.mean()), std=float(members.std(ddof=1)))
+        copies = seed_models(payload)[1:]  # the rest of the model's seed ensemble
+        if copies:
+            seeds = payload.get("run", {}).get("seeds") or list(range(len(copies) + 1))
+            seed_logits = [logits] + [analysis.test_logits(copy, test.images, device,
+                                                           params.train.amp, channels_last)
+                                      for copy in copies]
+            result.seeds = analysis.seed_ensemble(
+                {f"seed {seed}": values for seed, values in zip(seeds, seed_logits, strict=True)},
+                test.labels)
         results.append(result)
     section = DatasetSection(name, classes, quality, results, test)
     section.ensemble = analysis.ensemble({m.name: m.logits for m in results}, test.labels)

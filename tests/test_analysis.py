@@ -33,6 +33,17 @@ def test_ensemble_averages_logits():
     assert result["gain_over_best"] == pytest.approx(1 / 3)
 
 
+def test_a_seed_ensemble_adds_the_mean_and_spread_of_its_seeds():
+    labels = np.array([0, 1, 1, 0])
+    seeds = {"seed 0": np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]),   # 3/4
+             "seed 1": np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 3.0], [1.0, 0.0]])}   # 3/4
+    result = analysis.seed_ensemble(seeds, labels)
+    assert result["mean"] == pytest.approx(0.75) and result["std"] == 0.0
+    assert result["accuracy"] == 1.0 and set(result["members"]) == set(seeds)
+    single = analysis.seed_ensemble({"seed 0": seeds["seed 0"]}, labels)
+    assert single["std"] == 0.0 and single["accuracy"] == 0.75
+
+
 def test_per_class_scores_match_hand_counts():
     scores = analysis.per_class_scores(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]),
                                        ["cat", "dog"])

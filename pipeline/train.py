@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--live", required=True, type=Path,
                         help="folder for dvclive's metrics.json and plots")
     parser.add_argument("--tensorboard", required=True, type=Path,
-                        help="folder for TensorBoard event logs (left empty unless "
+                        help="folder for TensorBoard event logs (only a README unless "
                              "train.tensorboard is on)")
     args = parser.parse_args(argv)
 

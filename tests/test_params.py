@@ -63,6 +63,9 @@ def test_unknown_keys_get_a_did_you_mean():
         ({"models__cnn3__dropout": 1.0}, "models.cnn3.dropout = 1.0"),
         ({"models__cnn3__channels": []}, "models.cnn3.channels = []"),
         ({"train__schedule": "cosine"}, "train.schedule = 'cosine'"),
+        ({"models__cnn__seeds": 0}, "models.cnn.seeds = 0: Input should be greater than or equal"),
+        ({"models__cnn__seeds": 17}, "models.cnn.seeds = 17"),
+        ({"train__tensorboard": "sometimes"}, "train.tensorboard = 'sometimes'"),
     ],
 )
 def test_bad_values_name_the_key_and_value(change, expected):

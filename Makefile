@@ -39,6 +39,7 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# Everything the pipeline and the set-up made that git does not track (reports/live is in git).
 clean:
-	rm -rf $(VENV) data/raw data/downloads data/prepared models reports/metrics \
-	  reports/history reports/predictions reports/index.html dvc_plots
+	rm -rf $(VENV) data/raw data/sources data/downloads data/prepared models reports/evaluation \
+	  reports/tensorboard reports/timing reports/index.html reports/run.js dvc_plots

@@ -29,11 +29,10 @@ import torch
 
 from benchmarks import tutorial
 from benchmarks.synthetic import write_csv
+from pipeline.engine import Training, native_bf16, select_device
 from pipeline.ingest import CsvLayout, read_image_csv
-from pipeline.models import build_model
 from pipeline.params import load_params
-from pipeline.prepare import Split, stratified_split
-from pipeline.train import Training, model_config, native_bf16, select_device
+from pipeline.splits import Split, stratified_split
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUT = CsvLayout(num_pixels=784, num_classes=10, header=True, label_column="label")
@@ -134,10 +133,10 @@ class TutorialRun:
     def __init__(self, model_name: str, train: Split, held: Split, device: torch.device,
                  params, seed: int):
         torch.manual_seed(seed)
-        config = model_config(params.model(model_name), (1, 28, 28), 10)
+        architecture = params.model(model_name).architecture()
         self.device = device
-        self.model = build_model(config).to(device)
-        shape = (1, 28, 28) if config.arch == "cnn" else None
+        self.model = architecture.build((1, 28, 28), 10).to(device)
+        shape = (1, 28, 28) if architecture.convolutional else None
         flat = (train.images.reshape(len(train.labels), -1), train.labels)
         held_flat = (held.images.reshape(len(held.labels), -1), held.labels)
         self.train_loader, self.held_loader = tutorial.make_loaders(flat, held_flat, shape, seed)
@@ -156,9 +155,14 @@ def pipeline_training(model_name: str, train: Split, held: Split, epochs: int,
                       device: torch.device, params, seed: int) -> Training:
     """The pipeline's own loop with params.yaml's settings for this model, for `epochs`."""
     settings = params.training_for(model_name).model_copy(update={"epochs": epochs})
-    config = model_config(params.model(model_name), (1, 28, 28), 10)
-    return Training(config, settings, {"train": train, "valid": held, "test": held}, device,
-                    seed, params.train.amp, params.train.channels_last)
+    splits = {"train": train, "valid": held, "test": held}
+    return Training(params.model(model_name).architecture(), settings, splits, device, seed,
+                    params.train.amp, params.train.channels_last)
+
+
+def timed_epoch(training: Training) -> float:
+    training.run_epoch()
+    return training.epoch_seconds[-1]
 
 
 def bench_training(train: Split, held: Split, epochs: int, device: torch.device, params,
@@ -172,16 +176,16 @@ def bench_training(train: Split, held: Split, epochs: int, device: torch.device,
         our_seconds, their_seconds = [], []
         for epoch in range(epochs):
             if epoch % 2:
-                our_seconds.append(ours.run_epoch()["seconds"])
+                our_seconds.append(timed_epoch(ours))
                 their_seconds.append(theirs.run_epoch())
             else:
                 their_seconds.append(theirs.run_epoch())
-                our_seconds.append(ours.run_epoch()["seconds"])
+                our_seconds.append(timed_epoch(ours))
         entry = {
             "pipeline": {"epoch_seconds": spread(our_seconds),
                          "batch_size": ours.settings.batch_size, "lr": ours.settings.lr,
                          "schedule": ours.settings.schedule,
-                         "accuracy": ours.history[-1]["valid_accuracy"]},
+                         "accuracy": ours.history[-1].valid_accuracy},
             "tutorial": {"epoch_seconds": spread(their_seconds), "batch_size": 32, "lr": 0.001,
                          "schedule": "constant", "accuracy": theirs.accuracy()},
             "epochs": epochs, "train_rows": len(train.labels),
@@ -206,8 +210,8 @@ def bench_scaling(workdir: Path, row_counts: list[int], device: torch.device, pa
         train, held = load_splits(csv)
         entry = {"rows": rows, "ingest_seconds": ingest, "ingest_us_per_row": 1e6 * ingest / rows}
         for model_name in ("cnn", "linearnet"):
-            epoch = pipeline_training(model_name, train, held, 1, device, params,
-                                      seed).run_epoch()["seconds"]
+            epoch = timed_epoch(pipeline_training(model_name, train, held, 1, device, params,
+                                                  seed))
             entry[f"{model_name}_epoch_seconds"] = epoch
             entry[f"{model_name}_us_per_row"] = 1e6 * epoch / len(train.labels)
         rows_out.append(entry)

@@ -1,17 +1,15 @@
-"""What the report computes from trained models: test logits, per-class scores, confusions,
-ensembles, the accuracy/parameter Pareto front, activations and initial weights."""
+"""Numbers computed from predictions: per-class scores, confusions, ensembles, the
+accuracy/parameter Pareto front, and first-layer activations of a model."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from sklearn.metrics import precision_recall_fscore_support
-from torch import nn
 
-from pipeline.models import ModelConfig, build_model
-from pipeline.train import DeviceData, Runner, seed_everything
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -23,14 +21,10 @@ class ClassScores:
     support: int
 
 
-def test_logits(model: nn.Module, images: np.ndarray, device: torch.device, amp: bool,
-                channels_last: bool) -> np.ndarray:
-    """Logits for every image, computed the way the train stage evaluated them."""
-    runner = Runner(model, device, amp, channels_last)
-    data = DeviceData(torch.from_numpy(images).to(device), torch.zeros(len(images),
-                                                                       dtype=torch.int64,
-                                                                       device=device))
-    return runner.evaluate(data)[2].float().cpu().numpy()
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class); rows are the true class."""
+    return np.bincount(labels * n_classes + predicted,
+                       minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -40,6 +34,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def per_class_scores(labels: np.ndarray, predicted: np.ndarray,
                      classes: list[str]) -> list[ClassScores]:
+    from sklearn.metrics import precision_recall_fscore_support
+
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predicted, labels=range(len(classes)), zero_division=0)
     return [ClassScores(name, float(p), float(r), float(f), int(s))
@@ -83,19 +79,16 @@ def pareto_front(points: dict[str, tuple[int, float]]) -> list[str]:
     return sorted(front, key=lambda name: points[name][0])
 
 
-def initial_weights(config: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
-    """The weights training started from: the train stage seeds, then builds, exactly so."""
-    seed_everything(seed)
-    return {name: p.detach().clone() for name, p in build_model(config).named_parameters()}
-
-
 def first_conv(model: nn.Module) -> nn.Conv2d | None:
+    from torch import nn
+
     return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
 
 
-@torch.no_grad()
 def first_block_maps(model: nn.Module, image: np.ndarray) -> np.ndarray | None:
     """The first convolution's output channels for one uint8 C x H x W image (CPU, fp32)."""
+    import torch
+
     conv = first_conv(model)
     if conv is None:
         return None
@@ -103,7 +96,8 @@ def first_block_maps(model: nn.Module, image: np.ndarray) -> np.ndarray | None:
     hook = conv.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
         model.eval()
-        model(torch.from_numpy(image).float().div(255).unsqueeze(0).to(conv.weight.device))
+        with torch.no_grad():
+            model(torch.from_numpy(image).float().div(255).unsqueeze(0).to(conv.weight.device))
     finally:
         hook.remove()
     return captured[0][0].float().cpu().numpy()

@@ -23,8 +23,10 @@ from typing import IO, Any
 
 import numpy as np
 
+from pipeline.errors import PipelineError
 
-class ArtifactError(ValueError):
+
+class ArtifactError(PipelineError, ValueError):
     """An input file between stages is missing, corrupt, tampered with or of the wrong shape."""
 
 

@@ -5,18 +5,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from pipeline.artifacts import ArtifactError
-from pipeline.download import DownloadError
-from pipeline.ingest import DataError
-from pipeline.params import ParamsError
-
-EXPECTED_ERRORS = (ArtifactError, DataError, DownloadError, ParamsError)
+from pipeline.errors import PipelineError
 
 
 def run_stage(main: Callable[[], None]) -> None:
     try:
         main()
-    except EXPECTED_ERRORS as error:
+    except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

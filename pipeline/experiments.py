@@ -8,7 +8,6 @@ runs, so the report stage can call its API.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,7 @@ class Experiment:
     name: str
     params: dict[str, object]  # flattened: "train.lr" -> 0.02
     accuracy: dict[tuple[str, str], float] = field(default_factory=dict)  # (dataset, model)
-    histories: dict[tuple[str, str], list[dict]] = field(default_factory=dict)
+    histories: dict[tuple[str, str], list[tracking.EpochRow]] = field(default_factory=dict)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -69,9 +68,11 @@ def read_revision(repo: Path, revision: str, name: str, runs: list[tuple[str, st
         run_dir = f"{live_dir}/{dataset}/{model}"
         summary = read(f"{run_dir}/{tracking.METRICS_FILE}")
         try:
-            accuracy = json.loads(summary)["test"]["accuracy"] if summary else None
+            source = f"{revision}:{run_dir}"
+            accuracy = (tracking.parse_summary(summary, source).test_accuracy
+                        if summary else None)
             history = tracking.parse_history(lambda rel, d=run_dir: read(f"{d}/{rel}"),
-                                             f"{revision}:{run_dir}")
+                                             source)
         except (ValueError, KeyError, TypeError, ArtifactError):  # older layout or damaged
             continue
         if isinstance(accuracy, (int, float)):

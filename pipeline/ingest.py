@@ -31,6 +31,8 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import PipelineError
+
 # 1 MiB blocks keep the digits path's index arrays (8 bytes per field) around 4 MB and in cache;
 # larger blocks measured slower and use more memory.
 BLOCK_BYTES = 1 << 20
@@ -41,7 +43,7 @@ _BOM = b"\xef\xbb\xbf"
 MAX_ERRORS_KEPT = 20
 
 
-class DataError(ValueError):
+class DataError(PipelineError, ValueError):
     """The CSV does not match the declared layout; the message says where and how to fix it."""
 
 

@@ -11,155 +11,23 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from pipeline.errors import PipelineError
+from pipeline.formats import FORMATS, AnyDataset, Dataset
+from pipeline.models import ARCHITECTURES, Architecture
+from pipeline.schema import Fraction, PositiveInt, Strict
+from pipeline.sources import DownloadParams
 
 
-class ParamsError(ValueError):
+class ParamsError(PipelineError, ValueError):
     """params.yaml is missing, unreadable or does not match the schema."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
-
-
-PositiveInt = Annotated[int, Field(ge=1)]
-Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
-Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-
-
-class FileSource(_Strict):
-    """Where one file comes from: exactly one of url, name (joined to the dataset's mirrors),
-    path (local file) or resource ("package.module:file" inside an installed package)."""
-
-    url: str | None = None
-    name: str | None = None
-    path: str | None = None
-    resource: str | None = None
-    sha256: Sha256 | None = None
-    size: PositiveInt | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one_location(self) -> FileSource:
-        given = [k for k in ("url", "name", "path", "resource") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "give exactly one of url, name, path or resource "
-                f"(got {', '.join(given) if given else 'none'})"
-            )
-        if self.url is not None and not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
-        if self.resource is not None and ":" not in self.resource:
-            raise ValueError(
-                f"resource must look like 'package.module:file' (got {self.resource!r})"
-            )
-        return self
-
-
-class IdxPair(_Strict):
-    images: FileSource
-    labels: FileSource
-
-
-class _DatasetBase(_Strict):
-    shape: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
-        description="image shape as [channels, height, width]"
-    )
-    classes: list[str] = Field(min_length=2)
-    mirrors: list[str] = []
-
-    @field_validator("shape", mode="before")
-    @classmethod
-    def _three_sizes(cls, shape: Any) -> Any:
-        if not isinstance(shape, list | tuple) or len(shape) != 3:
-            raise ValueError("expected [channels, height, width], e.g. [1, 28, 28]")
-        return shape
-
-    @field_validator("classes")
-    @classmethod
-    def _unique_classes(cls, classes: list[str]) -> list[str]:
-        duplicates = sorted({c for c in classes if classes.count(c) > 1})
-        if duplicates:
-            raise ValueError(f"class names must be unique; repeated: {duplicates}")
-        return classes
-
-    @field_validator("mirrors")
-    @classmethod
-    def _mirrors_are_urls(cls, mirrors: list[str]) -> list[str]:
-        for mirror in mirrors:
-            if not mirror.startswith(("http://", "https://")):
-                raise ValueError(f"mirror must start with http:// or https:// (got {mirror!r})")
-        return [m if m.endswith("/") else m + "/" for m in mirrors]
-
-    @property
-    def num_pixels(self) -> int:
-        c, h, w = self.shape
-        return c * h * w
-
-
-class CsvDataset(_DatasetBase):
-    """A CSV with one image per row: a label column and C*H*W pixel columns in C,H,W order."""
-
-    format: Literal["csv"]
-    train: FileSource
-    test: FileSource | None = None
-    header: bool = True
-    label_column: str | int = Field(
-        "first", description="'first', 'last', a header name, or a 0-based column index"
-    )
-    max_pixel: PositiveInt = 255
-
-
-class IdxDataset(_DatasetBase):
-    """The MNIST-family IDX files (gzipped), converted to Kaggle-layout CSV on download."""
-
-    format: Literal["idx"]
-    train: IdxPair
-    test: IdxPair
-
-    @property
-    def max_pixel(self) -> int:
-        return 255
-
-
-class CifarDataset(_DatasetBase):
-    """The CIFAR python tarball: pickled batches (read through a numpy-only unpickler),
-    converted to Kaggle-layout CSV (label + C*H*W pixel columns) on download."""
-
-    format: Literal["cifar"]
-    archive: FileSource
-    train_batches: list[str] = Field(
-        ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"],
-        min_length=1)
-    test_batches: list[str] = Field(["test_batch"], min_length=1)
-
-    @property
-    def max_pixel(self) -> int:
-        return 255
-
-
-Dataset = Annotated[CsvDataset | IdxDataset | CifarDataset, Field(discriminator="format")]
-AnyDataset = CsvDataset | IdxDataset | CifarDataset
-
-
-class DownloadParams(_Strict):
-    timeout_s: Annotated[float, Field(gt=0)] = 30.0
-    retries: Annotated[int, Field(ge=0, le=20)] = 3
-    backoff_s: Annotated[float, Field(ge=0)] = 1.0
-    max_total_s: Annotated[float, Field(gt=0)] = 600.0
-    chunk_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
-
-
-class PrepareParams(_Strict):
+class PrepareParams(Strict):
     valid_fraction: Fraction = 0.2
     test_fraction: Fraction = Field(0.2, description="used only when a dataset has no test file")
     seed: int = 42
@@ -167,7 +35,7 @@ class PrepareParams(_Strict):
     max_bad_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
 
 
-class TrainSettings(_Strict):
+class TrainSettings(Strict):
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 32
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -177,7 +45,7 @@ class TrainSettings(_Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
 
 
-class TrainOverrides(_Strict):
+class TrainOverrides(Strict):
     """Per-model training overrides; anything left out comes from the train section."""
 
     epochs: PositiveInt | None = None
@@ -198,43 +66,38 @@ class TrainParams(TrainSettings):
     tensorboard: bool = Field(False, description="also write TensorBoard event logs")
 
 
-class ModelSpec(_Strict):
-    arch: Literal["linear", "linearnet", "cnn", "convnet"]
-    hidden: list[Annotated[int, Field(ge=1)]] | None = Field(
-        None, description="hidden Linear sizes; default [256, 64] for linearnet, [] for convnet")
-    channels: list[PositiveInt] = Field([8, 16, 32, 64], min_length=1)
-    kernel_size: PositiveInt = 3
-    head_hidden: PositiveInt = 24
-    activation: Literal["leaky_relu", "relu"] = "leaky_relu"
-    negative_slope: Annotated[float, Field(ge=0)] = 0.01
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+class ModelRun(Strict):
+    """What a `models:` entry adds to its architecture's fields (pipeline/models.py)."""
+
     seeds: Annotated[int, Field(ge=1, le=16)] = Field(
         1, description="train this many copies (train.seed, +1, ...) for a seed ensemble")
     train: TrainOverrides = TrainOverrides()
 
-    def hidden_sizes(self) -> list[int]:
-        if self.hidden is not None:
-            return self.hidden
-        return [256, 64] if self.arch == "linearnet" else []
-
-    @field_validator("kernel_size")
-    @classmethod
-    def _odd_kernel(cls, k: int) -> int:
-        if k % 2 == 0:
-            raise ValueError(f"kernel_size must be odd so 'same' padding keeps the size (got {k})")
-        return k
+    def architecture(self) -> Architecture:
+        """The architecture alone: what the model is, without how it is trained."""
+        fields = self.model_dump(exclude=set(ModelRun.model_fields))
+        return ARCHITECTURES[fields["arch"]].model_validate(fields)
 
 
-class ReportParams(_Strict):
+# One params class per registered architecture: its own fields plus `seeds` and `train`.
+_MODEL_SPECS = tuple(type(f"{cls.__name__}Spec", (cls, ModelRun), {"__module__": __name__})
+                     for cls in ARCHITECTURES.values())
+ModelSpec = Annotated[Union[_MODEL_SPECS], Field(discriminator="arch")]  # noqa: UP007
+# Where pydantic puts a union member's tag in an error location: datasets.<name>.<format>...
+_TAGGED_SECTIONS = {"datasets": FORMATS, "models": {
+    name: spec for name, spec in zip(ARCHITECTURES, _MODEL_SPECS, strict=True)}}
+
+
+class ReportParams(Strict):
     samples_per_class: Annotated[int, Field(ge=1, le=20)] = 8
 
 
-class RunSelection(_Strict):
+class RunSelection(Strict):
     datasets: list[str] = Field(min_length=1)
     models: list[str] = Field(min_length=1)
 
 
-class Params(_Strict):
+class Params(Strict):
     run: RunSelection
     datasets: dict[str, Dataset]
     models: dict[str, ModelSpec]
@@ -267,7 +130,7 @@ class Params(_Strict):
     def dataset(self, name: str) -> AnyDataset:
         return self._lookup("datasets", name)
 
-    def model(self, name: str) -> ModelSpec:
+    def model(self, name: str) -> ModelRun:
         return self._lookup("models", name)
 
     def _lookup(self, kind: str, name: str) -> Any:
@@ -297,12 +160,19 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _untagged(loc: tuple) -> tuple:
+    """An error location without pydantic's union tag (datasets.x.csv.shape -> datasets.x.shape)."""
+    if len(loc) > 2 and loc[0] in _TAGGED_SECTIONS and loc[2] in _TAGGED_SECTIONS[loc[0]]:
+        return loc[:2] + loc[3:]
+    return loc
+
+
 def _allowed_keys(loc: tuple) -> list[str]:
     """The keys allowed where the unknown key `loc[-1]` was found, for 'did you mean'."""
     node: Any = Params
-    for part in loc[:-1]:
-        if part in ("csv", "idx", "cifar"):  # pydantic's tag for the dataset union member
-            node = {"csv": CsvDataset, "idx": IdxDataset, "cifar": CifarDataset}[part]
+    for index, part in enumerate(loc[:-1]):
+        if index == 2 and loc[0] in _TAGGED_SECTIONS and part in _TAGGED_SECTIONS[loc[0]]:
+            node = _TAGGED_SECTIONS[loc[0]][part]
         elif typing.get_origin(node) is dict:
             node = typing.get_args(node)[1]
         elif isinstance(node, type) and issubclass(node, BaseModel) and part in node.model_fields:
@@ -327,7 +197,7 @@ def _unwrap(annotation: Any) -> Any:
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = [f"{source}: {error.error_count()} problem(s) in the parameters:"]
     for item in error.errors(include_url=False):
-        loc = tuple(p for p in item["loc"] if p not in ("csv", "idx"))
+        loc = _untagged(tuple(item["loc"]))
         key = ".".join(str(p) for p in loc) or "(top level)"
         value = item.get("input")
         if item["type"] == "extra_forbidden":

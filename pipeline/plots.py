@@ -28,16 +28,16 @@ def _model_colors(names: list[str]) -> dict[str, tuple]:
     return {name: palette(i % 10) for i, name in enumerate(names)}
 
 
-def learning_curves(histories: dict[str, list[dict]], title: str) -> str:
+def learning_curves(histories: dict[str, list], title: str) -> str:
     """Loss and accuracy per epoch, train solid and valid dashed, one colour per model."""
     figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
     colors = _model_colors(list(histories))
     for name, rows in histories.items():
-        epochs = [r["epoch"] for r in rows]
+        epochs = [r.epoch for r in rows]
         for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
-            ax.plot(epochs, [r[f"train_{metric}"] for r in rows], color=colors[name],
+            ax.plot(epochs, [getattr(r, f"train_{metric}") for r in rows], color=colors[name],
                     label=f"{name} train")
-            ax.plot(epochs, [r[f"valid_{metric}"] for r in rows], color=colors[name],
+            ax.plot(epochs, [getattr(r, f"valid_{metric}") for r in rows], color=colors[name],
                     linestyle="--", label=f"{name} valid")
     loss_ax.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
     acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
@@ -221,19 +221,19 @@ def _tile(maps: np.ndarray, title: str, cmap: str, limit: int = 32, symmetric: b
     return to_data_uri(figure)
 
 
-def conv_filters(weight: np.ndarray, title: str) -> str:
-    """First-layer filters (out x in x k x k), averaged over input channels, blue-white-red."""
-    return _tile(weight.mean(axis=1), title, "RdBu_r", symmetric=True)
+def conv_filters(filters: np.ndarray, title: str) -> str:
+    """First-layer filters (out x k x k, averaged over input channels), blue-white-red."""
+    return _tile(filters, title, "RdBu_r", symmetric=True)
 
 
 def feature_maps(maps: np.ndarray, title: str) -> str:
     return _tile(maps, title, "viridis")
 
 
-def weight_histograms(initial: dict[str, np.ndarray], trained: dict[str, np.ndarray],
-                      title: str) -> str:
-    """Per weight tensor: the distribution at initialisation and after training."""
-    names = [n for n in trained if n.endswith("weight")]
+def weight_histograms(histograms: dict[str, dict], title: str) -> str:
+    """Per weight tensor: the distribution at initialisation and after training (counts over
+    shared bins, as the evaluate stage computed them)."""
+    names = list(histograms)
     columns = min(3, len(names))
     rows = -(-len(names) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(columns * 3.6, rows * 2.6),
@@ -242,11 +242,13 @@ def weight_histograms(initial: dict[str, np.ndarray], trained: dict[str, np.ndar
         ax.axis("off")
     for ax, name in zip(axes.flat, names, strict=False):
         ax.axis("on")
-        bins = np.histogram_bin_edges(np.concatenate([initial[name].ravel(),
-                                                      trained[name].ravel()]), bins=40)
-        ax.hist(initial[name].ravel(), bins=bins, alpha=0.6, label="initial", color="grey")
-        ax.hist(trained[name].ravel(), bins=bins, alpha=0.6, label="trained", color="tab:blue")
-        ax.set_title(f"{name} ({trained[name].size:,})", fontsize=8)
+        histogram = histograms[name]
+        edges = histogram["edges"]
+        ax.stairs(histogram["initial"], edges, fill=True, alpha=0.6, label="initial",
+                  color="grey")
+        ax.stairs(histogram["trained"], edges, fill=True, alpha=0.6, label="trained",
+                  color="tab:blue")
+        ax.set_title(f"{name} ({histogram['size']:,})", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("weight value", fontsize=7)
         ax.set_ylabel("count", fontsize=7)
@@ -255,7 +257,7 @@ def weight_histograms(initial: dict[str, np.ndarray], trained: dict[str, np.ndar
     return to_data_uri(figure)
 
 
-def experiment_overlay(curves: dict[str, dict[str, list[dict]]], title: str) -> str:
+def experiment_overlay(curves: dict[str, dict[str, list]], title: str) -> str:
     """Validation accuracy per epoch, one panel per model, one line per experiment."""
     models = list(curves)
     columns = min(3, len(models))
@@ -269,7 +271,7 @@ def experiment_overlay(curves: dict[str, dict[str, list[dict]]], title: str) -> 
     for ax, model in zip(axes.flat, models, strict=False):
         ax.axis("on")
         for name, history in curves[model].items():
-            ax.plot([r["epoch"] for r in history], [r["valid_accuracy"] for r in history],
+            ax.plot([r.epoch for r in history], [r.valid_accuracy for r in history],
                     color=colors[name], label=name,
                     linewidth=2.2 if name == "workspace" else 1.3)
         ax.set(title=model, xlabel="epoch", ylabel="valid accuracy")

@@ -22,9 +22,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.artifacts import atomic_write
+from pipeline.checkpoint import load_checkpoint
 from pipeline.ingest import DataError, read_image_csv
 from pipeline.params import load_params
-from pipeline.prepare import layout_for
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 CSV_SUFFIXES = (".csv", ".csv.gz")
@@ -86,7 +86,7 @@ def load_inputs(paths: list[Path], shape: tuple[int, int, int], classes: list[st
                                    "trained on, so the CSV layout is unknown")
             dataset = load_params(params_path).dataset(dataset_name)
             try:
-                table = read_image_csv(path, layout_for(dataset))
+                table = read_image_csv(path, dataset.csv_layout())
             except DataError as error:
                 raise PredictError(str(error)) from None
             images.extend(table.images.reshape(-1, *shape))
@@ -124,8 +124,6 @@ def write_csv(path: Path, inputs: Inputs, probs: np.ndarray, classes: list[str])
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pipeline.train import load_checkpoint, seed_models
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", type=Path, help="PNG/JPEG files or CSV files")
     parser.add_argument("--checkpoint", required=True, type=Path, help="models/<ds>/<model>.pt")
@@ -136,14 +134,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="also write every probability to this CSV")
     args = parser.parse_args(argv)
 
-    _, payload = load_checkpoint(args.checkpoint)
-    models = seed_models(payload)
+    checkpoint = load_checkpoint(args.checkpoint)
+    models = checkpoint.seed_models()
     if len(models) > 1:
         print(f"{args.checkpoint}: averaging the logits of its {len(models)} seed copies",
               file=sys.stderr)
-    classes = payload["classes"]
-    shape = tuple(payload["config"]["input_shape"])
-    inputs = load_inputs(args.inputs, shape, classes, payload.get("dataset"), args.params,
+    classes = checkpoint.classes
+    shape = checkpoint.input_shape
+    inputs = load_inputs(args.inputs, shape, classes, checkpoint.dataset, args.params,
                          args.invert)
     probs = probabilities(models, inputs.images)
     top_k = max(1, min(args.top_k, len(classes)))

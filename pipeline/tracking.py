@@ -3,9 +3,14 @@
 Metrics go through dvclive, DVC's own logger, so `dvc exp show`, `dvc metrics diff`,
 `dvc plots show/diff` and DVC Studio read them with no glue: one folder per dataset/model with
 
-    metrics.json                          the summary (latest epoch, test, best epoch, timing)
-    plots/metrics/{train,valid}/{loss,accuracy}.tsv, lr.tsv, epoch_seconds.tsv   one row per epoch
+    metrics.json                          the summary (latest epoch, test, best epoch, seeds)
+    plots/metrics/{train,valid}/{loss,accuracy}.tsv, lr.tsv   one row per epoch
     plots/sklearn/confusion_matrix.json   test (actual, predicted) pairs, with class names
+
+These files are committed to git, so they hold only what a re-run reproduces bit for bit; the
+run's timings (seconds, samples/s) go to a separate, git-ignored timing file (`write_timing`).
+This module owns the metric names both ways: `EpochRow` and `Summary` are what the train stage
+logs and what the report and the experiments section read back.
 
 TensorBoard event logs (scalars, weight histograms, hyper-parameters) are written as well when
 `train.tensorboard` is on, for `tensorboard --logdir reports/tensorboard`.
@@ -14,26 +19,95 @@ TensorBoard event logs (scalars, weight histograms, hyper-parameters) are writte
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
+from pipeline.artifacts import ArtifactError, read_json, write_json
 
-from pipeline.artifacts import ArtifactError, read_json
+if TYPE_CHECKING:
+    from torch import nn
 
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.json"
-# history column -> dvclive metric name; each becomes plots/metrics/<name>.tsv
+
+
+@dataclass(frozen=True)
+class EpochRow:
+    """One epoch of a training run (the step of every curve is `epoch`)."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    valid_loss: float
+    valid_accuracy: float
+    lr: float
+
+
+# EpochRow field -> dvclive metric name; each becomes plots/metrics/<name>.tsv
 CURVES = {
     "train_loss": "train/loss",
     "train_accuracy": "train/accuracy",
     "valid_loss": "valid/loss",
     "valid_accuracy": "valid/accuracy",
     "lr": "lr",
-    "seconds": "epoch_seconds",
 }
+assert list(CURVES) == [f.name for f in dataclasses.fields(EpochRow)][1:]
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    count: int
+    test_accuracy_mean: float
+    test_accuracy_std: float
+    ensemble_test_accuracy: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A run's final numbers, as metrics.json holds them (`test/accuracy`, `seeds/count`, ...)."""
+
+    test_accuracy: float
+    test_loss: float
+    best_epoch: int
+    best_valid_accuracy: float
+    params: int
+    seeds: SeedSummary | None = None
+
+    def metrics(self) -> dict[str, float | int]:
+        values = {"test/accuracy": self.test_accuracy, "test/loss": self.test_loss,
+                  "best/epoch": self.best_epoch,
+                  "best/valid_accuracy": self.best_valid_accuracy, "params": self.params}
+        if self.seeds is not None:
+            values.update({f"seeds/{k}": v for k, v in dataclasses.asdict(self.seeds).items()})
+        return values
+
+    @classmethod
+    def from_json(cls, data: dict, source: str) -> Summary:
+        def number(dotted: str, kind: type = float, default: object = None) -> float | int:
+            value: object = data
+            for key in dotted.split("."):
+                value = value.get(key) if isinstance(value, dict) else None
+            if value is None and default is not None:
+                return default  # type: ignore[return-value]
+            if not isinstance(value, int | float) or isinstance(value, bool) or (
+                    isinstance(value, float) and math.isnan(value)):
+                raise ArtifactError(f"{source}: key '{dotted}' is missing or not a number; "
+                                    "re-run the train stage (dvc repro)")
+            return kind(value)
+
+        seeds = None
+        if isinstance(data.get("seeds"), dict):
+            seeds = SeedSummary(number("seeds.count", int), number("seeds.test_accuracy_mean"),
+                                number("seeds.test_accuracy_std"),
+                                number("seeds.ensemble_test_accuracy"))
+        return cls(number("test.accuracy"), number("test.loss"), number("best.epoch", int, 0),
+                   number("best.valid_accuracy", float, 0.0), number("params", int), seeds)
 
 
 def curve_path(column: str) -> str:
@@ -64,7 +138,7 @@ class RunTracker:
 
     def __init__(self, live_dir: Path, tensorboard_dir: Path | None = None):
         # dvcyaml=None: dvc.yaml already declares these files; save_dvc_exp=False: `dvc exp run`
-        # makes the experiment, a plain `python -m pipeline.train` must not
+        # makes the experiment, a plain `python -m pipeline.stages.train` must not
         self.live = _live_class()(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False,
                                   report=None)
         self.tensorboard = None
@@ -73,24 +147,23 @@ class RunTracker:
 
             self.tensorboard = SummaryWriter(str(tensorboard_dir))
 
-    def log_epoch(self, row: Mapping[str, float], model: nn.Module | None = None) -> None:
-        """One history row (keys of CURVES plus `epoch`); the step is the epoch number."""
-        epoch = int(row["epoch"])
-        self.live.step = epoch
+    def log_epoch(self, row: EpochRow, model: nn.Module | None = None) -> None:
+        """One epoch's curves; the step is the epoch number."""
+        self.live.step = row.epoch
         for column, name in CURVES.items():
-            self.live.log_metric(name, float(row[column]))
+            self.live.log_metric(name, float(getattr(row, column)))
         self.live.next_step()
         if self.tensorboard is not None:
             for column, name in CURVES.items():
-                self.tensorboard.add_scalar(name, row[column], epoch)
+                self.tensorboard.add_scalar(name, getattr(row, column), row.epoch)
             if model is not None:
                 for name, parameter in model.named_parameters():
                     self.tensorboard.add_histogram(f"weights/{name}", parameter.detach().float(),
-                                                   epoch)
+                                                   row.epoch)
 
-    def log_summary(self, values: Mapping[str, float | int]) -> None:
+    def log_summary(self, summary: Summary) -> None:
         """Final numbers (`test/accuracy`, `params`, ...): metrics.json only, no curve."""
-        for name, value in values.items():
+        for name, value in summary.metrics().items():
             self.live.log_metric(name, value, plot=False)
 
     def log_confusion(self, actual: list[str], predicted: list[str]) -> None:
@@ -138,9 +211,9 @@ def parse_curve(text: str, source: str) -> dict[int, float]:
     return curve
 
 
-def parse_history(read: Callable[[str], str | None], source: str) -> list[dict]:
-    """Per-epoch rows ({epoch, train_loss, ...}) from a run folder's curves; `read` returns a
-    file's text given its path relative to the run folder, or None if it is not there."""
+def parse_history(read: Callable[[str], str | None], source: str) -> list[EpochRow]:
+    """Per-epoch rows from a run folder's curves; `read` returns a file's text given its path
+    relative to the run folder, or None if it is not there."""
     curves = {}
     for column in CURVES:
         text = read(curve_path(column))
@@ -149,11 +222,11 @@ def parse_history(read: Callable[[str], str | None], source: str) -> list[dict]:
                                 "(dvc repro)")
         curves[column] = parse_curve(text, f"{source}/{curve_path(column)}")
     epochs = sorted(set.intersection(*(set(curve) for curve in curves.values())))
-    return [{"epoch": epoch, **{column: curves[column][epoch] for column in CURVES}}
+    return [EpochRow(epoch, **{column: curves[column][epoch] for column in CURVES})
             for epoch in epochs]
 
 
-def read_history(run_dir: Path) -> list[dict]:
+def read_history(run_dir: Path) -> list[EpochRow]:
     def read(relative: str) -> str | None:
         path = run_dir / relative
         return path.read_text(encoding="utf-8") if path.is_file() else None
@@ -161,14 +234,39 @@ def read_history(run_dir: Path) -> list[dict]:
     return parse_history(read, str(run_dir))
 
 
-def read_summary(run_dir: Path) -> dict:
+def read_summary(run_dir: Path) -> Summary:
     """metrics.json, checked for the numbers the report needs."""
-    summary = read_json(run_dir / METRICS_FILE)
-    for dotted in ("test.accuracy", "test.loss", "params"):
-        value = summary
-        for key in dotted.split("."):
-            value = value.get(key) if isinstance(value, dict) else None
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
-            raise ArtifactError(f"{run_dir / METRICS_FILE}: key '{dotted}' is missing or not a "
-                                "number; re-run the train stage (dvc repro)")
-    return summary
+    return Summary.from_json(read_json(run_dir / METRICS_FILE), str(run_dir / METRICS_FILE))
+
+
+def parse_summary(text: str, source: str) -> Summary:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ArtifactError(f"{source}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{source}: expected a JSON object")
+    return Summary.from_json(data, source)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long a run took on this machine: never in a file whose hash identifies a result."""
+
+    device: str
+    train_seconds: float
+    samples_per_second: float
+    epoch_seconds: list[float]
+
+
+def write_timing(path: Path, timing: Timing) -> None:
+    write_json(path, dataclasses.asdict(timing))
+
+
+def read_timing(path: Path) -> Timing | None:
+    """The run's timing, or None where it is missing or unreadable (a run made elsewhere, e.g.
+    applied from an experiment or pulled from a remote: timings are not results)."""
+    try:
+        return Timing(**read_json(path))
+    except (ArtifactError, TypeError):
+        return None

@@ -24,7 +24,11 @@ window.addEventListener("load", () => {
                        .map(i => i.alt || i.src.slice(0, 60));
   const out = document.createElement("pre");
   out.id = "browser-check";
-  out.textContent = JSON.stringify({images: images.length, broken, errors: window.__errors});
+  const run = window.REPORT_RUN || {};
+  const unfilled = Array.from(document.querySelectorAll("[data-run]"))
+                        .map(e => e.dataset.run).filter(k => !(k in run));
+  out.textContent = JSON.stringify({images: images.length, broken, errors: window.__errors,
+                                    unfilled});
   document.body.appendChild(out);
 });
 </script>
@@ -38,6 +42,7 @@ class PageCheck:
     errors: list[str]
     console_errors: list[str]
     screenshot: Path
+    unfilled: list[str]  # slots for run-dependent values (data-run) the sidecar did not fill
 
 
 def chromium() -> str:
@@ -58,10 +63,14 @@ def _run(browser: str, *args: str) -> subprocess.CompletedProcess:
 def check_page(html_file: Path, workdir: Path) -> PageCheck:
     browser = chromium()
     html = html_file.read_text(encoding="utf-8")
-    # the probe goes first in <head> so it hears errors from everything after it
-    probed = workdir / "probed.html"
+    # the probe goes first in <head> so it hears errors from everything after it; the probed
+    # copy sits beside the page so the files it loads by relative path are found
+    probed = html_file.with_name(f".{html_file.stem}.probed.html")
     probed.write_text(html.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
-    dom = _run(browser, "--dump-dom", probed.as_uri())
+    try:
+        dom = _run(browser, "--dump-dom", probed.as_uri())
+    finally:
+        probed.unlink()
     found = re.search(r'<pre id="browser-check">(.*?)</pre>', dom.stdout, re.S)
     assert found, f"the page never finished loading:\n{dom.stderr[-2000:]}"
     result = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
@@ -69,4 +78,5 @@ def check_page(html_file: Path, workdir: Path) -> PageCheck:
                if "CONSOLE" in line and ("ERROR" in line or "Uncaught" in line)]
     screenshot = workdir / "screenshot.png"
     _run(browser, f"--screenshot={screenshot}", "--window-size=1280,2400", html_file.as_uri())
-    return PageCheck(result["images"], result["broken"], result["errors"], console, screenshot)
+    return PageCheck(result["images"], result["broken"], result["errors"], console, screenshot,
+                     result["unfilled"])

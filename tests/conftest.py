@@ -12,15 +12,42 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from pipeline.params import Params, load_params
+from pipeline.splits import Split
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FASHION_SAMPLE = FIXTURES / "fashion-mnist-sample.csv"
+CPU = torch.device("cpu")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot"]
+
+
+def toy_splits(seed: int = 0) -> dict[str, Split]:
+    """Two easily separable classes of 1x4x4 images: bright left half vs bright right half."""
+    rng = np.random.default_rng(seed)
+
+    def make(n: int) -> Split:
+        labels = rng.integers(0, 2, n)
+        images = rng.integers(0, 60, (n, 1, 4, 4)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 0, :, 2 * label : 2 * label + 2] += 180
+        return Split(images, labels.astype(np.int64), ["left", "right"])
+
+    return {"train": make(256), "valid": make(64), "test": make(64)}
+
+
+def run_module(module: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m <module> args` the way DVC runs a stage: a fresh process, its own
+    `__main__`. Returns the finished process (stdout and stderr as text) for the test to check."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
 
 
 def sh(args: list[str], cwd: Path) -> str:

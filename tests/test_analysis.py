@@ -2,13 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from pipeline import analysis
-from pipeline.models import ModelConfig, build_model
-from pipeline.params import TrainSettings
-from pipeline.train import Training
-from tests.test_train import CPU, toy_splits
+from pipeline.models import ConvNet, Linear
 
 
 def test_pareto_front_keeps_models_nothing_beats_on_both_axes():
@@ -51,21 +47,15 @@ def test_per_class_scores_match_hand_counts():
     assert scores[1].precision == pytest.approx(2 / 3) and scores[1].recall == 1.0
 
 
-def test_initial_weights_are_the_ones_training_started_from():
-    config = ModelConfig("cnn", (1, 4, 4), 2, channels=(4, 8), head_hidden=8)
-    expected = analysis.initial_weights(config, seed=3)
-    training = Training(config, TrainSettings(epochs=1), toy_splits(), CPU, seed=3)
-    for name, value in training.runner.model.named_parameters():
-        torch.testing.assert_close(value.detach(), expected[name])
+def test_confusion_matrix_counts_true_by_predicted():
+    confusion = analysis.confusion_matrix(np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 2, 0]), 3)
+    assert confusion.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
 
 
-def test_feature_maps_and_logits_have_the_right_shapes():
-    config = ModelConfig("convnet", (1, 4, 4), 3, channels=(5,), activation="relu")
-    model = build_model(config)
-    images = np.random.default_rng(0).integers(0, 255, (7, 1, 4, 4)).astype(np.uint8)
-    assert analysis.first_block_maps(model, images[0]).shape == (5, 4, 4)
-    logits = analysis.test_logits(model, images, CPU, amp=False, channels_last=True)
-    assert logits.shape == (7, 3)
+def test_feature_maps_have_the_first_convolution_s_shape():
+    model = ConvNet(channels=[5], activation="relu").build((1, 4, 4), 3)
+    image = np.random.default_rng(0).integers(0, 255, (1, 4, 4)).astype(np.uint8)
+    assert analysis.first_block_maps(model, image).shape == (5, 4, 4)
+    assert analysis.first_block_maps(Linear().build((1, 4, 4), 3), image) is None
+    logits = np.random.default_rng(1).normal(size=(7, 3))
     np.testing.assert_allclose(analysis.softmax(logits).sum(1), 1.0, rtol=1e-6)
-    assert analysis.first_block_maps(build_model(ModelConfig("linear", (1, 4, 4), 3)),
-                                     images[0]) is None

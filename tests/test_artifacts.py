@@ -118,7 +118,7 @@ def test_sigkill_mid_stage_leaves_no_complete_looking_output_and_the_rerun_recov
   digits:""", 1)
     params.write_text(text)
     out = tmp_path / "prepared" / "fmnist"
-    command = [sys.executable, "-m", "pipeline.prepare", "--params", str(params),
+    command = [sys.executable, "-m", "pipeline.stages.prepare", "--params", str(params),
                "--dataset", "fmnist", "--raw", str(raw), "--out", str(out)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)

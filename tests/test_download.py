@@ -7,21 +7,17 @@ import struct
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from pipeline.artifacts import read_json
-from pipeline.download import (
-    IDX_LABELS_MAGIC,
-    DownloadError,
-    download,
-    fetch,
-    materialise,
-    read_idx,
-)
-from pipeline.params import CsvDataset, DownloadParams, FileSource, IdxDataset
+from pipeline.formats import IDX_LABELS_MAGIC, CsvDataset, IdxDataset, materialise, read_idx
+from pipeline.sources import DownloadError, DownloadParams, FileSource, download, fetch
 from tests.conftest import (
     FASHION_CLASSES,
     FASHION_SAMPLE,
     FIXTURES,
+    ROOT,
+    run_module,
     serve_bytes,
     serve_dropped,
     serve_error,
@@ -262,7 +258,7 @@ def cifar_batch(rng, rows: int) -> dict:
 
 
 def cifar_dataset(url: str, body: bytes, **extra):
-    from pipeline.params import CifarDataset
+    from pipeline.formats import CifarDataset
 
     return CifarDataset(format="cifar", archive={"url": url, "sha256": sha(body),
                                                  "size": len(body)},
@@ -317,3 +313,44 @@ def test_a_cifar_archive_missing_a_batch_names_what_it_holds(http_server, tmp_pa
                                             r"\(it holds test_batch\)"):
         materialise("cifar", cifar_dataset(url, body), tmp_path / "raw" / "c", tmp_path / "c",
                     FAST)
+
+
+def test_local_sources_are_linked_for_dvc_to_hash(tmp_path):
+    """DVC hashes the download stage's `sources` output through these links, so replacing the
+    file a `path:` names marks the stage changed (tests/test_e2e.py checks `dvc status`)."""
+    local = tmp_path / "mine.csv"
+    local.write_bytes(FASHION_SAMPLE.read_bytes())
+    dataset = CsvDataset(format="csv", train={"path": str(local)}, shape=(1, 28, 28),
+                         classes=FASHION_CLASSES, label_column="label")
+    sources = tmp_path / "sources" / "user"
+    materialise("user", dataset, tmp_path / "raw", tmp_path / "cache", FAST, sources)
+    link = sources / "train.csv"
+    assert link.is_symlink() and link.resolve() == local.resolve()
+    assert "train: train.csv ->" in (sources / "README.txt").read_text()
+
+
+def test_downloaded_sources_are_listed_not_linked(http_server, tmp_path):
+    body = FASHION_SAMPLE.read_bytes()
+    url = http_server.add("/train.csv", serve_bytes(body))
+    dataset = CsvDataset(format="csv", train={"url": url, "sha256": sha(body)},
+                         shape=(1, 28, 28), classes=FASHION_CLASSES, label_column="label")
+    sources = tmp_path / "sources"
+    materialise("user", dataset, tmp_path / "raw", tmp_path / "cache", FAST, sources)
+    assert [p.name for p in sources.iterdir()] == ["README.txt"]
+    assert f"train: downloaded from {url}" in (sources / "README.txt").read_text()
+
+
+def test_download_stage_errors_are_one_line_as_dvc_runs_it(tmp_path):
+    """Run as `python -m pipeline.stages.download`, a refusal is one line, not a traceback,
+    and leaves no output behind."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"]["digits"]["train"] = {"path": str(tmp_path / "gone.csv")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = run_module("pipeline.stages.download", "--params", str(tmp_path / "params.yaml"),
+                      "--dataset", "digits", "--out", str(tmp_path / "raw"),
+                      "--cache", str(tmp_path / "cache"), "--sources", str(tmp_path / "src"))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'gone.csv'}: no such file (from the dataset's `path:`)"]
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "src").exists()
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -15,6 +15,7 @@ import yaml
 from pipeline.experiments import changed_params, list_experiments
 from tests.browser import check_page
 from tests.conftest import FASHION_CLASSES, FASHION_SAMPLE, ROOT, LocalServer, serve_bytes, sh
+from tests.test_dvc_graph import import_closure, stage_definitions, stage_module
 
 pytestmark = pytest.mark.e2e
 
@@ -31,10 +32,20 @@ def copy_repository(target: Path) -> None:
     sh(["git", "init", "-q"], target)
 
 
-def lock_hashes(repo: Path, stage_prefix: str) -> dict[str, str]:
+def lock_hashes(repo: Path) -> dict[str, str]:
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     return {f"{name}:{out['path']}": out["md5"] for name, stage in lock.items()
-            if name.startswith(stage_prefix) for out in stage.get("outs", [])}
+            for out in stage.get("outs", [])}
+
+
+def run_slots(repo: Path) -> dict[str, str]:
+    """The report's run-dependent slots, from the sidecar script beside the page."""
+    text = (repo / "reports" / "run.js").read_text()
+    return json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
+
+
+def status(repo: Path) -> dict:
+    return json.loads(sh(["dvc", "status", "--json"], repo).strip() or "{}")
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +61,12 @@ def built(tmp_path_factory) -> Iterator[tuple[Path, dict]]:
                          serve_bytes(FASHION_SAMPLE.read_bytes()))
         params = yaml.safe_load((repo / "params.yaml").read_text())
         params["run"]["datasets"] = ["digits", "fashion_sample"]
+        local_test = repo.parent / "fashion-test.csv"  # a local file outside the repository
+        local_test.write_bytes(FASHION_SAMPLE.read_bytes())
         params["datasets"]["fashion_sample"] = {   # a user CSV, added through params only
-            "format": "csv", "train": {"url": url}, "header": True, "label_column": "label",
-            "shape": [1, 28, 28], "classes": FASHION_CLASSES}
+            "format": "csv", "train": {"url": url}, "test": {"path": str(local_test)},
+            "header": True, "label_column": "label", "shape": [1, 28, 28],
+            "classes": FASHION_CLASSES}
         params["train"]["epochs"] = 2
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         sh(["dvc", "repro"], repo)
@@ -66,8 +80,11 @@ def test_the_report_renders_in_a_real_browser(built, tmp_path):
     repo, _ = built
     report = repo / "reports" / "index.html"
     check = check_page(report, tmp_path)
-    assert check.images == report.read_text().count("<img ") > 20
+    # the page's own images plus those the run sidecar adds (the experiments overlay)
+    slots = "".join(run_slots(repo).values())
+    assert check.images == report.read_text().count("<img ") + slots.count("<img ") > 20
     assert check.broken == [] and check.errors == [] and check.console_errors == []
+    assert check.unfilled == []  # every timing and git slot was filled from reports/run.js
     assert check.screenshot.stat().st_size > 20_000
 
 
@@ -104,15 +121,62 @@ def test_dvc_repro_end_to_end(built, tmp_path):
     sh(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo)
     assert (tmp_path / "plots" / "index.html").stat().st_size > 1000
 
-    # Deterministic on CPU: rebuild from nothing, same prepared data and the same accuracies.
-    prepared = lock_hashes(repo, "prepare")
-    accuracies = {p: json.loads(p.read_text())["test"]["accuracy"]
-                  for p in sorted((repo / "reports/live").rglob("metrics.json"))}
-    shutil.rmtree(repo / "data" / "raw")
-    shutil.rmtree(repo / "data" / "prepared")
+    # Timings are shown, but only through the sidecar: nothing DVC hashes holds them.
+    slots = run_slots(repo)
+    assert slots["seconds:digits/cnn"].endswith(" s") and "rate:fashion_sample/linear" in slots
+    assert 'data-run="seconds:digits/cnn"' in html and "samples/s" in html
+
+
+def test_a_forced_rerun_reproduces_every_output_byte_for_byte(built):
+    """`dvc repro -f` on CPU: prepared data, checkpoints, evaluations, the report page and
+    every committed metric file are the same bytes; only the timing files differ."""
+    repo, _ = built
+    before = lock_hashes(repo)
+    live = {p: p.read_bytes() for p in sorted((repo / "reports/live").rglob("*")) if p.is_file()}
+    timing = (repo / "reports/timing/digits/cnn.json").read_text()
     sh(["dvc", "repro", "--force"], repo)
-    assert lock_hashes(repo, "prepare") == prepared
-    assert {p: json.loads(p.read_text())["test"]["accuracy"] for p in accuracies} == accuracies
+    after = lock_hashes(repo)
+    assert after == before, {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v}
+    assert {p: p.read_bytes() for p in live} == live
+    assert (repo / "reports/timing/digits/cnn.json").read_text() != timing
+
+
+def test_editing_a_module_marks_exactly_the_stages_that_run_it(built):
+    repo, _ = built
+    assert status(repo) == {}
+    modules = sorted(p.relative_to(repo) for p in (repo / "pipeline").rglob("*.py"))
+    originals = {m: (repo / m).read_bytes() for m in modules}
+    try:
+        for module in modules:
+            with open(repo / module, "a") as handle:
+                handle.write("\n# an edit\n")
+        changed = {stage.split("@")[0]: sorted(Path(p) for entry in details
+                                               if isinstance(entry, dict)
+                                               for p in entry.get("changed deps", {}))
+                   for stage, details in status(repo).items()}
+    finally:
+        for module, text in originals.items():
+            (repo / module).write_bytes(text)
+    for name, definition in stage_definitions().items():
+        expected = sorted(p for p in import_closure(stage_module(definition)))
+        assert changed[name] == expected, name
+    assert status(repo) == {}
+
+
+def test_replacing_a_local_source_file_is_seen_by_dvc(built):
+    repo, params = built
+    local = Path(params["datasets"]["fashion_sample"]["test"]["path"])
+    original = local.read_bytes()
+    try:
+        lines = original.decode().splitlines(keepends=True)
+        local.write_text("".join(lines[:500]))  # the user replaced the file with other data
+        changed = status(repo)
+        assert list(changed) == ["download@fashion_sample"]
+        assert changed["download@fashion_sample"] == [
+            {"changed outs": {"data/sources/fashion_sample": "modified"}}]
+    finally:
+        local.write_bytes(original)
+    assert status(repo) == {}
 
 
 def test_an_experiment_is_logged_by_dvclive_and_compared_in_the_report(built):
@@ -125,8 +189,7 @@ def test_an_experiment_is_logged_by_dvclive_and_compared_in_the_report(built):
     sh(["git", "commit", "-qm", "baseline"], repo)
     sh(["dvc", "exp", "run", "-n", "narrow", "-S", "models.linearnet.hidden=[128,32]"], repo)
 
-    html = (repo / "reports" / "index.html").read_text()
-    experiments = html[html.index('id="experiments"'):html.index('id="digits"')]
+    experiments = run_slots(repo)["experiments"]
     # the committed baseline's row shows where it differs from this run
     assert "(committed)" in experiments and "models.linearnet.hidden=[256, 64]" in experiments
     assert "<img " in experiments  # the overlaid validation curves

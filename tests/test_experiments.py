@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.experiments import changed_params, flatten, list_experiments
-from pipeline.tracking import RunTracker
+from pipeline.tracking import EpochRow, RunTracker, Summary
 from tests.conftest import sh
 
 RUNS = [("digits", "cnn")]
@@ -16,10 +16,10 @@ def write_run(repo: Path, lr: float, accuracy: float, epochs: int) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump({"train": {"lr": lr, "epochs": epochs}}))
     tracker = RunTracker(repo / "reports/live/digits/cnn")
     for epoch in range(1, epochs + 1):
-        tracker.log_epoch({"epoch": epoch, "train_loss": 1.0, "train_accuracy": 0.5,
-                           "valid_loss": 1.0, "valid_accuracy": accuracy * epoch / epochs,
-                           "lr": lr, "seconds": 0.1})
-    tracker.log_summary({"test/accuracy": accuracy, "test/loss": 0.3, "params": 10})
+        tracker.log_epoch(EpochRow(epoch, train_loss=1.0, train_accuracy=0.5, valid_loss=1.0,
+                                   valid_accuracy=accuracy * epoch / epochs, lr=lr))
+    tracker.log_summary(Summary(test_accuracy=accuracy, test_loss=0.3, best_epoch=epochs,
+                                best_valid_accuracy=accuracy, params=10))
     tracker.close()
 
 
@@ -42,8 +42,8 @@ def test_experiments_are_listed_by_dvc_and_read_at_their_revision(tmp_path):
     head, bold = found
     assert head.accuracy == {("digits", "cnn"): 0.9}
     assert bold.accuracy == {("digits", "cnn"): 0.95}
-    assert [row["epoch"] for row in bold.histories[("digits", "cnn")]] == [1, 2, 3, 4]
-    assert bold.histories[("digits", "cnn")][-1]["valid_accuracy"] == 0.95
+    assert [row.epoch for row in bold.histories[("digits", "cnn")]] == [1, 2, 3, 4]
+    assert bold.histories[("digits", "cnn")][-1].valid_accuracy == 0.95
     assert changed_params(bold, head.params) == {"train.epochs": 4, "train.lr": 0.05}
     assert len(list_experiments(repo, RUNS, "reports/live", limit=0)) == 1
 

@@ -107,7 +107,32 @@ def test_looking_up_an_undefined_dataset_or_model_suggests_a_name(repo_params):
         repo_params.model("vgg")
 
 
-def test_hidden_sizes_default_by_architecture(repo_params):
-    assert repo_params.model("linearnet").hidden_sizes() == [256, 64]
-    assert repo_params.model("keras_cnn").hidden_sizes() == []
-    assert repo_params.model("cnn3").hidden_sizes() == [625]
+def test_each_architecture_has_its_own_fields_and_defaults(repo_params):
+    assert repo_params.model("linearnet").architecture().hidden == [256, 64]
+    assert repo_params.model("keras_cnn").architecture().hidden == []
+    assert repo_params.model("cnn3").architecture().hidden == [625]
+    spec = repo_params.model("cnn")
+    assert spec.seeds == 3 and spec.train.lr == 0.03
+    assert not hasattr(spec.architecture(), "seeds")
+
+
+def test_the_arch_choices_come_from_the_model_registry():
+    from pipeline.models import ARCHITECTURES
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["models"]["cnn"] = {"arch": "resnet"}
+    with pytest.raises(ParamsError) as error:
+        parse_params(raw)
+    for name in ARCHITECTURES:
+        assert f"'{name}'" in str(error.value)
+
+
+def test_errors_name_the_key_path_without_internal_tags():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["datasets"]["cifar10"]["shape"] = [3, 32]
+    raw["models"]["cnn"]["channelz"] = [4]
+    with pytest.raises(ParamsError) as error:
+        parse_params(raw)
+    message = str(error.value)
+    assert "  - datasets.cifar10.shape = [3, 32]: expected [channels, height, width]" in message
+    assert "  - models.cnn.channelz: unknown key (did you mean 'channels'?)" in message

@@ -8,23 +8,27 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.models import ModelConfig, build_model
+from pipeline.checkpoint import Checkpoint, load_checkpoint
+from pipeline.engine import fit
+from pipeline.models import Linear
 from pipeline.params import TrainSettings
 from pipeline.predict import PredictError, _light_background, load_image, main, probabilities
-from pipeline.train import fit, load_checkpoint, save_checkpoint, seed_models
-from tests.conftest import ROOT
-from tests.test_train import CPU, toy_splits
+from tests.conftest import CPU, ROOT, toy_splits
+
+
+def save(path, shape, results, classes, dataset=None):
+    Checkpoint(Linear(), shape, classes, [r.state_dict for r in results],
+               results[0].initial_state_dict, dataset, "linear").save(path)
+    return path
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A model that tells 'left' (bright left half) from 'right' on 1x4x4 images."""
-    config = ModelConfig("linear", (1, 4, 4), 2)
-    result = fit(config, TrainSettings(epochs=8, batch_size=32, lr=0.05), toy_splits(), CPU,
+    result = fit(Linear(), TrainSettings(epochs=8, batch_size=32, lr=0.05), toy_splits(), CPU,
                  seed=0, log=lambda line: None)
-    path = tmp_path_factory.mktemp("model") / "toy.pt"
-    save_checkpoint(path, config, [result.state_dict], ["left", "right"], {"dataset": None})
-    return path
+    return save(tmp_path_factory.mktemp("model") / "toy.pt", (1, 4, 4), [result],
+                ["left", "right"])
 
 
 def half_image(path, side: str, size: int = 16, ink: int = 255, paper: int = 0):
@@ -61,22 +65,20 @@ def test_a_light_background_image_is_inverted_to_the_datasets_convention(checkpo
 
 def test_a_seed_ensemble_checkpoint_predicts_with_the_mean_of_its_copies_logits(tmp_path,
                                                                                  capsys):
-    config = ModelConfig("linear", (1, 4, 4), 2)
     settings = TrainSettings(epochs=2, batch_size=32, lr=0.05)
-    copies = [fit(config, settings, toy_splits(), CPU, seed=s, log=lambda line: None).state_dict
-              for s in (0, 1)]
-    path = tmp_path / "pair.pt"
-    save_checkpoint(path, config, copies, ["left", "right"], {"dataset": None})
+    results = [fit(Linear(), settings, toy_splits(), CPU, seed=s, log=lambda line: None)
+               for s in (0, 1)]
+    path = save(tmp_path / "pair.pt", (1, 4, 4), results, ["left", "right"])
     images = toy_splits()["test"].images[:5]
     x = torch.from_numpy(images).float() / 255.0
     expected = []
-    for state in copies:
-        model = build_model(config)
-        model.load_state_dict(state)
+    for result in results:
+        model = Linear().build((1, 4, 4), 2)
+        model.load_state_dict(result.state_dict)
         expected.append(model.eval()(x))
     want = torch.softmax(torch.stack(expected).mean(0), 1).detach().numpy()
-    _, payload = load_checkpoint(path)
-    np.testing.assert_allclose(probabilities(seed_models(payload), images), want, rtol=1e-5)
+    models = load_checkpoint(path).seed_models()
+    np.testing.assert_allclose(probabilities(models, images), want, rtol=1e-5)
 
     main([str(half_image(tmp_path / "l.png", "left")), "--checkpoint", str(path),
           "--invert", "no"])
@@ -92,16 +94,14 @@ def test_light_background_detection():
 
 
 def test_csv_rows_in_the_dataset_layout_are_classified_with_their_labels(tmp_path, capsys):
-    config = ModelConfig("linear", (1, 8, 8), 10)
     rng = np.random.default_rng(0)
     splits = toy_splits()
     for name, split in splits.items():  # reshape the toy data to digits' 1x8x8, 10 classes
         images = rng.integers(0, 255, (len(split.labels), 1, 8, 8)).astype(np.uint8)
         splits[name] = type(split)(images, split.labels, [str(i) for i in range(10)])
-    result = fit(config, TrainSettings(epochs=1), splits, CPU, seed=0, log=lambda line: None)
-    model = tmp_path / "digits.pt"
-    save_checkpoint(model, config, [result.state_dict], [str(i) for i in range(10)],
-                    {"dataset": "digits"})
+    result = fit(Linear(), TrainSettings(epochs=1), splits, CPU, seed=0, log=lambda line: None)
+    model = save(tmp_path / "digits.pt", (1, 8, 8), [result], [str(i) for i in range(10)],
+                 "digits")
     rows = tmp_path / "new.csv"  # digits layout: no header, 64 pixels 0..16, label last
     rows.write_text("".join(",".join(["8"] * 64 + [str(label)]) + "\n" for label in (3, 7)))
     main([str(rows), "--checkpoint", str(model), "--params", str(ROOT / "params.yaml")])

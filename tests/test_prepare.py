@@ -4,13 +4,15 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 
 from pipeline.artifacts import read_json
-from pipeline.download import materialise
+from pipeline.formats import CsvDataset, materialise
 from pipeline.ingest import DataError
-from pipeline.params import CsvDataset, DownloadParams, PrepareParams
-from pipeline.prepare import load_split, prepare, split_dataset
-from tests.conftest import FASHION_CLASSES, FASHION_SAMPLE
+from pipeline.params import PrepareParams
+from pipeline.sources import DownloadParams
+from pipeline.splits import load_split, prepare, split_dataset
+from tests.conftest import FASHION_CLASSES, FASHION_SAMPLE, ROOT, run_module
 
 
 def fashion_dataset(**overrides) -> CsvDataset:
@@ -94,3 +96,25 @@ def test_a_failed_prepare_leaves_no_output(tmp_path):
         prepare(raw, tmp_path / "out", fashion_dataset(), PrepareParams())
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["raw"]
+
+
+def test_the_prepare_stage_runs_as_dvc_runs_it(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"]["fashion"] = fashion_dataset().model_dump(mode="json", exclude_none=True)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copyfile(FASHION_SAMPLE, raw / "train.csv")
+    args = ["--params", str(tmp_path / "params.yaml"), "--dataset", "fashion",
+            "--raw", str(raw), "--out", str(tmp_path / "prepared")]
+    done = run_module("pipeline.stages.prepare", *args)
+    assert done.returncode == 0, done.stderr
+    assert "fashion: train 640, valid 160, test 200 rows" in done.stdout
+    assert load_split(tmp_path / "prepared" / "test.pkl").images.shape == (200, 1, 28, 28)
+
+    text = FASHION_SAMPLE.read_text().rstrip("\n")
+    (raw / "train.csv").write_text(text + "\n3," + ",".join(["0"] * 783) + ",x\n")
+    failed = run_module("pipeline.stages.prepare", *args[:-1], str(tmp_path / "again"))
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert failed.stderr.startswith(f"error: {raw / 'train.csv'}, line 1002, column 785")
+    assert not (tmp_path / "again").exists()

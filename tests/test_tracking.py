@@ -7,11 +7,20 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pipeline import train
 from pipeline.artifacts import ArtifactError, save_arrays
-from pipeline.tracking import CURVES, RunTracker, parse_curve, read_history, read_summary
-from tests.conftest import ROOT, sh
-from tests.test_train import toy_splits
+from pipeline.checkpoint import load_checkpoint
+from pipeline.stages import train
+from pipeline.tracking import (
+    CURVES,
+    EpochRow,
+    RunTracker,
+    Summary,
+    parse_curve,
+    read_history,
+    read_summary,
+    read_timing,
+)
+from tests.conftest import ROOT, run_module, sh, toy_splits
 
 
 def write_prepared(folder):
@@ -30,14 +39,22 @@ def write_params(path, tensorboard: bool, seeds: int = 1):
     return path
 
 
-def run_train(tmp_path, tensorboard: bool, seeds: int = 1):
+def train_args(tmp_path, tensorboard: bool, seeds: int = 1) -> list[str]:
     data = tmp_path / "prepared"
     if not data.exists():
         write_prepared(data)
     params = write_params(tmp_path / "params.yaml", tensorboard, seeds)
-    train.main(["--params", str(params), "--dataset", "digits", "--model", "tiny",
-                "--data", str(data), "--checkpoint", str(tmp_path / "tiny.pt"),
-                "--live", str(tmp_path / "live"), "--tensorboard", str(tmp_path / "tb")])
+    return ["--params", str(params), "--dataset", "digits", "--model", "tiny",
+            "--data", str(data), "--checkpoint", str(tmp_path / "tiny.pt"),
+            "--live", str(tmp_path / "live"), "--tensorboard", str(tmp_path / "tb"),
+            "--timing", str(tmp_path / "timing.json")]
+
+
+def run_train(tmp_path, tensorboard: bool, seeds: int = 1):
+    """The train stage as DVC runs it: `python -m pipeline.stages.train` in a fresh process."""
+    done = run_module("pipeline.stages.train", *train_args(tmp_path, tensorboard, seeds),
+                      cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
     return tmp_path / "live", tmp_path / "tb"
 
 
@@ -45,13 +62,21 @@ def test_the_train_stage_logs_through_dvclive_and_tensorboard(tmp_path):
     live, tb = run_train(tmp_path, tensorboard=True, seeds=2)
 
     summary = read_summary(live)
-    assert summary["step"] == 3 and summary["params"] == 34
-    assert 0.9 <= summary["test"]["accuracy"] <= 1.0
-    assert summary["seeds"]["count"] == 2
+    raw = json.loads((live / "metrics.json").read_text())
+    assert raw["step"] == 3 and summary.params == 34
+    assert 0.9 <= summary.test_accuracy <= 1.0
+    assert summary.seeds.count == 2
     history = read_history(live)
-    assert [row["epoch"] for row in history] == [1, 2, 3]
-    assert history[-1]["valid_accuracy"] == pytest.approx(summary["valid"]["accuracy"])
-    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert [row.epoch for row in history] == [1, 2, 3]
+    assert history[-1].valid_accuracy == pytest.approx(raw["valid"]["accuracy"])
+    assert history[-1].train_loss < history[0].train_loss
+    # timings live apart: not in the committed metrics, not in the checkpoint
+    assert not {"train_seconds", "samples_per_second", "epoch_seconds"} & set(raw)
+    assert not (live / "plots/metrics/epoch_seconds.tsv").exists()
+    timing = read_timing(tmp_path / "timing.json")
+    assert len(timing.epoch_seconds) == 3 and timing.samples_per_second > 0
+    checkpoint = load_checkpoint(tmp_path / "tiny.pt")
+    assert checkpoint.run["seeds"] == [0, 1] and "train_seconds" not in checkpoint.run
     confusion = json.loads((live / "plots/sklearn/confusion_matrix.json").read_text())
     assert len(confusion) == 64 and {"actual", "predicted"} == set(confusion[0])
     assert {row["actual"] for row in confusion} == {"left", "right"}
@@ -62,7 +87,7 @@ def test_the_train_stage_logs_through_dvclive_and_tensorboard(tmp_path):
     assert {"train/loss", "valid/accuracy", "lr"} <= set(scalars)
     assert [e.step for e in events.Scalars("valid/accuracy")] == [1, 2, 3]
     assert events.Scalars("valid/accuracy")[-1].value == pytest.approx(
-        history[-1]["valid_accuracy"], abs=1e-6)
+        history[-1].valid_accuracy, abs=1e-6)
     assert "weights/fc.weight" in events.Tags()["histograms"]
     assert "None are written" not in (tb / "README.txt").read_text()
     assert not list(tmp_path.glob(".*.tmp"))
@@ -80,23 +105,29 @@ def test_a_failed_run_leaves_no_half_written_logs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "fit", crash)
     with pytest.raises(RuntimeError):
-        run_train(tmp_path, tensorboard=True)
+        train.main(train_args(tmp_path, tensorboard=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "prepared"]
+
+
+def test_a_train_stage_error_is_one_line_as_dvc_runs_it(tmp_path):
+    args = train_args(tmp_path, tensorboard=False)
+    args[args.index("--model") + 1] = "tinny"
+    done = run_module("pipeline.stages.train", *args, cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "'tinny' is not defined under `models:`" in done.stderr
+    assert "did you mean 'tiny'?" in done.stderr
 
 
 def test_logged_rows_read_back_as_the_history(tmp_path):
     tracker = RunTracker(tmp_path / "run")
-    rows = [{"epoch": e, **{column: e / 10 + i for i, column in enumerate(CURVES)}}
-            for e in (1, 2)]
+    rows = [EpochRow(e, *(e / 10 + i for i in range(len(CURVES)))) for e in (1, 2)]
     for row in rows:
         tracker.log_epoch(row)
-    tracker.log_summary({"test/accuracy": 0.5, "test/loss": 1.0, "params": 7})
+    summary = Summary(0.5, 1.0, 2, 0.75, 7)
+    tracker.log_summary(summary)
     tracker.close()
-    history = read_history(tmp_path / "run")
-    assert [row["epoch"] for row in history] == [1, 2]
-    for got, want in zip(history, rows, strict=True):
-        assert got == pytest.approx(want)
-    assert read_summary(tmp_path / "run")["test"] == {"accuracy": 0.5, "loss": 1.0}
+    assert read_history(tmp_path / "run") == rows
+    assert read_summary(tmp_path / "run") == summary
 
 
 def test_damaged_files_are_named_with_the_line(tmp_path):
@@ -117,7 +148,7 @@ def test_logging_works_in_a_git_repository_without_commits(tmp_path, monkeypatch
     sh(["dvc", "init", "-q"], tmp_path)
     monkeypatch.chdir(tmp_path)  # dvclive finds the repository from the working directory
     tracker = RunTracker(tmp_path / "run")
-    tracker.log_epoch({"epoch": 1, **{column: 0.5 for column in CURVES}})
-    tracker.log_summary({"test/accuracy": 0.5, "test/loss": 1.0, "params": 7})
+    tracker.log_epoch(EpochRow(1, *(0.5 for _ in CURVES)))
+    tracker.log_summary(Summary(0.5, 1.0, 1, 0.5, 7))
     tracker.close()
     assert len(read_history(tmp_path / "run")) == 1

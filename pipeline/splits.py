@@ -1,13 +1,13 @@
-"""Stage 2: clean and split one dataset into pickled uint8 arrays.
+"""Splits: clean and split one dataset into pickled uint8 arrays, and load them back.
 
-Reads data/raw/<dataset>/{train,test}.csv[.gz] with full validation (pipeline.ingest), splits off a
-stratified validation set (and a test set when the dataset has no test file), and writes
-data/prepared/<dataset>/{train,valid,test}.pkl plus quality.json with every count the report shows.
+`prepare()` reads data/raw/<dataset>/{train,test}.csv[.gz] with full validation
+(pipeline.ingest), splits off a stratified validation set (and a test set when the dataset has
+no test file), and writes data/prepared/<dataset>/{train,valid,test}.pkl plus quality.json with
+every count the report shows. `load_split()` reads one split back, checked.
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +22,9 @@ from pipeline.artifacts import (
     sha256_of,
     write_json,
 )
-from pipeline.ingest import CsvLayout, DataError, duplicate_count, read_image_csv, row_digests
-from pipeline.params import AnyDataset, CsvDataset, PrepareParams, load_params
+from pipeline.formats import AnyDataset
+from pipeline.ingest import DataError, duplicate_count, read_image_csv, row_digests
+from pipeline.params import PrepareParams
 
 SPLITS = ("train", "valid", "test")
 
@@ -33,13 +34,6 @@ class Split:
     images: np.ndarray  # (N, C, H, W) uint8
     labels: np.ndarray  # (N,) int64
     classes: list[str]
-
-
-def layout_for(dataset: AnyDataset) -> CsvLayout:
-    if not isinstance(dataset, CsvDataset):  # written by the download stage in Kaggle layout
-        return CsvLayout(dataset.num_pixels, len(dataset.classes), True, "label", 255)
-    return CsvLayout(dataset.num_pixels, len(dataset.classes), dataset.header,
-                     dataset.label_column, dataset.max_pixel)
 
 
 def find_raw_file(raw_dir: Path, split: str) -> Path | None:
@@ -89,7 +83,7 @@ def prepare(
     raw_dir: Path, out_dir: Path, dataset: AnyDataset, settings: PrepareParams
 ) -> dict:
     """Read, validate, split and write one dataset. Returns the quality record."""
-    layout = layout_for(dataset)
+    layout = dataset.csv_layout()
     train_file = find_raw_file(raw_dir, "train")
     if train_file is None:
         raise DataError(f"{raw_dir}: no train.csv or train.csv.gz; run the download stage first")
@@ -153,24 +147,3 @@ def load_split(path: str | Path) -> Split:
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
         raise ArtifactError(f"{path}: labels outside 0..{len(classes) - 1}")
     return Split(images, labels, classes)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", required=True)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--raw", required=True, type=Path, help="data/raw/<dataset>")
-    parser.add_argument("--out", required=True, type=Path, help="data/prepared/<dataset>")
-    args = parser.parse_args(argv)
-
-    params = load_params(args.params)
-    quality = prepare(args.raw, args.out, params.dataset(args.dataset), params.prepare)
-    sizes = ", ".join(f"{k} {v:,}" for k, v in quality["split_sizes"].items())
-    dropped = sum(f["rows_dropped"] for f in quality["files"].values())
-    print(f"{args.dataset}: {sizes} rows; {dropped} bad rows dropped -> {args.out}")
-
-
-if __name__ == "__main__":
-    from pipeline.cli import run_stage
-
-    run_stage(main)

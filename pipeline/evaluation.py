@@ -1,0 +1,49 @@
+"""The evaluation record: everything the report shows about one trained model.
+
+The evaluate stage (pipeline/inference.py computes it) stores the test logits of every seed
+copy, the confusion matrix, per-class scores, the layer table, first-layer filters and feature
+maps, and histograms of the weights before and after training in one small pickle of plain
+arrays. The report only reads these files: it loads no checkpoint and runs no model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import ArtifactError, load_arrays, save_arrays
+
+
+@dataclass
+class Evaluation:
+    arch: str
+    convolutional: bool
+    params: int
+    seeds: list[int]
+    logits: np.ndarray  # (seeds, N, classes) float32, test set; [0] is the model
+    labels: np.ndarray  # (N,) int64
+    confusion: np.ndarray  # (classes, classes) int64 of the model (rows: true class)
+    scores: list[dict]  # per class: name, precision, recall, f1, support
+    confused: list[list]  # most confused pairs: [true, predicted, count]
+    layers: list[dict]  # name, kind, output_shape, params
+    filters: np.ndarray | None  # first conv's weights averaged over input channels
+    feature_maps: np.ndarray | None  # first conv's output for test image 0
+    weight_histograms: dict[str, dict]  # per weight tensor: edges, initial, trained, size
+
+
+def save_evaluation(path: Path, evaluation: Evaluation) -> None:
+    save_arrays(path, asdict(evaluation))
+
+
+def load_evaluation(path: Path) -> Evaluation:
+    payload = load_arrays(path)
+    try:
+        evaluation = Evaluation(**payload)
+    except TypeError as error:
+        raise ArtifactError(f"{path}: not an evaluation written by the evaluate stage ({error}); "
+                            "re-run it (dvc repro)") from None
+    if evaluation.logits.ndim != 3 or evaluation.logits.shape[1] != len(evaluation.labels):
+        raise ArtifactError(f"{path}: logits do not match the labels; re-run the evaluate stage")
+    return evaluation

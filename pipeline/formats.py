@@ -1,0 +1,326 @@
+"""The dataset formats: one registry entry per format, with its params schema and its converter.
+
+Every format ends as the same thing, `data/raw/<dataset>/` holding `train.csv[.gz]`, optionally
+`test.csv[.gz]`, and `source.json`, so the prepare stage reads one layout: a label column and
+C*H*W pixel columns in C,H,W order. `csv` files are copied as they are; `idx` (MNIST-family) and
+`cifar` (the python tarball) are converted to the Kaggle layout (`label,pixel1..pixelN`).
+`FORMATS` is the registry: the params union and every list of format names derive from it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import struct
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from pipeline.artifacts import (
+    atomic_write,
+    fresh_directory,
+    load_foreign_arrays,
+    sha256_of,
+    write_json,
+)
+from pipeline.ingest import CsvLayout
+from pipeline.schema import PositiveInt, Strict
+from pipeline.sources import (
+    DownloadError,
+    DownloadParams,
+    Fetched,
+    FileSource,
+    fetch,
+    local_origin,
+)
+
+IDX_LABELS_MAGIC = 2049
+IDX_IMAGES_MAGIC = 2051
+KAGGLE_LAYOUT = "label column first, named 'label', then pixel1..pixelN"
+
+Fetch = Callable[[FileSource], Fetched]
+
+
+class _DatasetBase(Strict):
+    shape: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        description="image shape as [channels, height, width]"
+    )
+    classes: list[str] = Field(min_length=2)
+    mirrors: list[str] = []
+
+    converts_to_kaggle_csv: ClassVar[bool] = True
+
+    @field_validator("shape", mode="before")
+    @classmethod
+    def _three_sizes(cls, shape: Any) -> Any:
+        if not isinstance(shape, list | tuple) or len(shape) != 3:
+            raise ValueError("expected [channels, height, width], e.g. [1, 28, 28]")
+        return shape
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, classes: list[str]) -> list[str]:
+        duplicates = sorted({c for c in classes if classes.count(c) > 1})
+        if duplicates:
+            raise ValueError(f"class names must be unique; repeated: {duplicates}")
+        return classes
+
+    @field_validator("mirrors")
+    @classmethod
+    def _mirrors_are_urls(cls, mirrors: list[str]) -> list[str]:
+        for mirror in mirrors:
+            if not mirror.startswith(("http://", "https://")):
+                raise ValueError(f"mirror must start with http:// or https:// (got {mirror!r})")
+        return [m if m.endswith("/") else m + "/" for m in mirrors]
+
+    @property
+    def num_pixels(self) -> int:
+        c, h, w = self.shape
+        return c * h * w
+
+    def csv_layout(self) -> CsvLayout:
+        """How the raw CSV files this format leaves in data/raw/<dataset>/ are laid out."""
+        return CsvLayout(self.num_pixels, len(self.classes), True, "label", 255)
+
+    def file_sources(self) -> dict[str, FileSource]:
+        """Every file the dataset is made from, by a short label (e.g. `train.images`)."""
+        raise NotImplementedError
+
+    def write_raw(self, staging: Path, get: Fetch) -> dict[str, dict]:
+        """Write the dataset's CSV files into `staging`; returns what each was made from."""
+        raise NotImplementedError
+
+
+class CsvDataset(_DatasetBase):
+    """A CSV with one image per row: a label column and C*H*W pixel columns in C,H,W order."""
+
+    format: Literal["csv"]
+    train: FileSource
+    test: FileSource | None = None
+    header: bool = True
+    label_column: str | int = Field(
+        "first", description="'first', 'last', a header name, or a 0-based column index"
+    )
+    max_pixel: PositiveInt = 255
+
+    def csv_layout(self) -> CsvLayout:
+        return CsvLayout(self.num_pixels, len(self.classes), self.header, self.label_column,
+                         self.max_pixel)
+
+    def file_sources(self) -> dict[str, FileSource]:
+        return {split: source for split in ("train", "test")
+                if (source := getattr(self, split)) is not None}
+
+    def write_raw(self, staging: Path, get: Fetch) -> dict[str, dict]:
+        files = {}
+        for split, source in self.file_sources().items():
+            fetched = get(source)
+            target = staging / (f"{split}.csv.gz" if fetched.path.name.endswith(".gz")
+                                else f"{split}.csv")
+            shutil.copyfile(fetched.path, target)
+            files[target.name] = _record(fetched)
+        return files
+
+
+class IdxPair(Strict):
+    images: FileSource
+    labels: FileSource
+
+
+class IdxDataset(_DatasetBase):
+    """The MNIST-family IDX files (gzipped), converted to Kaggle-layout CSV on download."""
+
+    format: Literal["idx"]
+    train: IdxPair
+    test: IdxPair
+
+    @property
+    def max_pixel(self) -> int:
+        return 255
+
+    def file_sources(self) -> dict[str, FileSource]:
+        return {f"{split}.{part}": getattr(getattr(self, split), part)
+                for split in ("train", "test") for part in ("images", "labels")}
+
+    def write_raw(self, staging: Path, get: Fetch) -> dict[str, dict]:
+        files = {}
+        for split in ("train", "test"):
+            pair = getattr(self, split)
+            got_images, got_labels = get(pair.images), get(pair.labels)
+            images = read_idx(got_images.path, IDX_IMAGES_MAGIC, tuple(self.shape[1:]))
+            labels = read_idx(got_labels.path, IDX_LABELS_MAGIC, ())
+            target = staging / f"{split}.csv"
+            rows = write_kaggle_csv(target, images, labels)
+            files[target.name] = {"images": _record(got_images), "labels": _record(got_labels),
+                                  "rows": rows, "sha256": sha256_of(target)}
+        return files
+
+
+class CifarDataset(_DatasetBase):
+    """The CIFAR python tarball: pickled batches (read through a numpy-only unpickler),
+    converted to Kaggle-layout CSV (label + C*H*W pixel columns) on download."""
+
+    format: Literal["cifar"]
+    archive: FileSource
+    train_batches: list[str] = Field(
+        ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"],
+        min_length=1)
+    test_batches: list[str] = Field(["test_batch"], min_length=1)
+
+    @property
+    def max_pixel(self) -> int:
+        return 255
+
+    def file_sources(self) -> dict[str, FileSource]:
+        return {"archive": self.archive}
+
+    def write_raw(self, staging: Path, get: Fetch) -> dict[str, dict]:
+        archive = get(self.archive)
+        files = {}
+        for split, batches in (("train", self.train_batches), ("test", self.test_batches)):
+            images, labels = read_cifar_batches(archive.path, batches, self.shape,
+                                                len(self.classes))
+            target = staging / f"{split}.csv"
+            rows = write_kaggle_csv(target, images, labels)
+            files[target.name] = {"archive": _record(archive), "batches": batches,
+                                  "rows": rows, "sha256": sha256_of(target)}
+        return files
+
+
+FORMATS: dict[str, type[_DatasetBase]] = {
+    cls.model_fields["format"].annotation.__args__[0]: cls
+    for cls in (CsvDataset, IdxDataset, CifarDataset)
+}
+AnyDataset = CsvDataset | IdxDataset | CifarDataset
+Dataset = Annotated[AnyDataset, Field(discriminator="format")]
+
+
+def read_idx(path: Path, expected_magic: int, expected_dims: tuple[int, ...] | None) -> np.ndarray:
+    """Read a gzipped IDX file, checking its magic number and dimensions."""
+    try:
+        with gzip.open(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as error:
+        raise DownloadError(f"{path}: not a readable gzip file ({error})") from None
+    if len(data) < 8:
+        raise DownloadError(f"{path}: too short for an IDX header ({len(data)} bytes)")
+    (magic,) = struct.unpack(">I", data[:4])
+    if magic != expected_magic:
+        raise DownloadError(f"{path}: IDX magic {magic}, expected {expected_magic}")
+    ndims = magic & 0xFF
+    dims = struct.unpack(f">{ndims}I", data[4 : 4 + 4 * ndims])
+    if expected_dims is not None and tuple(dims[1:]) != expected_dims:
+        raise DownloadError(f"{path}: IDX item shape {dims[1:]}, expected {expected_dims}")
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndims)
+    if body.size != int(np.prod(dims)):
+        raise DownloadError(
+            f"{path}: IDX body has {body.size:,} bytes, header promises {int(np.prod(dims)):,}"
+        )
+    return body.reshape(dims)
+
+
+def write_kaggle_csv(path: Path, images: np.ndarray, labels: np.ndarray) -> int:
+    """Write `label,pixel1..pixelN` rows, the layout of Kaggle's Fashion-MNIST CSVs."""
+    if len(images) != len(labels):
+        raise DownloadError(
+            f"{path.name}: {len(images):,} images but {len(labels):,} labels; "
+            "the images and labels files do not belong together"
+        )
+    flat = images.reshape(len(images), -1)
+    as_text = np.array([str(v).encode() for v in range(256)], dtype=object)
+    header = "label," + ",".join(f"pixel{i}" for i in range(1, flat.shape[1] + 1))
+    with atomic_write(path) as handle:
+        handle.write(header.encode() + b"\n")
+        for label, row in zip(labels, flat, strict=True):
+            handle.write(str(int(label)).encode() + b"," + b",".join(as_text[row]) + b"\n")
+    return len(labels)
+
+
+def read_cifar_batches(archive: Path, names: list[str], shape: tuple[int, int, int],
+                       num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, C*H*W) and labels (N,) from the named batches of a CIFAR python tarball."""
+    pixels = int(np.prod(shape))
+    images, labels = [], []
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            for name in names:
+                if name not in members:
+                    raise DownloadError(
+                        f"{archive.name}: no batch {name!r} in the archive (it holds "
+                        f"{', '.join(sorted(members)) or 'no files'}); check the dataset's "
+                        "train_batches / test_batches")
+                where = f"{archive.name}:{members[name].name}"
+                batch = load_foreign_arrays(tar.extractfile(members[name]).read(), where)
+                data = batch.get(b"data") if isinstance(batch, dict) else None
+                targets = batch.get(b"labels", batch.get(b"fine_labels")) \
+                    if isinstance(batch, dict) else None
+                if not isinstance(data, np.ndarray) or data.dtype != np.uint8 \
+                        or data.ndim != 2 or data.shape[1] != pixels:
+                    raise DownloadError(f"{where}: expected b'data' as uint8 rows of {pixels} "
+                                        f"pixels (shape {list(shape)})")
+                targets = np.asarray(targets if targets is not None else [], dtype=np.int64)
+                if len(targets) != len(data) or targets.min() < 0 \
+                        or targets.max() >= num_classes:
+                    raise DownloadError(f"{where}: expected {len(data):,} labels in "
+                                        f"0..{num_classes - 1}")
+                images.append(data)
+                labels.append(targets)
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise DownloadError(f"{archive.name}: not a readable tar archive ({error})") from None
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _record(fetched: Fetched) -> dict:
+    return {"source": fetched.source, "sha256": fetched.sha256, "bytes": fetched.size}
+
+
+def link_local_sources(dataset: AnyDataset, folder: Path) -> None:
+    """Fill the download stage's `sources/<dataset>` folder (a DVC output kept out of the
+    cache): a symlink to every local file the dataset is read from, which DVC hashes through
+    the link, so `dvc status` reports a replaced or edited file and `dvc repro` re-runs."""
+    lines = ["Links to the local files this dataset is read from (DVC hashes them through",
+             "the links, so replacing one marks the download stage changed).", ""]
+    for label, source in dataset.file_sources().items():
+        origin = local_origin(source)
+        if origin is None:
+            lines.append(f"{label}: downloaded from {source.url or source.name}")
+            continue
+        link = folder / f"{label}{''.join(origin.suffixes[-2:]) or '.data'}"
+        os.symlink(origin.resolve(), link)
+        lines.append(f"{label}: {link.name} -> {origin.resolve()}")
+    (folder / "README.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def materialise(
+    name: str,
+    dataset: AnyDataset,
+    out_dir: Path,
+    cache_dir: Path,
+    settings: DownloadParams,
+    sources_dir: Path | None = None,
+    show_progress: bool = False,
+) -> dict:
+    """Produce data/raw/<name>/ (CSV files + source.json) for one dataset. Returns the record."""
+
+    def get(source: FileSource) -> Fetched:
+        fetched = fetch(source, dataset.mirrors, cache_dir, settings, show_progress)
+        if source.sha256 is None:
+            label = next(k for k, v in dataset.file_sources().items() if v is source)
+            print(f"{name}.{label}: sha256 {fetched.sha256} "
+                  f"(pin it as datasets.{name}.{label}.sha256 in params.yaml)")
+        return fetched
+
+    with fresh_directory(out_dir) as staging:
+        files = dataset.write_raw(staging, get)
+        record = {"dataset": name, "format": dataset.format, "files": files}
+        write_json(staging / "source.json", record)
+    if sources_dir is not None:
+        with fresh_directory(sources_dir) as staging:
+            link_local_sources(dataset, staging)
+    return record

@@ -1,0 +1,76 @@
+"""Inference for the evaluate stage: run a checkpoint's seed copies on the test split and
+compute the evaluation record (pipeline/evaluation.py) the report draws from."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+
+from pipeline import analysis
+from pipeline.checkpoint import Checkpoint
+from pipeline.engine import DeviceData, Runner, select_device
+from pipeline.evaluation import Evaluation
+from pipeline.models import count_params, layer_summary
+from pipeline.splits import Split
+
+HISTOGRAM_BINS = 40
+
+
+def evaluate(checkpoint: Checkpoint, test: Split) -> Evaluation:
+    """Run every seed copy of a checkpoint on the test split and compute what the report draws."""
+    import torch
+
+    device = select_device("auto")
+    amp = bool(checkpoint.run.get("bf16", False))
+    channels_last = bool(checkpoint.run.get("channels_last", False))
+    data = DeviceData.from_split(test, device)
+    logits = []
+    for model in checkpoint.seed_models():
+        runner = Runner(model, device, amp, channels_last)
+        logits.append(runner.evaluate(data)[2].float().cpu().numpy())
+    model = checkpoint.build().to("cpu").to(memory_format=torch.contiguous_format)
+    predicted = logits[0].argmax(1)
+    confusion = analysis.confusion_matrix(test.labels, predicted, len(checkpoint.classes))
+    conv = analysis.first_conv(model)
+    initial = checkpoint.build(checkpoint.initial_state_dict)
+    seeds = list(checkpoint.run.get("seeds") or range(len(logits)))
+    return Evaluation(
+        arch=checkpoint.architecture.arch,
+        convolutional=checkpoint.architecture.convolutional,
+        params=count_params(model),
+        seeds=[int(s) for s in seeds],
+        logits=np.stack(logits).astype(np.float32),
+        labels=test.labels.astype(np.int64),
+        confusion=confusion,
+        scores=[asdict(s) for s in analysis.per_class_scores(test.labels, predicted,
+                                                              checkpoint.classes)],
+        confused=[list(pair) for pair in analysis.most_confused(confusion, checkpoint.classes)],
+        layers=[{"name": r.name, "kind": r.kind, "output_shape": list(r.output_shape),
+                 "params": r.params} for r in layer_summary(model, checkpoint.input_shape)],
+        filters=None if conv is None else
+        conv.weight.detach().float().mean(dim=1).numpy().astype(np.float32),
+        feature_maps=None if conv is None else
+        analysis.first_block_maps(model, test.images[0]).astype(np.float32),
+        weight_histograms=weight_histograms(
+            {k: v.detach().float().numpy() for k, v in initial.named_parameters()},
+            {k: v.detach().float().numpy() for k, v in model.named_parameters()}),
+    )
+
+
+def weight_histograms(initial: dict[str, np.ndarray], trained: dict[str, np.ndarray]
+                      ) -> dict[str, dict]:
+    """Per weight tensor (biases left out): shared bin edges and both distributions' counts."""
+    histograms = {}
+    for name, values in trained.items():
+        if not name.endswith("weight"):
+            continue
+        edges = np.histogram_bin_edges(np.concatenate([initial[name].ravel(), values.ravel()]),
+                                       bins=HISTOGRAM_BINS)
+        histograms[name] = {
+            "edges": edges.astype(np.float64),
+            "initial": np.histogram(initial[name], bins=edges)[0].astype(np.int64),
+            "trained": np.histogram(values, bins=edges)[0].astype(np.int64),
+            "size": int(values.size),
+        }
+    return histograms

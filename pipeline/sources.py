@@ -1,0 +1,270 @@
+"""Where dataset files come from: a URL (or mirrors), a local path, or a file inside a package.
+
+`fetch()` makes one verified local copy of a source. Downloads stream into `<name>.part` while
+hashing, are checked for size, sha256 and content (gzip magic) and only then renamed; retries
+back off exponentially with jitter on timeouts, dropped connections, truncated bodies and 5xx,
+while 403/404 and wrong content move on to the next mirror at once. A cached download is
+re-verified by hash on every run. Local files (`path:`, `resource:`) are linked into the
+download stage's `sources` folder, which DVC hashes through the link, so replacing the file
+marks the stage changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import importlib.resources
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, model_validator
+from tqdm import tqdm
+
+from pipeline.artifacts import sha256_of
+from pipeline.errors import PipelineError
+from pipeline.schema import PositiveInt, Sha256, Strict
+
+GZIP_MAGIC = b"\x1f\x8b"
+USER_AGENT = "pipeline-downloader/0.1 (+https://dvc.org)"
+
+
+class DownloadError(PipelineError):
+    """No source produced a file that passed every check."""
+
+
+class _RetryableError(Exception):
+    """A failure worth retrying on the same mirror (timeout, reset, 5xx, truncated body)."""
+
+
+class _MirrorRejected(Exception):
+    """A failure that retrying the same mirror cannot fix (404, 403, wrong content)."""
+
+
+class FileSource(Strict):
+    """Where one file comes from: exactly one of url, name (joined to the dataset's mirrors),
+    path (local file) or resource ("package.module:file" inside an installed package)."""
+
+    url: str | None = None
+    name: str | None = None
+    path: str | None = None
+    resource: str | None = None
+    sha256: Sha256 | None = None
+    size: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_location(self) -> FileSource:
+        given = [k for k in ("url", "name", "path", "resource") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of url, name, path or resource "
+                f"(got {', '.join(given) if given else 'none'})"
+            )
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
+        if self.resource is not None and ":" not in self.resource:
+            raise ValueError(
+                f"resource must look like 'package.module:file' (got {self.resource!r})"
+            )
+        return self
+
+
+class DownloadParams(Strict):
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    retries: Annotated[int, Field(ge=0, le=20)] = 3
+    backoff_s: Annotated[float, Field(ge=0)] = 1.0
+    max_total_s: Annotated[float, Field(gt=0)] = 600.0
+    chunk_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
+
+
+@dataclass(frozen=True)
+class Fetched:
+    path: Path
+    source: str
+    sha256: str
+    size: int
+
+
+def candidate_urls(source: FileSource, mirrors: list[str]) -> list[str]:
+    if source.url is not None:
+        return [source.url]
+    if source.name is not None:
+        if not mirrors:
+            raise DownloadError(
+                f"file {source.name!r} is given by name but the dataset lists no mirrors; "
+                "add `mirrors:` to the dataset or give a full `url:`"
+            )
+        return [mirror + source.name for mirror in mirrors]
+    return []
+
+
+def check_content(path: Path, file_name: str) -> None:
+    """Reject content that cannot be what the file name promises (e.g. an HTML error page)."""
+    if file_name.endswith(".gz"):
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+        if head != GZIP_MAGIC:
+            raise _MirrorRejected(
+                f"not gzip data (starts with {head!r}, expected {GZIP_MAGIC!r}); "
+                "the server probably sent an error page"
+            )
+
+
+def verify(path: Path, expected_sha256: str | None, expected_size: int | None) -> str:
+    size = path.stat().st_size
+    if expected_size is not None and size != expected_size:
+        raise _MirrorRejected(f"size {size:,} bytes, expected {expected_size:,}")
+    digest = sha256_of(path)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise _MirrorRejected(f"sha256 {digest}, expected {expected_sha256}")
+    return digest
+
+
+def _stream_once(url: str, part: Path, settings: DownloadParams, show_progress: bool) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    try:
+        response = urllib.request.urlopen(request, timeout=settings.timeout_s)
+    except urllib.error.HTTPError as error:
+        if error.code >= 500 or error.code == 429:
+            raise _RetryableError(f"HTTP {error.code} {error.reason}") from None
+        raise _MirrorRejected(f"HTTP {error.code} {error.reason}") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+        reason = getattr(error, "reason", error)
+        raise _RetryableError(f"cannot connect: {reason}") from None
+    with response:
+        declared = response.headers.get("Content-Length")
+        total = int(declared) if declared and declared.isdigit() else None
+        received = 0
+        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                   desc=Path(url).name, disable=not show_progress, leave=False)
+        try:
+            with open(part, "wb") as handle:
+                while True:
+                    try:
+                        block = response.read(settings.chunk_bytes)
+                    except TimeoutError:
+                        raise _RetryableError(f"read timed out after {received:,} bytes") from None
+                    except (http.client.IncompleteRead, ConnectionError, OSError) as error:
+                        raise _RetryableError(
+                            f"connection dropped after {received:,} bytes ({type(error).__name__})"
+                        ) from None
+                    if not block:
+                        break
+                    handle.write(block)
+                    received += len(block)
+                    bar.update(len(block))
+                handle.flush()
+                os.fsync(handle.fileno())
+        finally:
+            bar.close()
+    if total is not None and received != total:
+        raise _RetryableError(f"truncated body: {received:,} of {total:,} bytes")
+
+
+def download(
+    urls: list[str],
+    dest: Path,
+    sha256: str | None,
+    size: int | None,
+    settings: DownloadParams,
+    show_progress: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Fetched:
+    """Fetch the first mirror whose bytes pass every check into `dest` (atomically)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    attempts: list[str] = []
+    started = time.monotonic()
+    try:
+        for url in urls:
+            for attempt in range(settings.retries + 1):
+                try:
+                    _stream_once(url, part, settings, show_progress)
+                    check_content(part, dest.name)
+                    digest = verify(part, sha256, size)
+                except _RetryableError as error:
+                    attempts.append(f"{url}: attempt {attempt + 1}: {error}")
+                    elapsed = time.monotonic() - started
+                    if attempt == settings.retries or elapsed >= settings.max_total_s:
+                        break
+                    delay = settings.backoff_s * (2**attempt) * (0.5 + random.random())
+                    sleep(min(delay, max(0.0, settings.max_total_s - elapsed)))
+                    continue
+                except _MirrorRejected as error:
+                    attempts.append(f"{url}: {error}")
+                    break
+                os.replace(part, dest)
+                return Fetched(dest, url, digest, dest.stat().st_size)
+            if time.monotonic() - started >= settings.max_total_s:
+                attempts.append(f"gave up: total time limit of {settings.max_total_s:g} s reached")
+                break
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+    tried = "\n  ".join(attempts) or "(no URL to try)"
+    raise DownloadError(
+        f"could not fetch {dest.name}; every source failed:\n  {tried}\n"
+        "Check the URL and your connection, or download the file yourself and point the "
+        "dataset's `path:` at it."
+    )
+
+
+def _resource_path(resource: str) -> Path:
+    package, _, name = resource.partition(":")
+    try:
+        root = importlib.resources.files(package)
+    except ModuleNotFoundError:
+        raise DownloadError(
+            f"resource {resource!r}: package {package!r} is not installed"
+        ) from None
+    path = Path(str(root / name))
+    if not path.is_file():
+        raise DownloadError(f"resource {resource!r}: {name!r} not found in package {package!r}")
+    return path
+
+
+def local_origin(source: FileSource) -> Path | None:
+    """The local file a `path:` or `resource:` source names; None for downloaded sources."""
+    if source.path is not None:
+        return Path(source.path).expanduser()
+    if source.resource is not None:
+        return _resource_path(source.resource)
+    return None
+
+
+def fetch(
+    source: FileSource,
+    mirrors: list[str],
+    cache_dir: Path,
+    settings: DownloadParams,
+    show_progress: bool = False,
+) -> Fetched:
+    """Make one verified local copy of `source` in `cache_dir` and return where it is."""
+    origin = local_origin(source)
+    if origin is not None:
+        if not origin.is_file():
+            raise DownloadError(f"{origin}: no such file (from the dataset's `path:`)")
+        try:
+            digest = verify(origin, source.sha256, source.size)
+        except _MirrorRejected as error:
+            raise DownloadError(
+                f"{origin}: {error}; the file changed since its sha256 was pinned"
+            ) from None
+        label = str(origin) if source.path is not None else f"resource:{source.resource}"
+        return Fetched(origin, label, digest, origin.stat().st_size)
+
+    urls = candidate_urls(source, mirrors)
+    dest = cache_dir / Path(urls[0].split("?")[0]).name
+    if dest.exists() and source.sha256 is not None:
+        try:
+            digest = verify(dest, source.sha256, source.size)
+            return Fetched(dest, f"cache:{dest}", digest, dest.stat().st_size)
+        except _MirrorRejected as error:
+            print(f"cached {dest} failed verification ({error}); downloading again")
+    return download(urls, dest, source.sha256, source.size, settings, show_progress)

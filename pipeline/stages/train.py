@@ -1,0 +1,117 @@
+"""Stage train: train one model on one dataset, keep the best-validation weights, test them.
+
+With `seeds: N` on a model, N copies are trained from seeds train.seed, train.seed+1, ...; the
+first is the model, the others make its seed ensemble (mean of logits), kept in the checkpoint.
+Writes the checkpoint (pipeline/checkpoint.py), logs through dvclive (pipeline/tracking.py), and
+TensorBoard event logs too when `train.tensorboard` is on. The run's timings go to a separate
+timing file, so the checkpoint and the committed metrics are the same bytes on every re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from pipeline.artifacts import fresh_directory
+from pipeline.checkpoint import Checkpoint
+from pipeline.cli import run_stage
+from pipeline.engine import fit, native_bf16, select_device, summarise
+from pipeline.models import count_params
+from pipeline.params import load_params
+from pipeline.splits import SPLITS, load_split
+from pipeline.tracking import RunTracker, Timing, describe_tensorboard_folder, write_timing
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True, type=Path, help="data/prepared/<dataset>")
+    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--live", required=True, type=Path,
+                        help="folder for dvclive's metrics.json and plots")
+    parser.add_argument("--tensorboard", required=True, type=Path,
+                        help="folder for TensorBoard event logs (only a README unless "
+                             "train.tensorboard is on)")
+    parser.add_argument("--timing", required=True, type=Path,
+                        help="file for the run's timings (kept out of DVC's hashes)")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    params.dataset(args.dataset)
+    spec = params.model(args.model)
+    architecture = spec.architecture()
+    train_params = params.train
+    settings = params.training_for(args.model)
+    if train_params.threads:
+        torch.set_num_threads(train_params.threads)
+    device = select_device(train_params.device)
+
+    splits = {name: load_split(args.data / f"{name}.pkl") for name in SPLITS}
+    classes = splits["train"].classes
+    input_shape = tuple(splits["train"].images.shape[1:])
+    n_params = count_params(architecture.build(input_shape, len(classes)))
+    bf16 = train_params.amp and native_bf16(device)
+    channels_last = train_params.channels_last and architecture.convolutional
+    seeds = [train_params.seed + k for k in range(spec.seeds)]
+    print(f"{args.dataset}/{args.model}: {architecture.arch}, {n_params:,} parameters, on "
+          f"{device}, {settings.epochs} epochs, batch {settings.batch_size}, "
+          f"{settings.optimizer} lr {settings.lr:g} ({settings.schedule}), "
+          f"bf16 {'on' if bf16 else 'off'}"
+          + (f", seeds {seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else ""))
+
+    # Both folders are built aside and swapped in whole, so a failed run leaves no half-log.
+    with contextlib.ExitStack() as stack:
+        live_dir = stack.enter_context(fresh_directory(args.live))
+        tensorboard_dir = stack.enter_context(fresh_directory(args.tensorboard))
+        describe_tensorboard_folder(tensorboard_dir, f"{args.dataset}/{args.model}",
+                                    train_params.tensorboard)
+        tracker = RunTracker(live_dir, tensorboard_dir if train_params.tensorboard else None)
+        results = []
+        for seed in seeds:
+            prefix = f"seed {seed}  " if len(seeds) > 1 else ""
+            results.append(fit(
+                architecture, settings, splits, device, seed, train_params.amp,
+                train_params.channels_last, show_progress=sys.stderr.isatty(),
+                log=lambda line, prefix=prefix: print(prefix + line),
+                on_epoch=tracker.log_epoch if seed == seeds[0] else None))
+        labels = splits["test"].labels
+        summary = summarise(results, labels, n_params)
+        tracker.log_summary(summary)
+        predicted = results[0].test_logits.argmax(1)
+        tracker.log_confusion([classes[i] for i in labels], [classes[i] for i in predicted])
+        tracker.log_hyperparameters(
+            {"dataset": args.dataset, "model": args.model, "arch": architecture.arch,
+             **settings.model_dump()},
+            {"test_accuracy": summary.test_accuracy, "test_loss": summary.test_loss})
+        tracker.close()
+        device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                       else platform.processor() or platform.machine())
+        run_info = {"seeds": seeds, "bf16": bool(bf16), "channels_last": channels_last,
+                    "device": str(device), "torch_version": str(torch.__version__),
+                    **settings.model_dump()}
+        Checkpoint(architecture, input_shape, classes, [r.state_dict for r in results],
+                   results[0].initial_state_dict, args.dataset, args.model,
+                   run_info).save(args.checkpoint)
+    first = results[0]
+    samples = len(first.epoch_seconds) * len(splits["train"].labels)
+    write_timing(args.timing, Timing(
+        device=f"{device} ({device_name})", train_seconds=round(first.train_seconds, 3),
+        samples_per_second=round(samples / first.train_seconds, 1) if first.train_seconds else 0,
+        epoch_seconds=[round(s, 4) for s in first.epoch_seconds]))
+    print(f"{args.dataset}/{args.model}: test accuracy {first.test_accuracy:.4f}, "
+          f"loss {first.test_loss:.4f} (best epoch {first.best_epoch}), "
+          f"{samples / max(first.train_seconds, 1e-9):,.0f} samples/s"
+          + (f"; {len(seeds)} seeds {summary.seeds.test_accuracy_mean:.4f} "
+             f"+- {summary.seeds.test_accuracy_std:.4f}, their ensemble "
+             f"{summary.seeds.ensemble_test_accuracy:.4f}" if summary.seeds else ""))
+
+
+if __name__ == "__main__":
+    run_stage(main)

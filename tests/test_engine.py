@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.engine import (
+    Training,
+    fit,
+    make_optimizer,
+    make_schedule,
+    native_bf16,
+    select_device,
+    summarise,
+)
+from pipeline.models import Cnn, Linear, LinearNet
+from pipeline.params import ParamsError, TrainSettings
+from tests.conftest import CPU, toy_splits
+
+TOY = {"linear": Linear(), "linearnet": LinearNet(hidden=[16]),
+       "cnn": Cnn(channels=[4, 8], head_hidden=8)}
+
+
+@pytest.mark.parametrize("arch", list(TOY))
+def test_fit_learns_a_separable_problem(arch):
+    result = fit(TOY[arch], TrainSettings(epochs=8, batch_size=32, lr=0.01), toy_splits(), CPU,
+                 seed=0, log=lambda _: None)
+    assert len(result.history) == 8 and len(result.epoch_seconds) == 8
+    assert result.test_accuracy >= 0.95
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    assert result.test_logits.shape == (64, 2)
+    assert (result.test_logits.argmax(1) == toy_splits()["test"].labels).mean() == pytest.approx(
+        result.test_accuracy)
+    assert [row.epoch for row in result.history] == list(range(1, 9))
+
+
+def test_training_is_deterministic_on_cpu():
+    architecture = Cnn(channels=[4], head_hidden=4)
+    settings = TrainSettings(epochs=2, batch_size=16)
+    first = fit(architecture, settings, toy_splits(), CPU, seed=3, log=lambda _: None)
+    second = fit(architecture, settings, toy_splits(), CPU, seed=3, log=lambda _: None)
+    assert first.history == second.history
+    for key, value in first.state_dict.items():
+        assert torch.equal(value, second.state_dict[key])
+
+
+def test_the_best_validation_epoch_weights_are_kept():
+    result = fit(Linear(), TrainSettings(epochs=5, lr=0.05), toy_splits(), CPU, seed=0,
+                 log=lambda _: None)
+    best = max(result.history, key=lambda h: (h.valid_accuracy, -h.valid_loss))
+    assert result.best_epoch == best.epoch
+
+
+def test_training_keeps_the_weights_it_started_from():
+    """Nothing has to re-seed to rebuild the initial weights: Training records them."""
+    architecture = Cnn(channels=[4, 8], head_hidden=8)
+    torch.manual_seed(3)
+    expected = architecture.build((1, 4, 4), 2).state_dict()
+    training = Training(architecture, TrainSettings(epochs=1), toy_splits(), CPU, seed=3)
+    training.run_epoch()
+    result = training.finish()
+    for name, value in expected.items():
+        torch.testing.assert_close(result.initial_state_dict[name], value)
+    assert not torch.equal(result.state_dict["conv1.weight"],
+                           result.initial_state_dict["conv1.weight"])
+
+
+def test_device_selection():
+    assert select_device("cpu") == CPU
+    assert select_device("auto").type in {"cpu", "cuda", "mps"}
+    if not torch.cuda.is_available():
+        with pytest.raises(ParamsError, match="no CUDA device"):
+            select_device("cuda")
+
+
+def test_seed_copies_are_summarised_with_their_ensemble():
+    settings = TrainSettings(epochs=3, lr=0.05)
+    splits = toy_splits()
+    results = [fit(Linear(), settings, splits, CPU, seed=seed, log=lambda _: None)
+               for seed in (0, 1, 2)]
+    labels = splits["test"].labels
+    summary = summarise(results, labels, n_params=34)
+    assert summary.test_accuracy == round(results[0].test_accuracy, 6)
+    assert summary.params == 34 and summary.seeds.count == 3
+    accuracies = [r.test_accuracy for r in results]
+    assert summary.seeds.test_accuracy_mean == pytest.approx(np.mean(accuracies), abs=1e-6)
+    mean_logits = np.mean([r.test_logits for r in results], axis=0)
+    assert summary.seeds.ensemble_test_accuracy == pytest.approx(
+        (mean_logits.argmax(1) == labels).mean(), abs=1e-6)
+    metrics = summary.metrics()
+    assert metrics["seeds/count"] == 3 and metrics["test/accuracy"] == summary.test_accuracy
+    assert summarise(results[:1], labels, n_params=34).seeds is None
+
+
+def test_onecycle_warms_up_to_lr_and_anneals_while_constant_stays():
+    model = Linear().build((1, 2, 2), 2)
+    settings = TrainSettings(epochs=2, lr=0.1, schedule="onecycle")
+    optimizer = make_optimizer(settings, model, CPU)
+    schedule = make_schedule(settings, optimizer, steps_per_epoch=10)
+    rates = []
+    for _ in range(20):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] < 0.01 and max(rates) == pytest.approx(0.1, rel=0.05)
+    assert rates.index(max(rates)) in range(4, 8) and rates[-1] < 0.001
+    constant = TrainSettings(epochs=2, lr=0.1, schedule="constant")
+    assert make_schedule(constant, make_optimizer(constant, model, CPU), 10) is None
+
+
+def test_cpu_adam_uses_the_fused_kernel_and_bf16_detection_answers():
+    model = Linear().build((1, 2, 2), 2)
+    optimizer = make_optimizer(TrainSettings(), model, CPU)
+    assert optimizer.defaults["fused"] is True
+    assert isinstance(native_bf16(CPU), bool)
+    assert native_bf16(torch.device("meta")) is False
+
+
+def test_bf16_autocast_training_on_a_native_bf16_cpu_still_learns():
+    if not native_bf16(CPU):
+        pytest.skip("this CPU has no native bf16, so training runs in fp32 here")
+    result = fit(TOY["cnn"], TrainSettings(epochs=8, batch_size=32, lr=0.01), toy_splits(), CPU,
+                 seed=0, amp=True, log=lambda line: None)
+    assert result.test_accuracy > 0.9

@@ -1,0 +1,80 @@
+"""The evaluate stage's record: computed once from a checkpoint, read back by the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.artifacts import ArtifactError, save_arrays
+from pipeline.checkpoint import Checkpoint
+from pipeline.engine import fit
+from pipeline.evaluation import load_evaluation, save_evaluation
+from pipeline.inference import evaluate
+from pipeline.models import Cnn
+from pipeline.params import TrainSettings
+from tests.conftest import CPU, run_module, toy_splits
+
+
+def toy_checkpoint(seeds=(0, 1)) -> tuple[Checkpoint, list]:
+    architecture = Cnn(channels=[4, 8], head_hidden=8)
+    splits = toy_splits()
+    results = [fit(architecture, TrainSettings(epochs=4, batch_size=32, lr=0.01), splits, CPU,
+                   seed=seed, amp=False, log=lambda _: None) for seed in seeds]
+    return Checkpoint(architecture, (1, 4, 4), ["left", "right"],
+                      [r.state_dict for r in results], results[0].initial_state_dict, "toy",
+                      "cnn", {"seeds": list(seeds), "bf16": False, "channels_last": True}), results
+
+
+def test_evaluation_holds_what_training_measured_for_every_seed_copy():
+    checkpoint, results = toy_checkpoint()
+    test = toy_splits()["test"]
+    evaluation = evaluate(checkpoint, test)
+    assert evaluation.logits.shape == (2, 64, 2) and evaluation.seeds == [0, 1]
+    for logits, result in zip(evaluation.logits, results, strict=True):
+        np.testing.assert_allclose(logits, result.test_logits, rtol=1e-5, atol=1e-6)
+    predicted = evaluation.logits[0].argmax(1)
+    assert evaluation.confusion.sum() == 64
+    assert np.trace(evaluation.confusion) == (predicted == test.labels).sum()
+    assert [s["name"] for s in evaluation.scores] == ["left", "right"]
+    assert evaluation.params == sum(r["params"] for r in evaluation.layers)
+    assert evaluation.filters.shape == (4, 3, 3) and evaluation.feature_maps.shape == (4, 4, 4)
+    histogram = evaluation.weight_histograms["conv1.weight"]
+    assert histogram["initial"].sum() == histogram["trained"].sum() == histogram["size"] == 36
+    initial = checkpoint.initial_state_dict["conv1.weight"].numpy()
+    assert histogram["edges"][0] <= initial.min() and histogram["edges"][-1] >= initial.max()
+    assert "conv1.bias" not in evaluation.weight_histograms
+
+
+def test_an_evaluation_round_trips_and_a_foreign_file_is_refused(tmp_path):
+    checkpoint, _ = toy_checkpoint(seeds=(0,))
+    evaluation = evaluate(checkpoint, toy_splits()["test"])
+    save_evaluation(tmp_path / "e.pkl", evaluation)
+    loaded = load_evaluation(tmp_path / "e.pkl")
+    np.testing.assert_array_equal(loaded.logits, evaluation.logits)
+    assert loaded.layers == evaluation.layers and loaded.scores == evaluation.scores
+    save_arrays(tmp_path / "other.pkl", {"images": np.zeros(3)})
+    with pytest.raises(ArtifactError, match="not an evaluation written by the evaluate stage"):
+        load_evaluation(tmp_path / "other.pkl")
+
+
+def test_the_evaluate_stage_runs_as_dvc_runs_it(tmp_path):
+    checkpoint, _ = toy_checkpoint(seeds=(0,))
+    checkpoint.save(tmp_path / "m.pt")
+    test = toy_splits()["test"]
+    save_arrays(tmp_path / "test.pkl", {"images": test.images, "labels": test.labels,
+                                        "classes": test.classes})
+    out = tmp_path / "eval" / "m.pkl"
+    done = run_module("pipeline.stages.evaluate", "--checkpoint", str(tmp_path / "m.pt"),
+                      "--test", str(tmp_path / "test.pkl"), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "toy/cnn: test accuracy" in done.stdout
+    assert load_evaluation(out).logits.shape == (1, 64, 2)
+
+    torch.save({"not": "a checkpoint"}, tmp_path / "bad.pt")
+    failed = run_module("pipeline.stages.evaluate", "--checkpoint", str(tmp_path / "bad.pt"),
+                        "--test", str(tmp_path / "test.pkl"), "--out", str(tmp_path / "x.pkl"))
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("error: ") and "Traceback" not in failed.stderr
+    assert "bad.pt: not a checkpoint written by this pipeline" in failed.stderr
+    assert not (tmp_path / "x.pkl").exists()

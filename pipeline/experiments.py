@@ -109,7 +109,16 @@ def list_experiments(repo: Path, runs: list[tuple[str, str]], live_dir: str,
 
 
 def changed_params(experiment: Experiment, reference: dict[str, object]) -> dict[str, object]:
-    """The parameters whose value differs from the reference (the workspace's)."""
-    keys = set(experiment.params) | set(reference)
-    return {key: experiment.params.get(key) for key in sorted(keys)
-            if experiment.params.get(key) != reference.get(key)}
+    """The parameters whose value differs from the reference (the workspace's). A dataset or
+    model defined on one side only is one entry (`models.x`: "not defined" or "defined"), not
+    one `None` per key."""
+    changed: dict[str, object] = {}
+    for key in sorted(set(experiment.params) | set(reference)):
+        if key in experiment.params and key in reference:
+            if experiment.params[key] != reference[key]:
+                changed[key] = experiment.params[key]
+            continue
+        parts = key.split(".")
+        group = ".".join(parts[:2]) if parts[0] in ("datasets", "models") else key
+        changed[group] = "defined" if key in experiment.params else "not defined"
+    return changed

@@ -293,7 +293,11 @@ def link_local_sources(dataset: AnyDataset, folder: Path) -> None:
             continue
         link = folder / f"{label}{''.join(origin.suffixes[-2:]) or '.data'}"
         os.symlink(origin.resolve(), link)
-        lines.append(f"{label}: {link.name} -> {origin.resolve()}")
+        # where the link points stays out of this text: DVC hashes it, and the same data on
+        # another machine or in another clone must give the same hash
+        given = f"path: {source.path}" if source.path is not None else \
+            f"resource: {source.resource}"
+        lines.append(f"{label}: {link.name}, a link to the file of `{given}`")
     (folder / "README.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

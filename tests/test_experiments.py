@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.experiments import changed_params, flatten, list_experiments
+from pipeline.experiments import Experiment, changed_params, flatten, list_experiments
 from pipeline.tracking import EpochRow, RunTracker, Summary
 from tests.conftest import sh
 
@@ -46,6 +46,15 @@ def test_experiments_are_listed_by_dvc_and_read_at_their_revision(tmp_path):
     assert bold.histories[("digits", "cnn")][-1].valid_accuracy == 0.95
     assert changed_params(bold, head.params) == {"train.epochs": 4, "train.lr": 0.05}
     assert len(list_experiments(repo, RUNS, "reports/live", limit=0)) == 1
+
+
+def test_a_model_defined_on_one_side_only_is_one_entry():
+    experiment = Experiment("exp", {"train.lr": 0.1, "models.big.arch": "cnn",
+                                    "models.big.seeds": 1})
+    reference = {"train.lr": 0.2, "models.small.arch": "linear", "run.models": ["small"]}
+    assert changed_params(experiment, reference) == {
+        "models.big": "defined", "models.small": "not defined", "run.models": "not defined",
+        "train.lr": 0.1}
 
 
 def test_outside_a_dvc_repository_there_is_nothing_to_compare(tmp_path):

@@ -34,10 +34,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def per_class_scores(labels: np.ndarray, predicted: np.ndarray,
                      classes: list[str]) -> list[ClassScores]:
-    from sklearn.metrics import precision_recall_fscore_support
-
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=range(len(classes)), zero_division=0)
+    """Precision, recall and F1 per class (0 where undefined, as scikit-learn's
+    zero_division=0), from the confusion matrix."""
+    confusion = confusion_matrix(labels, predicted, len(classes)).astype(np.float64)
+    hits = np.diag(confusion)
+    support = confusion.sum(axis=1)
+    claimed = confusion.sum(axis=0)
+    precision = np.divide(hits, claimed, out=np.zeros_like(hits), where=claimed > 0)
+    recall = np.divide(hits, support, out=np.zeros_like(hits), where=support > 0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(hits), where=both > 0)
     return [ClassScores(name, float(p), float(r), float(f), int(s))
             for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)]
 

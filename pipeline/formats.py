@@ -37,6 +37,7 @@ from pipeline.sources import (
     FileSource,
     fetch,
     local_origin,
+    url_record,
 )
 
 IDX_LABELS_MAGIC = 2049
@@ -280,16 +281,20 @@ def _record(fetched: Fetched) -> dict:
     return {"source": fetched.source, "sha256": fetched.sha256, "bytes": fetched.size}
 
 
-def link_local_sources(dataset: AnyDataset, folder: Path) -> None:
-    """Fill the download stage's `sources/<dataset>` folder (a DVC output kept out of the
-    cache): a symlink to every local file the dataset is read from, which DVC hashes through
-    the link, so `dvc status` reports a replaced or edited file and `dvc repro` re-runs."""
-    lines = ["Links to the local files this dataset is read from (DVC hashes them through",
-             "the links, so replacing one marks the download stage changed).", ""]
+def record_sources(dataset: AnyDataset, fetched: dict[str, Fetched], folder: Path) -> None:
+    """Fill the download stage's `sources/<dataset>` folder, a DVC output kept out of the cache,
+    so that DVC notices when a source changes: a symlink to every local file (DVC hashes it
+    through the link, so replacing or editing the file marks the stage changed) and, for every
+    downloaded file, a record of its version (`<label>.url.json`), which
+    `pipeline-check-sources` compares with the server's."""
+    lines = ["What this dataset is read from. DVC hashes these files (through the links), so a",
+             "changed source marks the download stage changed; `pipeline-check-sources` asks",
+             "the servers whether downloaded files changed.", ""]
     for label, source in dataset.file_sources().items():
         origin = local_origin(source)
         if origin is None:
-            lines.append(f"{label}: downloaded from {source.url or source.name}")
+            write_json(folder / f"{label}.url.json", url_record(source, fetched[label]))
+            lines.append(f"{label}: {label}.url.json, downloaded from {source.url or source.name}")
             continue
         link = folder / f"{label}{''.join(origin.suffixes[-2:]) or '.data'}"
         os.symlink(origin.resolve(), link)
@@ -310,12 +315,16 @@ def materialise(
     sources_dir: Path | None = None,
     show_progress: bool = False,
 ) -> dict:
-    """Produce data/raw/<name>/ (CSV files + source.json) for one dataset. Returns the record."""
+    """Produce data/raw/<name>/ (CSV files + source.json) for one dataset, and its sources
+    record in `sources_dir` (see `record_sources`). Returns the source.json record."""
+    labels = {id(source): label for label, source in dataset.file_sources().items()}
+    fetched_by_label: dict[str, Fetched] = {}
 
     def get(source: FileSource) -> Fetched:
         fetched = fetch(source, dataset.mirrors, cache_dir, settings, show_progress)
+        label = labels[id(source)]
+        fetched_by_label[label] = fetched
         if source.sha256 is None:
-            label = next(k for k, v in dataset.file_sources().items() if v is source)
             print(f"{name}.{label}: sha256 {fetched.sha256} "
                   f"(pin it as datasets.{name}.{label}.sha256 in params.yaml)")
         return fetched
@@ -326,5 +335,5 @@ def materialise(
         write_json(staging / "source.json", record)
     if sources_dir is not None:
         with fresh_directory(sources_dir) as staging:
-            link_local_sources(dataset, staging)
+            record_sources(dataset, fetched_by_label, staging)
     return record

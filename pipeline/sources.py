@@ -16,11 +16,12 @@ import http.client
 import importlib.resources
 import os
 import random
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -89,6 +90,7 @@ class Fetched:
     source: str
     sha256: str
     size: int
+    validators: dict[str, str] = field(default_factory=dict)  # the server's ETag, Last-Modified
 
 
 def candidate_urls(source: FileSource, mirrors: list[str]) -> list[str]:
@@ -126,7 +128,16 @@ def verify(path: Path, expected_sha256: str | None, expected_size: int | None) -
     return digest
 
 
-def _stream_once(url: str, part: Path, settings: DownloadParams, show_progress: bool) -> None:
+def _validators(headers) -> dict[str, str]:
+    """What a server says identifies a file's version: ETag and Last-Modified, as DVC's
+    import-url records them."""
+    found = {"etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified")}
+    return {key: value for key, value in found.items() if value}
+
+
+def _stream_once(url: str, part: Path, settings: DownloadParams,
+                 show_progress: bool) -> dict[str, str]:
+    """Stream one URL into `part`; returns the response's validators."""
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
         response = urllib.request.urlopen(request, timeout=settings.timeout_s)
@@ -165,6 +176,7 @@ def _stream_once(url: str, part: Path, settings: DownloadParams, show_progress: 
             bar.close()
     if total is not None and received != total:
         raise _RetryableError(f"truncated body: {received:,} of {total:,} bytes")
+    return _validators(response.headers)
 
 
 def download(
@@ -185,7 +197,7 @@ def download(
         for url in urls:
             for attempt in range(settings.retries + 1):
                 try:
-                    _stream_once(url, part, settings, show_progress)
+                    validators = _stream_once(url, part, settings, show_progress)
                     check_content(part, dest.name)
                     digest = verify(part, sha256, size)
                 except _RetryableError as error:
@@ -200,7 +212,7 @@ def download(
                     attempts.append(f"{url}: {error}")
                     break
                 os.replace(part, dest)
-                return Fetched(dest, url, digest, dest.stat().st_size)
+                return Fetched(dest, url, digest, dest.stat().st_size, validators)
             if time.monotonic() - started >= settings.max_total_s:
                 attempts.append(f"gave up: total time limit of {settings.max_total_s:g} s reached")
                 break
@@ -268,3 +280,43 @@ def fetch(
         except _MirrorRejected as error:
             print(f"cached {dest} failed verification ({error}); downloading again")
     return download(urls, dest, source.sha256, source.size, settings, show_progress)
+
+
+def url_record(source: FileSource, fetched: Fetched) -> dict:
+    """What the download stage keeps about a downloaded file, for `upstream_change` to compare
+    with later. A pinned file (sha256 given) cannot change unnoticed: its record holds only the
+    pin, so it reads the same whether the file came from the cache or the network."""
+    if source.sha256 is not None:
+        return {"source": source.url or source.name, "sha256": source.sha256, "pinned": True}
+    return {"source": fetched.source, "sha256": fetched.sha256, "bytes": fetched.size,
+            **fetched.validators}
+
+
+def upstream_change(record: dict, settings: DownloadParams) -> str | None:
+    """Why the file a record describes has changed on its server, or None if it has not: the
+    ETag, else Last-Modified, else the size the server announces; a server that gives none of
+    them is downloaded again and hashed (what `dvc update` does for `dvc import-url`)."""
+    url = record["source"]
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
+    try:
+        with urllib.request.urlopen(request, timeout=settings.timeout_s) as response:
+            now = _validators(response.headers)
+            length = response.headers.get("Content-Length")
+    except urllib.error.HTTPError as error:
+        raise DownloadError(f"{url}: HTTP {error.code} {error.reason} when checking it for "
+                            "changes; is the URL still right?") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+        raise DownloadError(f"{url}: cannot connect to check it for changes "
+                            f"({getattr(error, 'reason', error)})") from None
+    for key, name in (("etag", "ETag"), ("last_modified", "Last-Modified")):
+        if key in record and key in now:
+            return None if record[key] == now[key] else \
+                f"{name} {record[key]} is now {now[key]}"
+    if length and length.isdigit() and int(length) != record.get("bytes"):
+        return f"size {record.get('bytes'):,} bytes is now {int(length):,}"
+    with tempfile.TemporaryDirectory() as scratch:
+        fetched = download([url], Path(scratch) / "check", None, None, settings)
+        if fetched.sha256 != record["sha256"]:
+            return f"its content changed (sha256 {record['sha256'][:12]}... is now " \
+                   f"{fetched.sha256[:12]}...)"
+    return None

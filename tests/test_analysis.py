@@ -47,6 +47,18 @@ def test_per_class_scores_match_hand_counts():
     assert scores[1].precision == pytest.approx(2 / 3) and scores[1].recall == 1.0
 
 
+def test_per_class_scores_agree_with_scikit_learn():
+    from sklearn.metrics import precision_recall_fscore_support
+
+    rng = np.random.default_rng(0)
+    labels, predicted = rng.integers(0, 5, 300), rng.integers(0, 4, 300)  # class 4 never guessed
+    expected = precision_recall_fscore_support(labels, predicted, labels=range(6),
+                                               zero_division=0)
+    scores = analysis.per_class_scores(labels, predicted, list("abcdef"))
+    for field, values in zip(("precision", "recall", "f1", "support"), expected, strict=True):
+        np.testing.assert_allclose([getattr(s, field) for s in scores], values)
+
+
 def test_confusion_matrix_counts_true_by_predicted():
     confusion = analysis.confusion_matrix(np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 2, 0]), 3)
     assert confusion.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from pipeline.artifacts import read_json
+from pipeline.check_sources import check_folder
 from pipeline.formats import IDX_LABELS_MAGIC, CsvDataset, IdxDataset, materialise, read_idx
 from pipeline.sources import DownloadError, DownloadParams, FileSource, download, fetch
 from tests.conftest import (
@@ -330,15 +331,63 @@ def test_local_sources_are_linked_for_dvc_to_hash(tmp_path):
         f"train: train.csv, a link to the file of `path: {local}`")
 
 
-def test_downloaded_sources_are_listed_not_linked(http_server, tmp_path):
+def test_a_pinned_download_is_recorded_by_its_pin_whether_cached_or_not(http_server, tmp_path):
     body = FASHION_SAMPLE.read_bytes()
-    url = http_server.add("/train.csv", serve_bytes(body))
+    url = http_server.add("/train.csv", serve_bytes(body, headers={"ETag": '"v1"'}))
     dataset = CsvDataset(format="csv", train={"url": url, "sha256": sha(body)},
                          shape=(1, 28, 28), classes=FASHION_CLASSES, label_column="label")
+    records = []
+    for run in ("network", "cache"):
+        sources = tmp_path / run
+        materialise("user", dataset, tmp_path / "raw", tmp_path / "cache", FAST, sources)
+        records.append((sources / "train.url.json").read_bytes())
+    assert http_server.hits("/train.csv") == 1 and records[0] == records[1]
+    assert read_json(tmp_path / "cache" / "train.url.json")["pinned"] is True
+    assert check_folder(tmp_path / "cache", "user", FAST) == [
+        "user.train: pinned by sha256, nothing to check"]
+
+
+def served_dataset(http_server, body: bytes, headers: dict) -> tuple[CsvDataset, str]:
+    url = http_server.add("/live.csv", serve_bytes(body, headers=headers))
+    return CsvDataset(format="csv", train={"url": url}, shape=(1, 28, 28),
+                      classes=FASHION_CLASSES, label_column="label"), url
+
+
+@pytest.mark.parametrize("headers", [
+    {"ETag": '"v1"'}, {"Last-Modified": "Mon, 23 Nov 2026 10:00:00 GMT"}, {}])
+def test_a_file_that_changed_on_its_server_is_marked_for_dvc(http_server, tmp_path, headers):
+    """Like `dvc update` for `dvc import-url`: ETag, else Last-Modified, else size or a re-hash.
+    The record changes only when the file did, and changes back when the server does."""
+    body = FASHION_SAMPLE.read_bytes()
+    dataset, url = served_dataset(http_server, body, headers)
     sources = tmp_path / "sources"
     materialise("user", dataset, tmp_path / "raw", tmp_path / "cache", FAST, sources)
-    assert [p.name for p in sources.iterdir()] == ["README.txt"]
-    assert f"train: downloaded from {url}" in (sources / "README.txt").read_text()
+    record = sources / "train.url.json"
+    original = record.read_bytes()
+    assert f"train: train.url.json, downloaded from {url}" in (sources / "README.txt").read_text()
+    assert check_folder(sources, "user", FAST) == ["user.train: unchanged"]
+    assert record.read_bytes() == original
+
+    newer = {key: value.replace("v1", "v2").replace("10:00", "11:00")
+             for key, value in headers.items()}
+    same_size = body.replace(b"\n0,", b"\n1,", 1)  # another label: same size, other content
+    http_server.add("/live.csv", serve_bytes(same_size, headers=newer))
+    [line] = check_folder(sources, "user", FAST)
+    assert line.startswith("user.train: changed on the server (")
+    assert ("ETag" in line) == ("ETag" in headers) and ("content" in line) == (not headers)
+    assert read_json(record)["upstream"] and record.read_bytes() != original
+
+    http_server.add("/live.csv", serve_bytes(body, headers=headers))
+    assert check_folder(sources, "user", FAST) == ["user.train: unchanged"]
+    assert record.read_bytes() == original
+
+
+def test_checking_a_server_that_is_gone_is_one_clear_error(http_server, tmp_path):
+    dataset, url = served_dataset(http_server, FASHION_SAMPLE.read_bytes(), {"ETag": '"v1"'})
+    materialise("user", dataset, tmp_path / "raw", tmp_path / "cache", FAST, tmp_path / "src")
+    http_server.add("/live.csv", serve_error(404))
+    with pytest.raises(DownloadError, match="HTTP 404 .* when checking it for changes"):
+        check_folder(tmp_path / "src", "user", FAST)
 
 
 def test_download_stage_errors_are_one_line_as_dvc_runs_it(tmp_path):

@@ -49,7 +49,7 @@ def status(repo: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Iterator[tuple[Path, dict]]:
+def built(tmp_path_factory) -> Iterator[tuple[Path, dict, LocalServer]]:
     """One `dvc repro` of a copy of the repository, shared by the tests below."""
     repo = tmp_path_factory.mktemp("e2e") / "repo"
     repo.mkdir()
@@ -70,14 +70,14 @@ def built(tmp_path_factory) -> Iterator[tuple[Path, dict]]:
         params["train"]["epochs"] = 2
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         sh(["dvc", "repro"], repo)
-        yield repo, params
+        yield repo, params, server
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
 
 
 def test_the_report_renders_in_a_real_browser(built, tmp_path):
-    repo, _ = built
+    repo, *_ = built
     report = repo / "reports" / "index.html"
     check = check_page(report, tmp_path)
     # the page's own images plus those the run sidecar adds (the experiments overlay)
@@ -89,7 +89,7 @@ def test_the_report_renders_in_a_real_browser(built, tmp_path):
 
 
 def test_dvc_repro_end_to_end(built, tmp_path):
-    repo, params = built
+    repo, params, _ = built
 
     html = (repo / "reports" / "index.html").read_text()
     for dataset in ("digits", "fashion_sample"):
@@ -130,7 +130,7 @@ def test_dvc_repro_end_to_end(built, tmp_path):
 def test_a_forced_rerun_reproduces_every_output_byte_for_byte(built):
     """`dvc repro -f` on CPU: prepared data, checkpoints, evaluations, the report page and
     every committed metric file are the same bytes; only the timing files differ."""
-    repo, _ = built
+    repo, *_ = built
     before = lock_hashes(repo)
     live = {p: p.read_bytes() for p in sorted((repo / "reports/live").rglob("*")) if p.is_file()}
     timing = (repo / "reports/timing/digits/cnn.json").read_text()
@@ -142,7 +142,7 @@ def test_a_forced_rerun_reproduces_every_output_byte_for_byte(built):
 
 
 def test_editing_a_module_marks_exactly_the_stages_that_run_it(built):
-    repo, _ = built
+    repo, *_ = built
     assert status(repo) == {}
     modules = sorted(p.relative_to(repo) for p in (repo / "pipeline").rglob("*.py"))
     originals = {m: (repo / m).read_bytes() for m in modules}
@@ -164,7 +164,7 @@ def test_editing_a_module_marks_exactly_the_stages_that_run_it(built):
 
 
 def test_replacing_a_local_source_file_is_seen_by_dvc(built):
-    repo, params = built
+    repo, params, _ = built
     local = Path(params["datasets"]["fashion_sample"]["test"]["path"])
     original = local.read_bytes()
     try:
@@ -179,10 +179,30 @@ def test_replacing_a_local_source_file_is_seen_by_dvc(built):
     assert status(repo) == {}
 
 
+def test_a_file_changed_on_its_server_is_found_by_check_sources(built):
+    """The fashion_sample train file is an unpinned URL on a server that sends no ETag or
+    Last-Modified: `pipeline-check-sources` re-hashes it and marks it for DVC."""
+    repo, params, server = built
+    path = "/kaggle/fashion-mnist_test.csv"
+    check = ["python", "-m", "pipeline.check_sources", "--sources", "data/sources"]
+    assert "fashion_sample.train: unchanged" in sh(check, repo)
+    assert status(repo) == {}
+    text = FASHION_SAMPLE.read_text()
+    server.add(path, serve_bytes(text.replace("\n0,", "\n1,", 1).encode()))
+    try:
+        assert "fashion_sample.train: changed on the server" in sh(check, repo)
+        assert status(repo) == {"download@fashion_sample": [
+            {"changed outs": {"data/sources/fashion_sample": "modified"}}]}
+    finally:
+        server.add(path, serve_bytes(FASHION_SAMPLE.read_bytes()))
+    assert "fashion_sample.train: unchanged" in sh(check, repo)
+    assert status(repo) == {}
+
+
 def test_an_experiment_is_logged_by_dvclive_and_compared_in_the_report(built):
     """`dvc exp run` commits the dvclive files; the report stage reads DVC's experiment list
     while `dvc exp run` is running it; `dvc exp show` and the experiments module see both."""
-    repo, params = built
+    repo, params, _ = built
     sh(["git", "config", "user.name", "e2e"], repo)
     sh(["git", "config", "user.email", "e2e@example.org"], repo)
     sh(["git", "add", "-A"], repo)

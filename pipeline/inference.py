@@ -18,9 +18,8 @@ HISTOGRAM_BINS = 40
 
 
 def evaluate(checkpoint: Checkpoint, test: Split) -> Evaluation:
-    """Run every seed copy of a checkpoint on the test split and compute what the report draws."""
-    import torch
-
+    """Run every seed copy of a checkpoint on the test split and compute what the report draws.
+    The logits come from the training device and precision; the rest from the model on CPU."""
     device = select_device("auto")
     amp = bool(checkpoint.run.get("bf16", False))
     channels_last = bool(checkpoint.run.get("channels_last", False))
@@ -29,7 +28,7 @@ def evaluate(checkpoint: Checkpoint, test: Split) -> Evaluation:
     for model in checkpoint.seed_models():
         runner = Runner(model, device, amp, channels_last)
         logits.append(runner.evaluate(data)[2].float().cpu().numpy())
-    model = checkpoint.build().to("cpu").to(memory_format=torch.contiguous_format)
+    model = checkpoint.build()
     predicted = logits[0].argmax(1)
     confusion = analysis.confusion_matrix(test.labels, predicted, len(checkpoint.classes))
     conv = analysis.first_conv(model)

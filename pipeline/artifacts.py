@@ -15,6 +15,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -30,13 +31,58 @@ class ArtifactError(PipelineError, ValueError):
     """An input file between stages is missing, corrupt, tampered with or of the wrong shape."""
 
 
+# Staging names carry the writer's process id: `.<name>.<pid>.<random>.tmp`, so a later run can
+# tell a temporary left by a killed process (SIGKILL skips every cleanup) from one in use.
+_STAGING = re.compile(r"\..+\.(\d+)\.[^.]+\.tmp\Z")
+_NOT_SWEPT = {".git", ".dvc", ".venv", "venv", "node_modules", "__pycache__"}
+
+
+def staging_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid < 1 << 22  # alive but not ours, or not a pid at all
+    return True
+
+
 def _remove_leftovers(path: Path) -> None:
-    """Delete temporaries that an earlier run killed mid-write (SIGKILL skips cleanup)."""
+    """Delete temporaries of `path` that an earlier, killed run left."""
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
+        match = _STAGING.match(stale.name)
+        if match is None or not _process_alive(int(match.group(1))):
+            _remove(stale)
+
+
+def sweep_stale_staging(root: Path, max_depth: int = 6) -> list[Path]:
+    """Remove every staging file or folder under `root` whose writer is gone: a stage killed
+    mid-write leaves one, and DVC will not re-run that stage while its old outputs are intact,
+    so every stage run sweeps the whole project (hidden folders and the venv excepted)."""
+    removed = []
+    root = Path(root)
+    for folder, subfolders, files in os.walk(root):
+        depth = len(Path(folder).relative_to(root).parts)
+        for name in [*files, *subfolders]:
+            match = _STAGING.match(name)
+            if match and not _process_alive(int(match.group(1))):
+                _remove(Path(folder) / name)
+                removed.append(Path(folder) / name)
+        subfolders[:] = [] if depth >= max_depth else [
+            d for d in subfolders if d not in _NOT_SWEPT and not d.startswith(".")
+            and not (Path(folder) / d).is_symlink()]
+    return removed
 
 
 @contextlib.contextmanager
@@ -45,7 +91,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=staging_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
@@ -91,7 +137,7 @@ def fresh_directory(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(path)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=staging_prefix(path), suffix=".tmp"))
     try:
         yield staging
         for entry in staging.rglob("*"):

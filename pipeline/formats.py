@@ -45,13 +45,19 @@ IDX_IMAGES_MAGIC = 2051
 KAGGLE_LAYOUT = "label column first, named 'label', then pixel1..pixelN"
 
 Fetch = Callable[[FileSource], Fetched]
+# Bounds of a dataset's declared shape: large enough for any image classification CSV, small
+# enough that a typo (1x100000x100000) is refused before anything is allocated.
+MAX_CHANNELS, MAX_SIDE, MAX_PIXELS, MAX_CLASSES = 16, 4096, 1 << 22, 100_000
 
 
 class _DatasetBase(Strict):
-    shape: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+    shape: tuple[Annotated[int, Field(ge=1, le=MAX_CHANNELS)],
+                 Annotated[int, Field(ge=1, le=MAX_SIDE)],
+                 Annotated[int, Field(ge=1, le=MAX_SIDE)]] = Field(
         description="image shape as [channels, height, width]"
     )
-    classes: list[str] = Field(min_length=2)
+    classes: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        min_length=2, max_length=MAX_CLASSES)
     mirrors: list[str] = []
 
     converts_to_kaggle_csv: ClassVar[bool] = True
@@ -61,7 +67,11 @@ class _DatasetBase(Strict):
     def _three_sizes(cls, shape: Any) -> Any:
         if not isinstance(shape, list | tuple) or len(shape) != 3:
             raise ValueError("expected [channels, height, width], e.g. [1, 28, 28]")
-        return shape
+        if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape) \
+                and shape[0] * shape[1] * shape[2] > MAX_PIXELS:
+            raise ValueError(f"{shape[0]}x{shape[1]}x{shape[2]} is more than {MAX_PIXELS:,} "
+                             "values an image; this pipeline is for small images")
+        return tuple(shape)
 
     @field_validator("classes")
     @classmethod

@@ -22,6 +22,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import re
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -100,27 +102,92 @@ def _open_bytes(path: Path) -> BinaryIO:
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
-def _blocks(handle: BinaryIO, block_bytes: int) -> Iterator[bytes]:
+class _LineTooLong(Exception):
+    def __init__(self, line_no: int, length: int, has_cr: bool):
+        super().__init__(line_no)
+        self.line_no, self.length, self.has_cr = line_no, length, has_cr
+
+
+def max_line_bytes(layout: CsvLayout) -> int:
+    """The longest line a file of this layout may have: 16 bytes a field plus 64 KiB of slack
+    (a Kaggle-layout Fashion-MNIST row is ~2 KB). Longer lines are refused before they are
+    buffered, so one pathological line cannot take the memory or time of the whole file."""
+    return 64 * 1024 + 16 * (layout.num_pixels + 1)
+
+
+def _blocks(handle: BinaryIO, block_bytes: int, max_line: int) -> Iterator[bytes]:
     """Yield blocks that end on a line boundary (the last one may lack a final newline)."""
     carry = b""
+    lines_before = 0
     while True:
         chunk = handle.read(block_bytes)
         if not chunk:
             break
-        data = carry + chunk
-        cut = data.rfind(b"\n")
+        cut = chunk.rfind(b"\n")
         if cut == -1:
-            carry = data
+            carry += chunk
+            if len(carry) > max_line:
+                raise _LineTooLong(lines_before + 1, len(carry), b"\r" in carry)
             continue
-        carry = data[cut + 1 :]
-        yield data[: cut + 1]
+        data = carry + chunk[: cut + 1]
+        carry = chunk[cut + 1 :]
+        lines = data.count(b"\n")
+        if len(data) > max_line * lines:  # only then can one of its lines be too long
+            start = 0
+            for offset in range(lines):
+                end = data.index(b"\n", start)
+                if end - start > max_line:
+                    raise _LineTooLong(lines_before + offset + 1, end - start,
+                                       b"\r" in data[start:end])
+                start = end + 1
+        lines_before += lines
+        yield data
+    if len(carry) > max_line:
+        raise _LineTooLong(lines_before + 1, len(carry), b"\r" in carry)
     if carry.strip():
         yield carry + b"\n"
 
 
-def _count_lines(path: Path, block_bytes: int) -> int:
+def _count_rows(path: Path, block_bytes: int, layout: CsvLayout) -> int:
+    """An upper bound on the data rows, to size the arrays: the lines, but never more than the
+    bytes allow (a row takes at least 2 bytes a field), so a file of blank lines or one huge
+    line cannot make the reader allocate for rows that are not there."""
+    lines = size = 0
     with _open_bytes(path) as handle:
-        return sum(block.count(b"\n") for block in _blocks(handle, block_bytes))
+        for block in _blocks(handle, block_bytes, max_line_bytes(layout)):
+            lines += block.count(b"\n")
+            size += len(block)
+    return min(lines, size // (2 * (layout.num_pixels + 1)) + 1)
+
+
+def _sniff_encoding(path: Path) -> None:
+    """Refuse, with the conversion to run, text that is not UTF-8 CSV with \\n line ends."""
+    with _open_bytes(path) as handle:
+        head = handle.read(1 << 16)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
+        raise DataError(
+            f"{path}: the file holds NUL bytes: it is UTF-16/UTF-32 text or not text at all; "
+            "save it as UTF-8 CSV (e.g. `iconv -f UTF-16 -t UTF-8 in.csv > out.csv`)")
+    if b"\r" in head and b"\n" not in head:
+        raise DataError(
+            f"{path}: lines end with a lone CR (old Mac line endings); convert them to LF, "
+            "e.g. `tr '\\r' '\\n' < in.csv > out.csv`")
+
+
+# An integer cell: ASCII digits with an optional sign. Python's int() also takes "2_5",
+# Arabic-Indic and full-width digits, which no CSV writer means as pixel values.
+_INTEGER = re.compile(r"[+-]?[0-9]+\Z")
+
+
+def _not_an_integer(cell: str) -> str:
+    """Which kind of non-integer a cell is, for the error message."""
+    if not cell.isascii():
+        return "non-ASCII value (letters or digits of another script)"
+    if re.fullmatch(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+)", cell):
+        return "fractional value"
+    if re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)[eE][+-]?[0-9]+", cell):
+        return "number in exponent notation"
+    return "non-numeric value"
 
 
 def _is_number(text: str) -> bool:
@@ -187,7 +254,13 @@ class _Reader:
     # --- header -------------------------------------------------------------------------
     def read_header(self, first_line: bytes) -> bool:
         """Set up column names from line 1. Returns True when line 1 was a header."""
-        text = first_line.decode("utf-8", errors="replace").strip()
+        try:
+            text = first_line.decode("utf-8").strip()
+        except UnicodeDecodeError as error:
+            raise DataError(
+                f"{self.path}, line 1: not UTF-8 text (byte {first_line[error.start]:#04x} at "
+                f"position {error.start + 1}); the file is in another encoding, e.g. Latin-1: "
+                "convert it with `iconv -f latin1 -t utf-8 in.csv > out.csv`") from None
         fields = [f.strip() for f in text.split(",")]
         looks_like_data = all(_is_number(f) for f in fields if f)
         if self.layout.header and looks_like_data:
@@ -235,15 +308,14 @@ class _Reader:
             if cell == "":
                 raise _BadRow("empty cell", f"{self._where(line_no, column)}: empty cell; "
                               "expected an integer")
-            try:
-                values[column] = int(cell)
-            except ValueError:
-                kind = "fractional value" if _is_number(cell) else "non-numeric value"
-                raise _BadRow(
-                    kind,
-                    f"{self._where(line_no, column)}: {kind} {cell!r}; expected an integer",
-                ) from None
-            self._check_range(values[column], column, line_no, cell)
+            if not _INTEGER.match(cell):
+                kind = _not_an_integer(cell)
+                raise _BadRow(kind, f"{self._where(line_no, column)}: {kind} {cell[:40]!r}; "
+                              "expected an integer written with the digits 0-9")
+            # longer than 18 digits cannot fit int64, and is out of every range anyway
+            value = int(cell) if len(cell) <= 18 else 10**18
+            self._check_range(value, column, line_no, cell[:40])
+            values[column] = value
         return values
 
     def _check_range(self, value: int, column: int, line_no: int, cell: str) -> None:
@@ -275,12 +347,18 @@ class _Reader:
         rows = []
         for offset, raw in enumerate(block.split(b"\n")[:-1]):
             line_no = first_line_no + offset
-            line = raw.decode("utf-8", errors="replace").rstrip("\r")
-            if not line.strip():
+            if not raw.strip():
                 self.quality.blank_lines += 1
                 continue
             self.quality.rows_read += 1
             try:
+                try:
+                    line = raw.decode("utf-8").rstrip("\r")
+                except UnicodeDecodeError as error:
+                    raise _BadRow("not UTF-8", f"{self.path}, line {line_no}: byte "
+                                  f"{raw[error.start]:#04x} at position {error.start + 1} is not "
+                                  "UTF-8 text; convert the file to UTF-8 (e.g. `iconv -f latin1 "
+                                  "-t utf-8`)") from None
                 rows.append(self.parse_line(line, line_no))
             except _BadRow as bad:
                 self._reject(bad)
@@ -385,15 +463,19 @@ def read_image_csv(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; run the download stage first (dvc repro)")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty; expected a CSV of labelled images")
     reader = _Reader(path, layout, on_bad_row)
-    capacity = _count_lines(path, block_bytes)
-    images = np.empty((capacity, layout.num_pixels), dtype=np.uint8)
-    labels = np.empty(capacity, dtype=np.int64)
     filled = 0
     line_no = 1
     try:
+        _sniff_encoding(path)
+        capacity = _count_rows(path, block_bytes, layout)
+        images = np.empty((capacity, layout.num_pixels), dtype=np.uint8)
+        labels = np.empty(capacity, dtype=np.int64)
         with _open_bytes(path) as handle:
-            for block_index, block in enumerate(_blocks(handle, block_bytes)):
+            for block_index, block in enumerate(_blocks(handle, block_bytes,
+                                                        max_line_bytes(layout))):
                 if block_index == 0:
                     if block.startswith(_BOM):
                         block = block[len(_BOM):]
@@ -418,10 +500,22 @@ def read_image_csv(
                 _store(values, reader.label_index, layout.max_pixel,
                        images[filled : filled + count], labels[filled : filled + count])
                 filled += count
+    except _LineTooLong as long:
+        if long.has_cr:
+            raise DataError(
+                f"{path}, line {long.line_no}: no line break in {long.length:,} bytes, but CR "
+                "characters: the lines end with a lone CR (old Mac line endings); convert them "
+                "to LF, e.g. `tr '\\r' '\\n' < in.csv > out.csv`") from None
+        raise DataError(
+            f"{path}, line {long.line_no}: longer than {max_line_bytes(layout):,} bytes with no "
+            f"line break, far more than {layout.num_pixels + 1} fields need; the file is not a "
+            "CSV of this dataset's shape (check `shape`, or the file)") from None
     except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not a text file ({error})") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
-        raise DataError(f"{path}: cannot read ({error}); the file may be truncated") from None
+        raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); "
+                        "save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path}: cannot read ({type(error).__name__}: {error}); the file is "
+                        "truncated or corrupt, download or export it again") from None
 
     quality = reader.quality
     quality.lines = line_no - 1

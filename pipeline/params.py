@@ -8,6 +8,7 @@ refused here, before any work starts, with the key path, the value and what was 
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -19,7 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from pipeline.errors import PipelineError
 from pipeline.formats import FORMATS, AnyDataset, Dataset
 from pipeline.models import ARCHITECTURES, Architecture
-from pipeline.schema import Fraction, PositiveInt, Strict
+from pipeline.schema import Fraction, Strict
 from pipeline.sources import DownloadParams
 
 
@@ -27,42 +28,55 @@ class ParamsError(PipelineError, ValueError):
     """params.yaml is missing, unreadable or does not match the schema."""
 
 
+# Upper bounds well past any sensible value: a typo (epochs: 1000000000) is refused up front
+# instead of running for years or failing deep inside torch.
+Epochs = Annotated[int, Field(ge=1, le=100_000)]
+BatchSize = Annotated[int, Field(ge=1, le=1 << 20)]
+LearningRate = Annotated[float, Field(gt=0, le=10)]
+Momentum = Annotated[float, Field(ge=0, lt=1)]
+WeightDecay = Annotated[float, Field(ge=0, le=10)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what numpy and scikit-learn accept
+Optimizer = Literal["adam", "adamw", "sgd"]
+Schedule = Literal["onecycle", "constant"]
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}\Z")
+
+
 class PrepareParams(Strict):
     valid_fraction: Fraction = 0.2
     test_fraction: Fraction = Field(0.2, description="used only when a dataset has no test file")
-    seed: int = 42
+    seed: Seed = 42
     on_bad_row: Literal["fail", "drop"] = "fail"
     max_bad_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
 
 
 class TrainSettings(Strict):
-    epochs: PositiveInt = 10
-    batch_size: PositiveInt = 32
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: Annotated[float, Field(gt=0)] = 1e-3
-    schedule: Literal["onecycle", "constant"] = "onecycle"
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    epochs: Epochs = 10
+    batch_size: BatchSize = 32
+    optimizer: Optimizer = "adam"
+    lr: LearningRate = 1e-3
+    schedule: Schedule = "onecycle"
+    momentum: Momentum = 0.9
+    weight_decay: WeightDecay = 0.0
 
 
 class TrainOverrides(Strict):
     """Per-model training overrides; anything left out comes from the train section."""
 
-    epochs: PositiveInt | None = None
-    batch_size: PositiveInt | None = None
-    optimizer: Literal["adam", "adamw", "sgd"] | None = None
-    lr: Annotated[float, Field(gt=0)] | None = None
-    schedule: Literal["onecycle", "constant"] | None = None
-    momentum: Annotated[float, Field(ge=0, lt=1)] | None = None
-    weight_decay: Annotated[float, Field(ge=0)] | None = None
+    epochs: Epochs | None = None
+    batch_size: BatchSize | None = None
+    optimizer: Optimizer | None = None
+    lr: LearningRate | None = None
+    schedule: Schedule | None = None
+    momentum: Momentum | None = None
+    weight_decay: WeightDecay | None = None
 
 
 class TrainParams(TrainSettings):
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     amp: bool = Field(True, description="bf16 autocast where the hardware has native bf16")
     channels_last: bool = True
-    threads: Annotated[int, Field(ge=0)] = Field(0, description="0: torch's default")
+    threads: Annotated[int, Field(ge=0, le=1024)] = Field(0, description="0: torch's default")
     tensorboard: bool = Field(False, description="also write TensorBoard event logs")
 
 
@@ -151,8 +165,9 @@ class Params(Strict):
 
 def _check_name(key: str, name: str) -> None:
     # Names become folder names and DVC stage names (train@digits-cnn).
-    if not name.replace("_", "").isalnum() or not name[0].isalpha():
-        raise ValueError(f"{key}: name {name!r} must start with a letter and use only a-z, 0-9, _")
+    if not NAME.match(name):
+        raise ValueError(f"{key}: name {name[:80]!r} must start with a letter and use only "
+                         "a-z, A-Z, 0-9 and _, at most 64 characters")
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
@@ -230,16 +245,62 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise ParamsError(_format_errors(error, source)) from None
 
 
+class _YamlProblem(Exception):
+    """Something params.yaml must not contain; the message says where."""
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """YAML as params.yaml needs it: no aliases (a few nested `*a` references can expand to
+    billions of values), and no key given twice in one mapping (YAML keeps the last silently)."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 (PyYAML's signature)
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _YamlProblem(f"line {event.start_mark.line + 1}, column "
+                               f"{event.start_mark.column + 1}: the alias *{event.anchor} refers "
+                               "to an anchor; params.yaml does not allow anchors and aliases, "
+                               "write the values out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, line)
+            except TypeError:
+                raise _YamlProblem(f"line {line}: a mapping key must be a plain value") from None
+            if first != line:
+                raise _YamlProblem(f"line {line}: the key {key!r} is given twice in one mapping "
+                                   f"(first at line {first}); keep one")
+        return super().construct_mapping(node, deep)
+
+
+_ParamsLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                              _ParamsLoader.construct_mapping)
+MAX_PARAMS_BYTES = 1 << 20
+
+
 def load_params(path: str | Path) -> Params:
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_PARAMS_BYTES:
+            raise ParamsError(f"{path}: {path.stat().st_size:,} bytes; a parameters file is a "
+                              f"few KB (at most {MAX_PARAMS_BYTES:,} bytes are read)")
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ParamsError(f"{path}: cannot read the parameters file ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise ParamsError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); "
+                          "save it as UTF-8") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _YamlProblem as problem:
+        raise ParamsError(f"{path}, {problem}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ParamsError(f"{path}: not valid YAML{where}: {error}") from None
+        reason = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ParamsError(f"{path}: not valid YAML{where}: {reason}") from None
     return parse_params(raw, str(path))

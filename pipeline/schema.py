@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class Strict(BaseModel):
     """Unknown keys are refused; instances are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 PositiveInt = Annotated[int, Field(ge=1)]

@@ -1,6 +1,6 @@
 """Where dataset files come from: a URL (or mirrors), a local path, or a file inside a package.
 
-`fetch()` makes one verified local copy of a source. Downloads stream into `<name>.part` while
+`fetch()` makes one verified local copy of a source. Downloads stream into a staging file while
 hashing, are checked for size, sha256 and content (gzip magic) and only then renamed; retries
 back off exponentially with jitter on timeouts, dropped connections, truncated bodies and 5xx,
 while 403/404 and wrong content move on to the next mirror at once. A cached download is
@@ -16,6 +16,7 @@ import http.client
 import importlib.resources
 import os
 import random
+import stat
 import tempfile
 import time
 import urllib.error
@@ -28,7 +29,7 @@ from typing import Annotated
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from pipeline.artifacts import sha256_of
+from pipeline.artifacts import sha256_of, staging_prefix
 from pipeline.errors import PipelineError
 from pipeline.schema import PositiveInt, Sha256, Strict
 
@@ -77,11 +78,11 @@ class FileSource(Strict):
 
 
 class DownloadParams(Strict):
-    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     retries: Annotated[int, Field(ge=0, le=20)] = 3
-    backoff_s: Annotated[float, Field(ge=0)] = 1.0
-    max_total_s: Annotated[float, Field(gt=0)] = 600.0
-    chunk_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
+    backoff_s: Annotated[float, Field(ge=0, le=600)] = 1.0
+    max_total_s: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] = 600.0
+    chunk_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ def download(
 ) -> Fetched:
     """Fetch the first mirror whose bytes pass every check into `dest` (atomically)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    part = dest.with_name(f"{staging_prefix(dest)}part.tmp")
     attempts: list[str] = []
     started = time.monotonic()
     try:
@@ -241,6 +242,24 @@ def _resource_path(resource: str) -> Path:
     return path
 
 
+def check_readable_file(path: Path) -> None:
+    """Refuse, with the real reason, a local source that is not a readable regular file."""
+    where = f"{path} (from the dataset's `path:`)"
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise DownloadError(f"{where}: no such file") from None
+    except OSError as error:  # a symlink loop, a name too long, a path through a file, ...
+        raise DownloadError(f"{where}: cannot be opened ({error.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise DownloadError(f"{where}: is a folder; point `path:` at the CSV file inside it")
+    if not stat.S_ISREG(info.st_mode):
+        raise DownloadError(f"{where}: is not a regular file (a device, pipe or socket); "
+                            "point `path:` at a CSV file")
+    if not os.access(path, os.R_OK):
+        raise DownloadError(f"{where}: permission denied; make the file readable")
+
+
 def local_origin(source: FileSource) -> Path | None:
     """The local file a `path:` or `resource:` source names; None for downloaded sources."""
     if source.path is not None:
@@ -260,14 +279,15 @@ def fetch(
     """Make one verified local copy of `source` in `cache_dir` and return where it is."""
     origin = local_origin(source)
     if origin is not None:
-        if not origin.is_file():
-            raise DownloadError(f"{origin}: no such file (from the dataset's `path:`)")
+        check_readable_file(origin)
         try:
             digest = verify(origin, source.sha256, source.size)
         except _MirrorRejected as error:
             raise DownloadError(
                 f"{origin}: {error}; the file changed since its sha256 was pinned"
             ) from None
+        except OSError as error:
+            raise DownloadError(f"{origin}: cannot read it ({error.strerror})") from None
         label = str(origin) if source.path is not None else f"resource:{source.resource}"
         return Fetched(origin, label, digest, origin.stat().st_size)
 

@@ -43,18 +43,27 @@ def find_raw_file(raw_dir: Path, split: str) -> Path | None:
 
 
 def stratified_split(
-    images: np.ndarray, labels: np.ndarray, fraction: float, seed: int, what: str
+    images: np.ndarray, labels: np.ndarray, fraction: float, seed: int, what: str,
+    source: str = "the data", classes: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Split off `fraction` of the rows, keeping class proportions; (rest_x, rest_y, x, y)."""
+    """Split off `fraction` of the rows, keeping class proportions; (rest_x, rest_y, x, y).
+    `source` (the file) and `classes` (the names) are for the error messages."""
     counts = np.bincount(labels)
-    present = counts[counts > 0]
+    present = np.flatnonzero(counts)
     held_out = int(np.ceil(fraction * len(labels)))
-    if present.min() < 2 or held_out < len(present) or len(labels) - held_out < len(present):
+    smallest = int(present[np.argmin(counts[present])])
+    if counts[smallest] < 2:
+        name = classes[smallest] if classes else str(smallest)
         raise DataError(
-            f"cannot split off a stratified {what} set of {fraction:.0%} from {len(labels)} rows "
-            f"(smallest class has {present.min()} rows, {len(present)} classes); "
-            "use more data or change the split fraction"
-        )
+            f"{source}: class {name!r} has {counts[smallest]} row; a stratified {what} split "
+            "needs at least 2 rows of every class: add rows of that class, or remove its rows "
+            "and its name from the dataset's `classes`")
+    if held_out < len(present) or len(labels) - held_out < len(present):
+        raise DataError(
+            f"{source}: a {what} set of {fraction:.0%} of {len(labels)} rows would hold "
+            f"{held_out} rows and leave {len(labels) - held_out}, but each side needs one row "
+            f"of each of the {len(present)} classes: add rows or change the split fraction "
+            "(prepare.valid_fraction / prepare.test_fraction)")
     # imported here: the train and evaluate stages load splits and never split (1.2 s saved each)
     from sklearn.model_selection import train_test_split
 
@@ -69,15 +78,17 @@ def split_dataset(
     train_labels: np.ndarray,
     test: tuple[np.ndarray, np.ndarray] | None,
     settings: PrepareParams,
+    source: str = "the train file",
+    classes: list[str] | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if test is None:
         train_images, train_labels, test_x, test_y = stratified_split(
-            train_images, train_labels, settings.test_fraction, settings.seed, "test"
-        )
+            train_images, train_labels, settings.test_fraction, settings.seed, "test", source,
+            classes)
         test = (test_x, test_y)
     train_x, train_y, valid_x, valid_y = stratified_split(
-        train_images, train_labels, settings.valid_fraction, settings.seed, "validation"
-    )
+        train_images, train_labels, settings.valid_fraction, settings.seed, "validation",
+        source, classes)
     return {"train": (train_x, train_y), "valid": (valid_x, valid_y), "test": test}
 
 
@@ -96,8 +107,19 @@ def prepare(
         tables["test"] = read_image_csv(test_file, layout, settings.on_bad_row,
                                         settings.max_bad_fraction)
 
+    classes = list(dataset.classes)
+    missing = [classes[i] for i in np.flatnonzero(
+        np.bincount(tables["train"].labels, minlength=len(classes)) == 0)]
+    if missing:
+        shown = ", ".join(repr(name) for name in missing[:10]) + (", ..." if len(missing) > 10
+                                                                   else "")
+        raise DataError(
+            f"{train_file}: no rows of {len(missing)} of the {len(classes)} declared classes "
+            f"({shown}); a model cannot learn a class it never sees: add rows of those classes, "
+            "or remove them from the dataset's `classes` (labels index that list, from 0)")
     test = (tables["test"].images, tables["test"].labels) if "test" in tables else None
-    splits = split_dataset(tables["train"].images, tables["train"].labels, test, settings)
+    splits = split_dataset(tables["train"].images, tables["train"].labels, test, settings,
+                           str(train_file), classes)
 
     digests = {name: row_digests(table.images) for name, table in tables.items()}
     shape = tuple(dataset.shape)

@@ -401,6 +401,6 @@ def test_download_stage_errors_are_one_line_as_dvc_runs_it(tmp_path):
                       "--cache", str(tmp_path / "cache"), "--sources", str(tmp_path / "src"))
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        f"error: {tmp_path / 'gone.csv'}: no such file (from the dataset's `path:`)"]
+        f"error: {tmp_path / 'gone.csv'} (from the dataset's `path:`): no such file"]
     assert not (tmp_path / "raw").exists() and not (tmp_path / "src").exists()
     assert not list(tmp_path.glob(".*.tmp"))

@@ -45,8 +45,13 @@ def test_without_a_test_file_a_stratified_test_set_is_split_off():
 
 def test_a_class_too_small_to_stratify_is_explained():
     labels = np.array([0] * 20 + [1])
-    with pytest.raises(DataError, match="smallest class has 1 rows"):
-        split_dataset(np.zeros((21, 1), np.uint8), labels, None, PrepareParams())
+    with pytest.raises(DataError, match="train.csv: class 'cat' has 1 row; a stratified test"):
+        split_dataset(np.zeros((21, 1), np.uint8), labels, None, PrepareParams(), "train.csv",
+                      ["dog", "cat"])
+    with pytest.raises(DataError, match="train.csv: a validation set of 20% of 6 rows would"):
+        split_dataset(np.zeros((6, 1), np.uint8), np.array([0, 0, 1, 1, 2, 2]),
+                      (np.zeros((1, 1), np.uint8), np.zeros(1, np.int64)), PrepareParams(),
+                      "train.csv")
 
 
 def test_prepare_writes_safe_pickles_and_a_quality_report(tmp_path):

@@ -1,0 +1,290 @@
+"""Hostile and tricky inputs, each fed through the entry point a user runs (`python -m
+pipeline.stages.X` as DVC runs it): refused with one line that names the place and the fix, in
+bounded memory and time, leaving nothing half-written behind."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, run_module
+
+TOY = {"format": "csv", "train": {"path": "unused.csv"}, "header": True,
+       "label_column": "label", "shape": [1, 2, 2], "classes": ["a", "b", "c"]}
+HEADER = b"label,p1,p2,p3,p4\n"
+
+
+def rows(count: int = 30) -> bytes:
+    return b"".join(b"%d,%d,0,255,7\n" % (i % 3, i) for i in range(count))
+
+
+def write_params(folder: Path, dataset: dict | None = None, **sections) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"]["toy"] = copy.deepcopy(dataset or TOY)
+    params["run"]["datasets"] = ["toy"]
+    for key, value in sections.items():
+        params[key] = {**params.get(key, {}), **value}
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def prepare(tmp_path: Path, body: bytes, name: str = "train.csv", dataset: dict | None = None,
+            limit_bytes: int | None = None) -> subprocess.CompletedProcess:
+    """The prepare stage on one raw file, optionally under an address-space limit."""
+    raw = tmp_path / "raw"
+    raw.mkdir(exist_ok=True)
+    (raw / name).write_bytes(body)
+    args = ["--params", str(write_params(tmp_path, dataset)), "--dataset", "toy",
+            "--raw", str(raw), "--out", str(tmp_path / "prepared")]
+    if limit_bytes is None:
+        return run_module("pipeline.stages.prepare", *args)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+    return subprocess.run([sys.executable, "-m", "pipeline.stages.prepare", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit)
+
+
+def refused(done: subprocess.CompletedProcess, *parts: str) -> str:
+    """The run failed with exactly one `error:` line holding every part, and no traceback."""
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    first = done.stderr.strip().splitlines()[0]
+    assert first.startswith("error: "), done.stderr
+    for part in parts:
+        assert part in done.stderr, (part, done.stderr)
+    return done.stderr
+
+
+def nothing_left(folder: Path) -> None:
+    leftovers = [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers and not (folder / "prepared").exists(), leftovers
+
+
+# --- numbers: only ASCII [+-]?[0-9]+ is an integer cell --------------------------------------
+
+@pytest.mark.parametrize(("cell", "kind"), [
+    (b"2_5", "non-numeric value"), ("\u0663".encode(), "non-ASCII value"),
+    ("\uff13".encode(), "non-ASCII value"), (b"1e2", "number in exponent notation"),
+    (b"1.5", "fractional value"), (b"0x1f", "non-numeric value"), (b"nan", "non-numeric"),
+])
+def test_cells_that_python_int_would_take_are_not_integers(tmp_path, cell, kind):
+    done = prepare(tmp_path, HEADER + rows(6) + b"1,3," + cell + b",4,5\n")
+    refused(done, "train.csv, line 8, column 3 ('p2')", kind, "digits 0-9")
+    nothing_left(tmp_path)
+
+
+def test_a_25_digit_value_is_out_of_range_not_an_overflow(tmp_path):
+    done = prepare(tmp_path, HEADER + rows(6) + b"1,3," + b"9" * 25 + b",4,5\n")
+    refused(done, "line 8, column 3", "is outside 0..255")
+
+
+def test_a_25_digit_label_is_not_a_class(tmp_path):
+    done = prepare(tmp_path, HEADER + b"9" * 25 + b",1,2,3,4\n" + rows(6))
+    refused(done, "line 2, column 1 ('label')", "is not a class")
+
+
+# --- encodings and line endings ---------------------------------------------------------------
+
+def test_a_utf16_file_is_named_as_such(tmp_path):
+    text = (HEADER + rows(6)).decode()
+    refused(prepare(tmp_path, text.encode("utf-16")), "NUL bytes", "UTF-16", "iconv")
+
+
+def test_latin1_bytes_in_the_header_are_named(tmp_path):
+    body = b"label,p\xe91,p2,p3,p4\n" + rows(6)
+    refused(prepare(tmp_path, body), "line 1: not UTF-8 text (byte 0xe9 at position 8)",
+            "iconv -f latin1")
+
+
+def test_latin1_bytes_in_a_row_are_named(tmp_path):
+    body = HEADER + rows(6) + b"1,2,3,4,\xb5\n"
+    refused(prepare(tmp_path, body), "line 8: byte 0xb5", "not UTF-8", "iconv")
+
+
+def test_lone_cr_line_endings_are_named(tmp_path):
+    body = (HEADER + rows(6)).replace(b"\n", b"\r")
+    refused(prepare(tmp_path, body), "lone CR", "tr ")
+
+
+def test_crlf_bom_gzip_and_blank_lines_still_pass(tmp_path):
+    body = b"\xef\xbb\xbf" + (HEADER + rows(30)).replace(b"\n", b"\r\n") + b"\r\n\r\n"
+    done = prepare(tmp_path, gzip.compress(body), name="train.csv.gz")
+    assert done.returncode == 0, done.stderr
+    assert "toy: train 19, valid 5, test 6 rows" in done.stdout
+
+
+# --- memory and time are bounded -----------------------------------------------------------
+
+LIMIT = 1_500_000_000  # address space for a prepare process: imports take ~1 GB of it
+
+
+def test_one_50_mb_line_is_refused_in_bounded_memory(tmp_path):
+    body = gzip.compress(HEADER + b"1," * (25 << 20), compresslevel=1)
+    done = prepare(tmp_path, body, name="train.csv.gz", limit_bytes=LIMIT)
+    refused(done, "line 2: longer than", "bytes with no line break", "check `shape`")
+
+
+def test_200_mb_of_blank_lines_are_refused_in_bounded_memory(tmp_path):
+    body = gzip.compress(HEADER + b"\n" * (200 << 20), compresslevel=1)
+    done = prepare(tmp_path, body, name="train.csv.gz", limit_bytes=LIMIT)
+    refused(done, "no data rows")
+
+
+def test_a_truncated_gzip_names_the_file(tmp_path):
+    body = gzip.compress(HEADER + rows(2000))
+    refused(prepare(tmp_path, body[: len(body) // 2], name="train.csv.gz"),
+            "train.csv.gz: cannot read", "truncated or corrupt")
+
+
+def test_a_corrupt_gzip_names_the_file(tmp_path):
+    body = bytearray(gzip.compress(HEADER + rows(2000)))
+    body[40:60] = b"\xff" * 20
+    refused(prepare(tmp_path, bytes(body), name="train.csv.gz"), "train.csv.gz: cannot read")
+
+
+def test_a_huge_declared_shape_is_refused_by_params(tmp_path):
+    dataset = {**TOY, "shape": [1, 100000, 100000]}
+    refused(prepare(tmp_path, HEADER, dataset=dataset),
+            "datasets.toy.shape", "1x100000x100000 is more than 4,194,304")
+    dataset = {**TOY, "shape": [3, 4096, 4096]}
+    refused(prepare(tmp_path, HEADER, dataset=dataset), "3x4096x4096 is more than 4,194,304")
+
+
+# --- splits -----------------------------------------------------------------------------------
+
+def test_a_class_with_one_row_is_named_with_the_file(tmp_path):
+    body = HEADER + b"".join(b"%d,1,2,3,4\n" % (i % 2) for i in range(20)) + b"2,1,2,3,4\n"
+    refused(prepare(tmp_path, body), "train.csv: class 'c' has 1 row", "stratified")
+
+
+def test_a_three_row_file_is_explained(tmp_path):
+    refused(prepare(tmp_path, HEADER + rows(3)), "train.csv: class", "has 1 row")
+
+
+def test_a_train_file_missing_declared_classes_is_refused(tmp_path):
+    body = HEADER + b"".join(b"0,%d,2,3,4\n" % i for i in range(20))
+    refused(prepare(tmp_path, body), "no rows of 2 of the 3 declared classes ('b', 'c')",
+            "remove them from the dataset's `classes`")
+
+
+# --- params.yaml --------------------------------------------------------------------------
+
+def params_error(tmp_path: Path, text: str) -> str:
+    (tmp_path / "params.yaml").write_text(text)
+    done = run_module("pipeline.stages.prepare", "--params", str(tmp_path / "params.yaml"),
+                      "--dataset", "toy", "--raw", str(tmp_path), "--out", str(tmp_path / "o"))
+    return refused(done)
+
+
+def base_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"]["toy"] = copy.deepcopy(TOY)
+    return params
+
+
+@pytest.mark.parametrize(("section", "key", "value", "expected"), [
+    ("train", "epochs", True, "train.epochs = True: Input should be a valid integer"),
+    ("train", "amp", "yes", "train.amp = 'yes': Input should be a valid boolean"),
+    ("train", "epochs", 1_000_000_000, "less than or equal to 100000"),
+    ("train", "batch_size", 2**40, "less than or equal to 1048576"),
+    ("train", "seed", 2**40, "less than or equal to 4294967295"),
+    ("download", "timeout_s", 1e9, "less than or equal to 3600"),
+])
+def test_params_are_strict_and_bounded(tmp_path, section, key, value, expected):
+    params = base_params()
+    params[section][key] = value
+    assert expected in params_error(tmp_path, yaml.safe_dump(params))
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    text = (ROOT / "params.yaml").read_text().replace(
+        "\n  epochs: 60", "\n  epochs: 60\n  epochs: 3", 1)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if t.startswith("  epochs: 3"))
+    assert f"line {line}: the key 'epochs' is given twice in one mapping (first at line " \
+        f"{line - 1})" in params_error(tmp_path, text)
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    bomb += [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]"
+             for i in range(8)]
+    text = (ROOT / "params.yaml").read_text() + "\n".join(bomb) + "\n"
+    assert "the alias *a refers to an anchor" in params_error(tmp_path, text)
+
+
+def test_a_300_character_name_is_refused_as_a_name(tmp_path):
+    params = base_params()
+    params["datasets"]["d" * 300] = copy.deepcopy(TOY)
+    assert "must start with a letter" in params_error(tmp_path, yaml.safe_dump(params))
+
+
+def test_a_params_file_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "p.yaml").write_bytes(b"run:\n  datasets: [caf\xe9]\n")
+    done = run_module("pipeline.stages.prepare", "--params", str(tmp_path / "p.yaml"),
+                      "--dataset", "toy", "--raw", str(tmp_path), "--out", str(tmp_path / "o"))
+    refused(done, "p.yaml: not UTF-8 text")
+
+
+# --- local paths ------------------------------------------------------------------------------
+
+def download(tmp_path: Path, path: str) -> subprocess.CompletedProcess:
+    params = write_params(tmp_path, {**TOY, "train": {"path": path}})
+    return run_module("pipeline.stages.download", "--params", str(params), "--dataset", "toy",
+                      "--out", str(tmp_path / "raw"), "--cache", str(tmp_path / "cache"),
+                      "--sources", str(tmp_path / "src"))
+
+
+def test_a_folder_given_as_path_is_named_a_folder(tmp_path):
+    refused(download(tmp_path, str(tmp_path)), "is a folder; point `path:` at the CSV file")
+
+
+def test_a_symlink_loop_is_named(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    refused(download(tmp_path, str(tmp_path / "loop")), "cannot be opened",
+            "Too many levels of symbolic links")
+
+
+def test_a_fifo_is_not_read(tmp_path):
+    os.mkfifo(tmp_path / "pipe.csv")
+    refused(download(tmp_path, str(tmp_path / "pipe.csv")), "is not a regular file")
+
+
+# --- leftovers after a kill -------------------------------------------------------------------
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_every_stage_run_sweeps_what_killed_runs_left(tmp_path):
+    """A killed stage's staging folder is removed by the next run of any stage, even when DVC
+    does not re-run the killed one; one a live process still writes is kept."""
+    project = tmp_path / "project"
+    (project / "data/raw").mkdir(parents=True)
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    stale_dir = project / "data/raw" / f".toy.{dead_pid()}.abc123.tmp"
+    stale_dir.mkdir()
+    (stale_dir / "train.csv").write_bytes(rows(100))
+    stale_part = project / "data" / f".train.csv.gz.{dead_pid()}.part.tmp"
+    stale_part.write_bytes(b"partial")
+    live = project / "data/raw" / f".toy.{os.getpid()}.def456.tmp"
+    live.mkdir()
+    done = run_module("pipeline.stages.report", "--params", str(project / "missing.yaml"),
+                      "--prepared", "p", "--evaluation", "e", "--live", "l", "--timing", "t",
+                      "--out", "o.html", "--run-script", "r.js", cwd=project)
+    refused(done, "missing.yaml: cannot read the parameters file")
+    assert not stale_dir.exists() and not stale_part.exists() and live.exists()

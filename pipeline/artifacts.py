@@ -201,7 +201,7 @@ def load_arrays(path: str | Path) -> dict[str, Any]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ArtifactError(f"{path}: missing; run the prepare stage (dvc repro)") from None
+        raise ArtifactError(f"{path}: missing; run the stage that writes it (dvc repro)") from None
     try:
         payload = _ArrayOnlyUnpickler(io.BytesIO(data), path).load()
     except ArtifactError:

@@ -42,7 +42,7 @@ from pipeline.sources import (
 
 IDX_LABELS_MAGIC = 2049
 IDX_IMAGES_MAGIC = 2051
-KAGGLE_LAYOUT = "label column first, named 'label', then pixel1..pixelN"
+MAX_BATCH_BYTES = 256 << 20  # a CIFAR-10 batch pickle is 31 MB; read whole, so it is bounded
 
 Fetch = Callable[[FileSource], Fetched]
 # Bounds of a dataset's declared shape: large enough for any image classification CSV, small
@@ -72,6 +72,15 @@ class _DatasetBase(Strict):
             raise ValueError(f"{shape[0]}x{shape[1]}x{shape[2]} is more than {MAX_PIXELS:,} "
                              "values an image; this pipeline is for small images")
         return tuple(shape)
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _numbers_name_classes(cls, classes: Any) -> Any:
+        """`classes: [0, 1, 2]` names the classes "0", "1", "2" (booleans stay refused)."""
+        if isinstance(classes, list):
+            return [str(c) if isinstance(c, int) and not isinstance(c, bool) else c
+                    for c in classes]
+        return classes
 
     @field_validator("classes")
     @classmethod
@@ -259,14 +268,28 @@ def read_cifar_batches(archive: Path, names: list[str], shape: tuple[int, int, i
     images, labels = [], []
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            members: dict[str, tarfile.TarInfo] = {}
+            for member in tar.getmembers():
+                if not member.isfile():
+                    continue
+                name = Path(member.name).name
+                if name in members and name in names:
+                    raise DownloadError(
+                        f"{archive.name}: two members are named {name!r} "
+                        f"({members[name].name} and {member.name}); which batch is meant is "
+                        "ambiguous, so the archive is refused: use the official tarball")
+                members.setdefault(name, member)
             for name in names:
                 if name not in members:
                     raise DownloadError(
                         f"{archive.name}: no batch {name!r} in the archive (it holds "
-                        f"{', '.join(sorted(members)) or 'no files'}); check the dataset's "
-                        "train_batches / test_batches")
+                        f"{', '.join(sorted(members)[:20]) or 'no files'}); check the "
+                        "dataset's train_batches / test_batches")
                 where = f"{archive.name}:{members[name].name}"
+                if members[name].size > MAX_BATCH_BYTES:
+                    raise DownloadError(
+                        f"{where}: {members[name].size:,} bytes, more than a batch can be "
+                        f"({MAX_BATCH_BYTES:,}; CIFAR's are ~31 MB); refusing to read it")
                 batch = load_foreign_arrays(tar.extractfile(members[name]).read(), where)
                 data = batch.get(b"data") if isinstance(batch, dict) else None
                 targets = batch.get(b"labels", batch.get(b"fine_labels")) \

@@ -279,6 +279,11 @@ class _ParamsLoader(yaml.SafeLoader):
 
 _ParamsLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
                               _ParamsLoader.construct_mapping)
+# `lr: 1e-3` is a float in YAML 1.2 (and to DVC, which rewrites params.yaml), a string to
+# PyYAML's YAML 1.1 rules; the schema is strict, so read it as the number everyone means.
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 MAX_PARAMS_BYTES = 1 << 20
 
 

@@ -46,11 +46,19 @@ def load_image(path: Path, shape: tuple[int, int, int], invert: str = "auto") ->
     channels, height, width = shape
     try:
         with Image.open(path) as opened:
+            frames = getattr(opened, "n_frames", 1)
+            if frames > 1:
+                raise PredictError(f"{path}: an animated image with {frames} frames; save the "
+                                   "frame to classify as a PNG")
             opened.load()
-            image = opened.convert("L" if channels == 1 else "RGB")
+            image = _to_8_bit(opened).convert("L" if channels == 1 else "RGB")
     except FileNotFoundError:
         raise PredictError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as error:
+    except IsADirectoryError:
+        raise PredictError(f"{path}: is a folder; give the image files in it") from None
+    except Image.DecompressionBombError as error:
+        raise PredictError(f"{path}: refused as a decompression bomb ({error})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise PredictError(f"{path}: not an image this tool can read ({error}); "
                            "use a PNG or JPEG file") from None
     if channels not in (1, 3):
@@ -66,6 +74,29 @@ def load_image(path: Path, shape: tuple[int, int, int], invert: str = "auto") ->
     if invert == "yes" or (invert == "auto" and _light_background(array)):
         array = 255 - array
     return np.ascontiguousarray(array)
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """8 bits a channel without losing the picture: 16- and 32-bit grey are scaled down (PIL's
+    own conversion clips them to white), and a transparent background is filled with the
+    colour opposite to the ink, so the drawing stays visible whatever its colour."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba, dtype=np.float64)[..., 3:] / 255.0
+        grey = np.asarray(rgba.convert("L"), dtype=np.float64)
+        opaque = alpha[..., 0] > 0.5
+        ink_is_light = opaque.any() and grey[opaque].mean() > 127
+        background = 0.0 if ink_is_light else 255.0
+        rgb = np.asarray(rgba, dtype=np.float64)[..., :3]
+        flat = rgb * alpha + background * (1.0 - alpha)
+        return Image.fromarray(np.clip(flat + 0.5, 0, 255).astype(np.uint8), "RGB")
+    return image
 
 
 def _light_background(image: np.ndarray) -> bool:
@@ -134,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="also write every probability to this CSV")
     args = parser.parse_args(argv)
 
+    if args.out is not None and args.out.is_dir():
+        raise PredictError(f"--out {args.out}: is a folder; give a file name, e.g. "
+                           f"{args.out / 'predictions.csv'}")
     checkpoint = load_checkpoint(args.checkpoint)
     models = checkpoint.seed_models()
     if len(models) > 1:

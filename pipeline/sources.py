@@ -12,14 +12,17 @@ marks the stage changed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import importlib.resources
 import os
 import random
+import re
 import stat
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -108,10 +111,16 @@ def candidate_urls(source: FileSource, mirrors: list[str]) -> list[str]:
 
 
 def check_content(path: Path, file_name: str) -> None:
-    """Reject content that cannot be what the file name promises (e.g. an HTML error page)."""
+    """Reject content that cannot be what the file name promises (e.g. an HTML error page:
+    no dataset file is HTML, so one is refused even where nothing is pinned)."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if start.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml")):
+        raise _MirrorRejected("the server sent an HTML/XML page, not the data file (a login, "
+                              "error or redirect page); check the URL")
     if file_name.endswith(".gz"):
-        with open(path, "rb") as handle:
-            head = handle.read(2)
+        head = head[:2]
         if head != GZIP_MAGIC:
             raise _MirrorRejected(
                 f"not gzip data (starts with {head!r}, expected {GZIP_MAGIC!r}); "
@@ -136,12 +145,15 @@ def _validators(headers) -> dict[str, str]:
     return {key: value for key, value in found.items() if value}
 
 
-def _stream_once(url: str, part: Path, settings: DownloadParams,
-                 show_progress: bool) -> dict[str, str]:
-    """Stream one URL into `part`; returns the response's validators."""
+def _stream_once(url: str, part: Path, settings: DownloadParams, show_progress: bool,
+                 deadline: float, max_bytes: int | None = None) -> dict[str, str]:
+    """Stream one URL into `part`, giving up at `deadline` (time.monotonic) however slowly
+    the bytes trickle in, and after `max_bytes` when the size is pinned. Returns the response's
+    validators."""
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
-        response = urllib.request.urlopen(request, timeout=settings.timeout_s)
+        response = urllib.request.urlopen(
+            request, timeout=max(0.1, min(settings.timeout_s, deadline - time.monotonic())))
     except urllib.error.HTTPError as error:
         if error.code >= 500 or error.code == 429:
             raise _RetryableError(f"HTTP {error.code} {error.reason}") from None
@@ -152,14 +164,22 @@ def _stream_once(url: str, part: Path, settings: DownloadParams,
     with response:
         declared = response.headers.get("Content-Length")
         total = int(declared) if declared and declared.isdigit() else None
+        if max_bytes is not None and total is not None and total > max_bytes:
+            raise _MirrorRejected(f"the server announces {total:,} bytes, but the pinned size "
+                                  f"is {max_bytes:,}")
         received = 0
         bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
                    desc=Path(url).name, disable=not show_progress, leave=False)
         try:
             with open(part, "wb") as handle:
                 while True:
+                    if time.monotonic() > deadline:
+                        raise _RetryableError(f"too slow: {received:,} bytes when the time "
+                                              f"limit (download.max_total_s) ran out")
                     try:
-                        block = response.read(settings.chunk_bytes)
+                        # read1 returns what has arrived (one receive at most): read(n) would
+                        # wait for all n bytes, which a trickling server never sends
+                        block = response.read1(settings.chunk_bytes)
                     except TimeoutError:
                         raise _RetryableError(f"read timed out after {received:,} bytes") from None
                     except (http.client.IncompleteRead, ConnectionError, OSError) as error:
@@ -171,6 +191,9 @@ def _stream_once(url: str, part: Path, settings: DownloadParams,
                     handle.write(block)
                     received += len(block)
                     bar.update(len(block))
+                    if max_bytes is not None and received > max_bytes:
+                        raise _MirrorRejected(f"more than the pinned size of {max_bytes:,} "
+                                              "bytes; stopped reading")
                 handle.flush()
                 os.fsync(handle.fileno())
         finally:
@@ -198,7 +221,8 @@ def download(
         for url in urls:
             for attempt in range(settings.retries + 1):
                 try:
-                    validators = _stream_once(url, part, settings, show_progress)
+                    validators = _stream_once(url, part, settings, show_progress,
+                                              started + settings.max_total_s, size)
                     check_content(part, dest.name)
                     digest = verify(part, sha256, size)
                 except _RetryableError as error:
@@ -240,6 +264,15 @@ def _resource_path(resource: str) -> Path:
     if not path.is_file():
         raise DownloadError(f"resource {resource!r}: {name!r} not found in package {package!r}")
     return path
+
+
+def cache_name(url: str) -> str:
+    """A safe file name for a URL's download: its last path segment when that is a plain name,
+    else one derived from the URL (a URL ending in `/..` or `/` names no file)."""
+    segment = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+    if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,119}", segment):
+        return segment
+    return f"download-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
 
 
 def check_readable_file(path: Path) -> None:
@@ -292,7 +325,7 @@ def fetch(
         return Fetched(origin, label, digest, origin.stat().st_size)
 
     urls = candidate_urls(source, mirrors)
-    dest = cache_dir / Path(urls[0].split("?")[0]).name
+    dest = cache_dir / cache_name(urls[0])
     if dest.exists() and source.sha256 is not None:
         try:
             digest = verify(dest, source.sha256, source.size)

@@ -10,12 +10,14 @@ import os
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import ROOT, run_module
+from tests.conftest import ROOT, run_module, serve_bytes
 
 TOY = {"format": "csv", "train": {"path": "unused.csv"}, "header": True,
        "label_column": "label", "shape": [1, 2, 2], "classes": ["a", "b", "c"]}
@@ -262,6 +264,75 @@ def test_a_fifo_is_not_read(tmp_path):
     refused(download(tmp_path, str(tmp_path / "pipe.csv")), "is not a regular file")
 
 
+# --- downloads ------------------------------------------------------------------------------
+
+def serve_trickle(body: bytes, every_s: float):
+    """Announce the whole body, then send one byte at a time."""
+    def action(handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        for byte in body:
+            try:
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+            except OSError:
+                return
+            time.sleep(every_s)
+    return action
+
+
+def serve_unannounced(body: bytes):
+    """A body with no Content-Length: the client only learns its size by reading it."""
+    def action(handler) -> None:
+        handler.send_response(200)
+        handler.end_headers()
+        handler.wfile.write(body)
+        handler.close_connection = True
+    return action
+
+
+def download_url(tmp_path: Path, train: dict, **download_settings) -> subprocess.CompletedProcess:
+    settings = {"retries": 0, "backoff_s": 0, **download_settings}
+    params = write_params(tmp_path, {**TOY, "train": train}, download=settings)
+    return run_module("pipeline.stages.download", "--params", str(params), "--dataset", "toy",
+                      "--out", str(tmp_path / "raw"), "--cache", str(tmp_path / "cache"),
+                      "--sources", str(tmp_path / "src"))
+
+
+def test_a_trickling_server_is_given_up_on_at_the_time_limit(http_server, tmp_path):
+    url = http_server.add("/slow.csv", serve_trickle(HEADER + rows(100), every_s=0.05))
+    started = time.monotonic()
+    done = download_url(tmp_path, {"url": url}, timeout_s=5, max_total_s=2)
+    refused(done, "too slow", "download.max_total_s")
+    assert time.monotonic() - started < 15
+    assert not (tmp_path / "raw").exists() and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_body_larger_than_the_pinned_size_is_not_read_to_the_end(http_server, tmp_path):
+    body = HEADER + rows(200_000)  # ~3 MB where 100 bytes are pinned
+    url = http_server.add("/big.csv", serve_unannounced(body))
+    done = download_url(tmp_path, {"url": url, "size": 100})
+    refused(done, "more than the pinned size of 100 bytes; stopped reading")
+    url = http_server.add("/announced.csv", serve_bytes(body))
+    refused(download_url(tmp_path, {"url": url, "size": 100}),
+            f"the server announces {len(body):,} bytes, but the pinned size is 100")
+
+
+def test_an_html_page_from_an_unpinned_url_is_refused(http_server, tmp_path):
+    page = b"<!DOCTYPE html><html><body>Please sign in</body></html>"
+    url = http_server.add("/data.csv", serve_bytes(page))
+    refused(download_url(tmp_path, {"url": url}), "sent an HTML/XML page, not the data file")
+
+
+def test_a_url_ending_in_dot_dot_gets_a_safe_cache_name(http_server, tmp_path):
+    url = http_server.add("/files/..", serve_bytes(HEADER + rows(30)))
+    done = download_url(tmp_path, {"url": url})
+    assert done.returncode == 0, done.stderr
+    cached = [p.name for p in (tmp_path / "cache" / "toy").iterdir()]
+    assert len(cached) == 1 and cached[0].startswith("download-")
+
+
 # --- leftovers after a kill -------------------------------------------------------------------
 
 def dead_pid() -> int:
@@ -288,3 +359,129 @@ def test_every_stage_run_sweeps_what_killed_runs_left(tmp_path):
                       "--out", "o.html", "--run-script", "r.js", cwd=project)
     refused(done, "missing.yaml: cannot read the parameters file")
     assert not stale_dir.exists() and not stale_part.exists() and live.exists()
+
+
+# --- predict: images ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def toy_model(tmp_path_factory) -> Path:
+    """A model that tells 'left' (bright left half) from 'right' on 1x4x4 images."""
+    from pipeline.checkpoint import Checkpoint
+    from pipeline.engine import fit
+    from pipeline.models import Linear
+    from pipeline.params import TrainSettings
+    from tests.conftest import CPU, toy_splits
+
+    result = fit(Linear(), TrainSettings(epochs=8, batch_size=32, lr=0.05), toy_splits(), CPU,
+                 seed=0, log=lambda _: None)
+    path = tmp_path_factory.mktemp("model") / "toy.pt"
+    Checkpoint(Linear(), (1, 4, 4), ["left", "right"], [result.state_dict],
+               result.initial_state_dict).save(path)
+    return path
+
+
+def predict(model: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_module("pipeline.predict", "--checkpoint", str(model), *args)
+
+
+def halves(left: float, right: float, size: int = 16) -> np.ndarray:
+    pixels = np.full((size, size), right, dtype=np.float64)
+    pixels[:, : size // 2] = left
+    return pixels
+
+
+def test_a_16_bit_grey_png_is_scaled_not_clipped(tmp_path, toy_model):
+    from PIL import Image
+
+    from pipeline.predict import load_image
+
+    path = tmp_path / "deep.png"
+    Image.fromarray(halves(20000, 0).astype(np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I")
+    image = load_image(path, (1, 4, 4), invert="no")
+    assert 70 <= image[0, :, :2].mean() <= 86 and image[0, :, 2:].max() < 10  # 20000/65535*255
+    done = predict(toy_model, str(path), "--invert", "no")
+    assert done.returncode == 0 and done.stdout.startswith(f"{path}: left "), done.stderr
+
+
+def test_dark_ink_on_a_transparent_background_is_not_a_blank_image(tmp_path, toy_model):
+    from PIL import Image
+
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[:, :8, 3] = 255  # opaque black ink on the left, fully transparent elsewhere
+    path = tmp_path / "drawing.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    done = predict(toy_model, str(path))
+    assert done.returncode == 0 and done.stdout.startswith(f"{path}: left "), done.stderr
+
+
+def test_an_animated_gif_is_refused_not_read_from_its_first_frame(tmp_path, toy_model):
+    from PIL import Image
+
+    frames = [Image.fromarray(halves(255, 0).astype(np.uint8)),
+              Image.fromarray(halves(0, 255).astype(np.uint8))]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+    refused(predict(toy_model, str(path)), "anim.gif: an animated image with 2 frames")
+
+
+def test_a_decompression_bomb_is_refused_with_the_file_name(tmp_path, toy_model):
+    from PIL import Image
+
+    path = tmp_path / "bomb.png"
+    Image.new("1", (20_000, 20_000)).save(path)  # 400 million pixels in a few kB
+    assert path.stat().st_size < 200_000
+    refused(predict(toy_model, str(path)), "bomb.png: refused as a decompression bomb")
+
+
+def test_out_naming_a_folder_is_refused_before_anything_runs(tmp_path, toy_model):
+    refused(predict(toy_model, str(tmp_path), "--out", str(tmp_path)),
+            f"--out {tmp_path}: is a folder")
+
+
+def test_the_report_stage_names_a_missing_evaluation(tmp_path):
+    """The report reads only files; one that is missing is named with the way to make it."""
+    from pipeline.artifacts import save_arrays, write_json
+    from tests.conftest import toy_splits
+
+    params = write_params(tmp_path, run={"datasets": ["toy"], "models": ["linear"]})
+    prepared = tmp_path / "prepared" / "toy"
+    prepared.mkdir(parents=True)
+    for name, split in toy_splits().items():
+        save_arrays(prepared / f"{name}.pkl", {"images": split.images, "labels": split.labels,
+                                               "classes": split.classes})
+    write_json(prepared / "quality.json", {"classes": ["left", "right"], "shape": [1, 4, 4]})
+    done = run_module("pipeline.stages.report", "--params", str(params),
+                      "--prepared", str(tmp_path / "prepared"),
+                      "--evaluation", str(tmp_path / "evaluation"), "--live", str(tmp_path / "l"),
+                      "--timing", str(tmp_path / "t"), "--out", str(tmp_path / "index.html"),
+                      "--run-script", str(tmp_path / "run.js"))
+    refused(done, f"{tmp_path / 'evaluation' / 'toy' / 'linear.pkl'}: missing; run the stage "
+            "that writes it (dvc repro)")
+    assert not (tmp_path / "index.html").exists() and not (tmp_path / "run.js").exists()
+
+
+def test_what_users_write_in_yaml_still_reads_as_meant(tmp_path):
+    """Strict types, but `lr: 1e-3` (a float in YAML 1.2 and to DVC) and numeric class names
+    are read as meant."""
+    from pipeline.params import load_params
+
+    text = (ROOT / "params.yaml").read_text().replace("  lr: 0.02 ", "  lr: 2e-2 ", 1)
+    text = text.replace('classes: ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]',
+                        "classes: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]", 1)
+    assert "lr: 2e-2" in text and "classes: [0, 1, 2" in text
+    (tmp_path / "params.yaml").write_text(text)
+    params = load_params(tmp_path / "params.yaml")
+    assert params.train.lr == 0.02 and params.dataset("digits").classes[:2] == ["0", "1"]
+
+
+def test_predict_names_a_checkpoint_it_cannot_use(tmp_path, toy_model):
+    import torch
+
+    torch.save({"state_dict": {}}, tmp_path / "old.pt")
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray(halves(255, 0).astype(np.uint8)).save(image)
+    refused(run_module("pipeline.predict", "--checkpoint", str(tmp_path / "old.pt"), str(image)),
+            "old.pt: not a checkpoint written by this pipeline's train stage")

@@ -14,6 +14,7 @@ import os
 import shutil
 import struct
 import tarfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -42,6 +43,7 @@ from pipeline.sources import (
 
 IDX_LABELS_MAGIC = 2049
 IDX_IMAGES_MAGIC = 2051
+MAX_IDX_BYTES = 4 << 30  # 60,000 MNIST images are 47 MB
 MAX_BATCH_BYTES = 256 << 20  # a CIFAR-10 batch pickle is 31 MB; read whole, so it is bounded
 
 Fetch = Callable[[FileSource], Fetched]
@@ -221,27 +223,37 @@ Dataset = Annotated[AnyDataset, Field(discriminator="format")]
 
 
 def read_idx(path: Path, expected_magic: int, expected_dims: tuple[int, ...] | None) -> np.ndarray:
-    """Read a gzipped IDX file, checking its magic number and dimensions."""
+    """Read a gzipped IDX file, checking its magic number and dimensions. The body is read
+    only up to what the header promises (bounded by MAX_IDX_BYTES), so a gzip bomb or a
+    header that lies cannot take the memory."""
     try:
         with gzip.open(path, "rb") as handle:
-            data = handle.read()
-    except (OSError, EOFError) as error:
+            head = handle.read(4)
+            if len(head) < 4:
+                raise DownloadError(f"{path}: too short for an IDX header ({len(head)} bytes)")
+            (magic,) = struct.unpack(">I", head)
+            if magic != expected_magic:
+                raise DownloadError(f"{path}: IDX magic {magic}, expected {expected_magic}")
+            ndims = magic & 0xFF
+            raw_dims = handle.read(4 * ndims)
+            if len(raw_dims) < 4 * ndims:
+                raise DownloadError(f"{path}: the IDX header is cut short")
+            dims = struct.unpack(f">{ndims}I", raw_dims)
+            if expected_dims is not None and tuple(dims[1:]) != expected_dims:
+                raise DownloadError(
+                    f"{path}: IDX item shape {dims[1:]}, expected {expected_dims}")
+            promised = int(np.prod(dims, dtype=np.int64))
+            if promised > MAX_IDX_BYTES:
+                raise DownloadError(f"{path}: the IDX header promises {promised:,} bytes, more "
+                                    f"than {MAX_IDX_BYTES:,}; not an MNIST-style file")
+            data = handle.read(promised + 1)
+    except (OSError, EOFError, zlib.error) as error:
         raise DownloadError(f"{path}: not a readable gzip file ({error})") from None
-    if len(data) < 8:
-        raise DownloadError(f"{path}: too short for an IDX header ({len(data)} bytes)")
-    (magic,) = struct.unpack(">I", data[:4])
-    if magic != expected_magic:
-        raise DownloadError(f"{path}: IDX magic {magic}, expected {expected_magic}")
-    ndims = magic & 0xFF
-    dims = struct.unpack(f">{ndims}I", data[4 : 4 + 4 * ndims])
-    if expected_dims is not None and tuple(dims[1:]) != expected_dims:
-        raise DownloadError(f"{path}: IDX item shape {dims[1:]}, expected {expected_dims}")
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndims)
-    if body.size != int(np.prod(dims)):
+    if len(data) != promised:
         raise DownloadError(
-            f"{path}: IDX body has {body.size:,} bytes, header promises {int(np.prod(dims)):,}"
-        )
-    return body.reshape(dims)
+            f"{path}: IDX body has {len(data):,}{'+' if len(data) > promised else ''} bytes, "
+            f"header promises {promised:,}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def write_kaggle_csv(path: Path, images: np.ndarray, labels: np.ndarray) -> int:

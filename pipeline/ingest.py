@@ -190,6 +190,15 @@ def _not_an_integer(cell: str) -> str:
     return "non-numeric value"
 
 
+def _separator_hint(line: str, fields: int) -> str:
+    """When a line with too few commas is full of another separator, say so."""
+    for separator, name in ((";", "semicolons"), ("\t", "tabs"), (" ", "spaces"), ("|", "bars")):
+        if line.count(separator) >= max(2, 2 * fields):
+            return (f"; the line is separated by {name}, not commas: save the file as "
+                    "comma-separated CSV")
+    return ""
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -279,6 +288,7 @@ class _Reader:
                 f"{self.path}, line 1: the header has {len(header)} columns, expected "
                 f"{self.ncols} (1 label + {self.layout.num_pixels} pixels for the dataset's "
                 "shape); check the dataset's `shape` or the file"
+                + _separator_hint(text, len(header))
             )
         if header is not None:
             repeated = sorted({h for h in header if header.count(h) > 1})
@@ -300,7 +310,8 @@ class _Reader:
             raise _BadRow(
                 f"{problem} fields",
                 f"{self.path}, line {line_no}: {problem} fields: found {len(fields)}, expected "
-                f"{self.ncols} (1 label + {self.layout.num_pixels} pixels)",
+                f"{self.ncols} (1 label + {self.layout.num_pixels} pixels)"
+                + _separator_hint(line, len(fields)),
             )
         values = np.empty(self.ncols, dtype=np.int64)
         for column, raw in enumerate(fields):
@@ -312,8 +323,9 @@ class _Reader:
                 kind = _not_an_integer(cell)
                 raise _BadRow(kind, f"{self._where(line_no, column)}: {kind} {cell[:40]!r}; "
                               "expected an integer written with the digits 0-9")
-            # longer than 18 digits cannot fit int64, and is out of every range anyway
-            value = int(cell) if len(cell) <= 18 else 10**18
+            # more than 18 significant digits cannot fit int64, and is out of every range anyway
+            significant = cell.lstrip("+-").lstrip("0")
+            value = int(cell) if len(significant) <= 18 else 10**18
             self._check_range(value, column, line_no, cell[:40])
             values[column] = value
         return values

@@ -485,3 +485,33 @@ def test_predict_names_a_checkpoint_it_cannot_use(tmp_path, toy_model):
     Image.fromarray(halves(255, 0).astype(np.uint8)).save(image)
     refused(run_module("pipeline.predict", "--checkpoint", str(tmp_path / "old.pt"), str(image)),
             "old.pt: not a checkpoint written by this pipeline's train stage")
+
+
+def test_a_semicolon_separated_file_is_named_as_such(tmp_path):
+    body = (HEADER + rows(10)).replace(b",", b";")
+    refused(prepare(tmp_path, body), "the header has 1 columns",
+            "separated by semicolons, not commas")
+
+
+def test_leading_zeros_are_still_the_number(tmp_path):
+    body = HEADER + rows(30) + b"1," + b"0" * 40 + b"7,0,0,0\n"
+    done = prepare(tmp_path, body)
+    assert done.returncode == 0, done.stderr
+
+
+def test_an_idx_header_that_promises_too_much_is_refused_without_reading_it(tmp_path):
+    import struct
+
+    from pipeline.formats import IDX_IMAGES_MAGIC, read_idx
+    from pipeline.sources import DownloadError
+
+    bomb = tmp_path / "images.gz"
+    header = struct.pack(">IIII", IDX_IMAGES_MAGIC, 4_000_000_000, 28, 28)
+    bomb.write_bytes(gzip.compress(header + bytes(1000)))
+    with pytest.raises(DownloadError, match="promises 3,136,000,000,000 bytes, more than"):
+        read_idx(bomb, IDX_IMAGES_MAGIC, (28, 28))
+    short = tmp_path / "short.gz"
+    short.write_bytes(gzip.compress(struct.pack(">IIII", IDX_IMAGES_MAGIC, 10, 28, 28)
+                                    + bytes(28 * 28 * 10 + 50)))
+    with pytest.raises(DownloadError, match=r"IDX body has 7,841\+ bytes, header promises 7,840"):
+        read_idx(short, IDX_IMAGES_MAGIC, (28, 28))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ class Inputs:
     names: list[str]  # "file" or "file:row"
     images: np.ndarray  # (N, C, H, W) uint8
     labels: list[str | None]  # the true class where the input says it
+    failures: list[str] = field(default_factory=list)  # one message per file that was refused
 
 
 def load_image(path: Path, shape: tuple[int, int, int], invert: str = "auto") -> np.ndarray:
@@ -107,30 +108,45 @@ def _light_background(image: np.ndarray) -> bool:
 
 def load_inputs(paths: list[Path], shape: tuple[int, int, int], classes: list[str],
                 dataset_name: str | None, params_path: Path, invert: str) -> Inputs:
+    """Every input that can be read; a file that cannot is recorded and the others go on."""
     names: list[str] = []
     images: list[np.ndarray] = []
     labels: list[str | None] = []
+    failures: list[str] = []
     for path in paths:
-        if path.name.lower().endswith(CSV_SUFFIXES):
-            if dataset_name is None:
-                raise PredictError(f"{path}: the checkpoint does not say which dataset it was "
-                                   "trained on, so the CSV layout is unknown")
-            dataset = load_params(params_path).dataset(dataset_name)
-            try:
-                table = read_image_csv(path, dataset.csv_layout())
-            except DataError as error:
-                raise PredictError(str(error)) from None
-            images.extend(table.images.reshape(-1, *shape))
-            names.extend(f"{path}:{row}" for row in range(1, len(table.labels) + 1))
-            labels.extend(classes[label] for label in table.labels)
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
-            images.append(load_image(path, shape, invert))
-            names.append(str(path))
-            labels.append(None)
-        else:
-            raise PredictError(f"{path}: expected a CSV ({', '.join(CSV_SUFFIXES)}) or an image "
-                               f"({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return Inputs(names, np.stack(images) if images else np.zeros((0, *shape), np.uint8), labels)
+        try:
+            got_names, got_images, got_labels = _load_one(path, shape, classes, dataset_name,
+                                                          params_path, invert)
+        except PredictError as error:
+            failures.append(str(error))
+            continue
+        names.extend(got_names)
+        images.extend(got_images)
+        labels.extend(got_labels)
+    return Inputs(names, np.stack(images) if images else np.zeros((0, *shape), np.uint8), labels,
+                  failures)
+
+
+def _load_one(path: Path, shape: tuple[int, int, int], classes: list[str],
+              dataset_name: str | None, params_path: Path, invert: str
+              ) -> tuple[list[str], list[np.ndarray], list[str | None]]:
+    """One input file's (names, images, true labels); PredictError when it cannot be read."""
+    if path.name.lower().endswith(CSV_SUFFIXES):
+        if dataset_name is None:
+            raise PredictError(f"{path}: the checkpoint does not say which dataset it was "
+                               "trained on, so the CSV layout is unknown")
+        dataset = load_params(params_path).dataset(dataset_name)
+        try:
+            table = read_image_csv(path, dataset.csv_layout())
+        except DataError as error:
+            raise PredictError(str(error)) from None
+        return ([f"{path}:{row}" for row in range(1, len(table.labels) + 1)],
+                list(table.images.reshape(-1, *shape)),
+                [classes[label] for label in table.labels])
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return [str(path)], [load_image(path, shape, invert)], [None]
+    raise PredictError(f"{path}: expected a CSV ({', '.join(CSV_SUFFIXES)}) or an image "
+                       f"({', '.join(sorted(IMAGE_SUFFIXES))})")
 
 
 @torch.no_grad()
@@ -171,8 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = load_checkpoint(args.checkpoint)
     models = checkpoint.seed_models()
     if len(models) > 1:
-        print(f"{args.checkpoint}: averaging the logits of its {len(models)} seed copies",
-              file=sys.stderr)
+        print(f"{args.checkpoint}: averaging the logits of its {len(models)} seed copies (the "
+              "report's seed-ensemble accuracy; its model table's main figure is the first "
+              "seed alone)", file=sys.stderr)
     classes = checkpoint.classes
     shape = checkpoint.input_shape
     inputs = load_inputs(args.inputs, shape, classes, checkpoint.dataset, args.params,
@@ -193,6 +210,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         write_csv(args.out, inputs, probs, classes)
         print(f"wrote {args.out}", file=sys.stderr)
+    if len(inputs.failures) == 1:
+        raise PredictError(inputs.failures[0])
+    if inputs.failures:
+        raise PredictError(f"{len(inputs.failures)} of {len(args.inputs)} inputs could not be "
+                           "classified (the others are above):\n  "
+                           + "\n  ".join(inputs.failures))
 
 
 def cli() -> None:

@@ -131,3 +131,20 @@ def test_the_command_line_prints_one_error_line(checkpoint, tmp_path):
                              "--checkpoint", str(checkpoint)], capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: {missing}: no such file"
+
+
+def test_one_bad_file_does_not_stop_the_batch(checkpoint, tmp_path):
+    """Every readable input is classified; the bad ones are listed and the exit code says so."""
+    good = [half_image(tmp_path / "a.png", "left"), half_image(tmp_path / "b.png", "right")]
+    bad = tmp_path / "broken.png"
+    bad.write_text("not an image")
+    missing = tmp_path / "gone.png"
+    result = subprocess.run([sys.executable, "-m", "pipeline.predict", str(good[0]), str(bad),
+                             str(good[1]), str(missing), "--checkpoint", str(checkpoint),
+                             "--invert", "no"], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    printed = result.stdout.splitlines()
+    assert printed[0].startswith(f"{good[0]}: left ") and printed[1].startswith(f"{good[1]}: right")
+    assert "error: 2 of 4 inputs could not be classified" in result.stderr
+    assert f"{bad}: not an image this tool can read" in result.stderr
+    assert f"{missing}: no such file" in result.stderr

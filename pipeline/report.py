@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import json
+import os
 import platform
 import subprocess
 from dataclasses import dataclass, field
@@ -264,7 +265,7 @@ def build_report(params: Params, inputs: Inputs, out: Path, run_script: Path,
         "packages": package_versions(),
         "platform": f"{platform.system()} {platform.machine()}",
     }
-    script_src = _relative(run_script, out.parent)
+    script_src = Path(os.path.relpath(run_script.resolve(), out.resolve().parent)).as_posix()
     html = render(sections, environment, script_src)
     comparison = compare_experiments(sections, params, inputs.live, repo_root)
     fragments = run_fragments(sections, params, comparison)

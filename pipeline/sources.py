@@ -351,13 +351,16 @@ def upstream_change(record: dict, settings: DownloadParams) -> str | None:
     them is downloaded again and hashed (what `dvc update` does for `dvc import-url`)."""
     url = record["source"]
     request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
+    now: dict[str, str] = {}
+    length = None
     try:
         with urllib.request.urlopen(request, timeout=settings.timeout_s) as response:
             now = _validators(response.headers)
             length = response.headers.get("Content-Length")
     except urllib.error.HTTPError as error:
-        raise DownloadError(f"{url}: HTTP {error.code} {error.reason} when checking it for "
-                            "changes; is the URL still right?") from None
+        if error.code not in (405, 501):  # a server that does not answer HEAD is re-hashed
+            raise DownloadError(f"{url}: HTTP {error.code} {error.reason} when checking it "
+                                "for changes; is the URL still right?") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
         raise DownloadError(f"{url}: cannot connect to check it for changes "
                             f"({getattr(error, 'reason', error)})") from None

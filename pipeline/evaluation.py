@@ -31,6 +31,7 @@ class Evaluation:
     filters: np.ndarray | None  # first conv's weights averaged over input channels
     feature_maps: np.ndarray | None  # first conv's output for test image 0
     weight_histograms: dict[str, dict]  # per weight tensor: edges, initial, trained, size
+    training: dict  # the effective settings it was trained with: optimizer, lr, batch size, ...
 
 
 def save_evaluation(path: Path, evaluation: Evaluation) -> None:

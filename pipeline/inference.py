@@ -15,6 +15,8 @@ from pipeline.models import count_params, layer_summary
 from pipeline.splits import Split
 
 HISTOGRAM_BINS = 40
+TRAINING_KEYS = ("optimizer", "lr", "schedule", "batch_size", "epochs", "weight_decay",
+                 "momentum", "bf16")
 
 
 def evaluate(checkpoint: Checkpoint, test: Split) -> Evaluation:
@@ -54,6 +56,7 @@ def evaluate(checkpoint: Checkpoint, test: Split) -> Evaluation:
         weight_histograms=weight_histograms(
             {k: v.detach().float().numpy() for k, v in initial.named_parameters()},
             {k: v.detach().float().numpy() for k, v in model.named_parameters()}),
+        training={key: checkpoint.run[key] for key in TRAINING_KEYS if key in checkpoint.run},
     )
 
 

@@ -122,7 +122,7 @@ def class_balance(counts: dict[str, list[int]], classes: list[str], title: str) 
     ax.set_xticks(np.arange(len(classes)) + width * (len(counts) - 1) / 2, classes,
                   rotation=45, ha="right", fontsize=8)
     ax.set(ylabel="images", title=title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not on, bars
     ax.grid(axis="y", alpha=0.3)
     return to_data_uri(figure)
 
@@ -166,7 +166,8 @@ def misclassified_gallery(images: np.ndarray, actual: np.ndarray, predicted: np.
     picks = wrong[np.argsort(-confidence[wrong])][:limit]
     columns = min(6, len(picks))
     rows = -(-len(picks) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.9, rows * 2.2), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.9, rows * 2.2 + 0.4),
+                                squeeze=False, layout="constrained")  # title clear of labels
     for ax in axes.flat:
         ax.axis("off")
     for ax, index in zip(axes.flat, picks, strict=False):
@@ -273,9 +274,15 @@ def experiment_overlay(curves: dict[str, dict[str, list]], title: str) -> str:
         for name, history in curves[model].items():
             ax.plot([r.epoch for r in history], [r.valid_accuracy for r in history],
                     color=colors[name], label=name,
-                    linewidth=2.2 if name == "workspace" else 1.3)
+                    # the workspace thick and solid, experiments dashed on top, so runs with
+                    # identical curves stay visible
+                    linewidth=3.0 if name == "workspace" else 1.4,
+                    linestyle="-" if name == "workspace" else (0, (4, 2)),
+                    alpha=0.6 if name == "workspace" else 1.0)
         ax.set(title=model, xlabel="epoch", ylabel="valid accuracy")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7, loc="lower right")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    figure.legend(handles, labels, fontsize=9, loc="outside lower center",
+                  ncol=min(4, len(labels)))
     figure.suptitle(title)
     return to_data_uri(figure)

@@ -230,7 +230,8 @@ def run_fragments(sections: list[DatasetSection], params: Params,
     The whole params.yaml is one of them: the page itself depends only on `run` and `report`
     (and on the files the other settings produced)."""
     escape = markupsafe.escape
-    params_yaml = yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, width=100)
+    params_yaml = yaml.safe_dump(params.model_dump(mode="json", exclude_none=True),
+                                 sort_keys=False, width=100)
     fragments = {
         "generated": str(escape(dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))),
         "params": f"<pre>{escape(params_yaml)}</pre>",

@@ -29,6 +29,7 @@ from pipeline.artifacts import (
     sha256_of,
     write_json,
 )
+from pipeline.drawing import Drawing
 from pipeline.ingest import CsvLayout
 from pipeline.schema import PositiveInt, Strict
 from pipeline.sources import (
@@ -61,6 +62,8 @@ class _DatasetBase(Strict):
     classes: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         min_length=2, max_length=MAX_CLASSES)
     mirrors: list[str] = []
+    drawing: Drawing | None = Field(
+        None, description="how the images were made from drawings, for pipeline-predict")
 
     converts_to_kaggle_csv: ClassVar[bool] = True
 

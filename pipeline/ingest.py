@@ -56,6 +56,12 @@ class CsvLayout:
     header: bool = True
     label_column: str | int = "first"
     max_pixel: int = 255
+    labelled: bool = True  # False: rows of pixels only (new data to classify); labels come back -1
+
+    @property
+    def columns(self) -> str:
+        return (f"1 label + {self.num_pixels} pixels" if self.labelled
+                else f"{self.num_pixels} pixels, no label")
 
 
 @dataclass
@@ -146,6 +152,20 @@ def _blocks(handle: BinaryIO, block_bytes: int, max_line: int) -> Iterator[bytes
         raise _LineTooLong(lines_before + 1, len(carry), b"\r" in carry)
     if carry.strip():
         yield carry + b"\n"
+
+
+def count_fields(path: Path, layout: CsvLayout) -> int | None:
+    """The number of comma-separated fields on the first non-blank line (the header if there
+    is one), read no further than one line may be; None where the file cannot tell."""
+    try:
+        with _open_bytes(path) as handle:
+            head = handle.read(max_line_bytes(layout))
+    except (OSError, EOFError, zlib.error):
+        return None  # the reader itself will say what is wrong with the file
+    for line in head.lstrip(_BOM).splitlines():
+        if line.strip():
+            return line.count(b",") + 1
+    return None
 
 
 def _count_rows(path: Path, block_bytes: int, layout: CsvLayout) -> int:
@@ -254,11 +274,11 @@ class _Reader:
         self.path = path
         self.layout = layout
         self.on_bad_row = on_bad_row
-        self.ncols = layout.num_pixels + 1
+        self.ncols = layout.num_pixels + (1 if layout.labelled else 0)
         self.quality = Quality(file=path.name)
-        self.label_index = 0
+        self.label_index: int | None = 0 if layout.labelled else None
         self.names: list[str] = []
-        self.pixel_columns: np.ndarray = np.arange(1, self.ncols)
+        self.pixel_columns: np.ndarray = np.arange(1 if layout.labelled else 0, self.ncols)
 
     # --- header -------------------------------------------------------------------------
     def read_header(self, first_line: bytes) -> bool:
@@ -286,7 +306,7 @@ class _Reader:
         if header is not None and len(header) != self.ncols:
             raise DataError(
                 f"{self.path}, line 1: the header has {len(header)} columns, expected "
-                f"{self.ncols} (1 label + {self.layout.num_pixels} pixels for the dataset's "
+                f"{self.ncols} ({self.layout.columns} for the dataset's "
                 "shape); check the dataset's `shape` or the file"
                 + _separator_hint(text, len(header))
             )
@@ -294,7 +314,8 @@ class _Reader:
             repeated = sorted({h for h in header if header.count(h) > 1})
             if repeated:
                 raise DataError(f"{self.path}, line 1: repeated header names {repeated[:5]}")
-        self.label_index = _resolve_label_index(self.layout, header, self.path)
+        if self.layout.labelled:
+            self.label_index = _resolve_label_index(self.layout, header, self.path)
         self.names = _column_names(header, self.label_index, self.ncols)
         self.pixel_columns = np.array([i for i in range(self.ncols) if i != self.label_index])
         return header is not None
@@ -310,7 +331,7 @@ class _Reader:
             raise _BadRow(
                 f"{problem} fields",
                 f"{self.path}, line {line_no}: {problem} fields: found {len(fields)}, expected "
-                f"{self.ncols} (1 label + {self.layout.num_pixels} pixels)"
+                f"{self.ncols} ({self.layout.columns})"
                 + _separator_hint(line, len(fields)),
             )
         values = np.empty(self.ncols, dtype=np.int64)
@@ -378,6 +399,8 @@ class _Reader:
 
     # --- a whole block, fast ----------------------------------------------------------------
     def _in_range(self, values: np.ndarray) -> bool:
+        if self.label_index is None:
+            return not values.size or (values.min() >= 0 and values.max() <= self.layout.max_pixel)
         labels = values[:, self.label_index]
         if labels.size and (labels.min() < 0 or labels.max() >= self.layout.num_classes):
             return False
@@ -448,15 +471,20 @@ class _Reader:
         return values
 
 
-def _store(values: np.ndarray, label_index: int, max_pixel: int,
+def _store(values: np.ndarray, label_index: int | None, max_pixel: int,
            images: np.ndarray, labels: np.ndarray) -> None:
     """Copy parsed rows into the preallocated outputs, scaling pixels to 0..255."""
-    labels[:] = values[:, label_index]
-    if label_index == 0:
+    if label_index is None:
+        labels[:] = -1
+        pixels = values
+    elif label_index == 0:
+        labels[:] = values[:, 0]
         pixels = values[:, 1:]
     elif label_index == values.shape[1] - 1:
+        labels[:] = values[:, label_index]
         pixels = values[:, :-1]
     else:
+        labels[:] = values[:, label_index]
         pixels = np.delete(values, label_index, axis=1)
     if max_pixel == 255:
         images[:] = pixels

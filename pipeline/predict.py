@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,8 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.artifacts import atomic_write
 from pipeline.checkpoint import load_checkpoint
-from pipeline.ingest import DataError, read_image_csv
+from pipeline.drawing import Drawing, normalise
+from pipeline.ingest import DataError, count_fields, read_image_csv
 from pipeline.params import load_params
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -42,8 +44,11 @@ class Inputs:
     failures: list[str] = field(default_factory=list)  # one message per file that was refused
 
 
-def load_image(path: Path, shape: tuple[int, int, int], invert: str = "auto") -> np.ndarray:
-    """One image file as a C x H x W uint8 array in the model's shape."""
+def load_image(path: Path, shape: tuple[int, int, int], invert: str = "auto",
+               drawing: Drawing | None = None) -> np.ndarray:
+    """One image file as a C x H x W uint8 array in the model's shape. With the dataset's
+    `drawing` recipe (grey models), the ink is cropped, scaled and centred the way the
+    dataset's own images were made, instead of resizing the whole picture."""
     channels, height, width = shape
     try:
         with Image.open(path) as opened:
@@ -69,6 +74,14 @@ def load_image(path: Path, shape: tuple[int, int, int], invert: str = "auto") ->
         raise PredictError(
             f"{path}: the image is {image.width}x{image.height}, smaller than the model's "
             f"{width}x{height} input; use an image at least that size")
+    if drawing is not None and channels == 1:
+        grey = np.asarray(image, dtype=np.uint8)
+        light = invert == "yes" or (invert == "auto" and _light_background(grey[None]))
+        normalised = normalise(255 - grey if light else grey, (height, width), drawing)
+        if normalised is None:
+            raise PredictError(f"{path}: no ink found, the image is blank (or the ink is "
+                               "fainter than the dataset's drawing.threshold)")
+        return np.ascontiguousarray(normalised[None])
     resized = image.resize((width, height), Image.Resampling.LANCZOS)
     array = np.asarray(resized, dtype=np.uint8)
     array = array[None] if channels == 1 else np.transpose(array, (2, 0, 1))
@@ -107,7 +120,8 @@ def _light_background(image: np.ndarray) -> bool:
 
 
 def load_inputs(paths: list[Path], shape: tuple[int, int, int], classes: list[str],
-                dataset_name: str | None, params_path: Path, invert: str) -> Inputs:
+                dataset_name: str | None, params_path: Path, invert: str,
+                drawing: Drawing | None = None) -> Inputs:
     """Every input that can be read; a file that cannot is recorded and the others go on."""
     names: list[str] = []
     images: list[np.ndarray] = []
@@ -116,7 +130,7 @@ def load_inputs(paths: list[Path], shape: tuple[int, int, int], classes: list[st
     for path in paths:
         try:
             got_names, got_images, got_labels = _load_one(path, shape, classes, dataset_name,
-                                                          params_path, invert)
+                                                          params_path, invert, drawing)
         except PredictError as error:
             failures.append(str(error))
             continue
@@ -128,23 +142,25 @@ def load_inputs(paths: list[Path], shape: tuple[int, int, int], classes: list[st
 
 
 def _load_one(path: Path, shape: tuple[int, int, int], classes: list[str],
-              dataset_name: str | None, params_path: Path, invert: str
-              ) -> tuple[list[str], list[np.ndarray], list[str | None]]:
+              dataset_name: str | None, params_path: Path, invert: str,
+              drawing: Drawing | None) -> tuple[list[str], list[np.ndarray], list[str | None]]:
     """One input file's (names, images, true labels); PredictError when it cannot be read."""
     if path.name.lower().endswith(CSV_SUFFIXES):
         if dataset_name is None:
             raise PredictError(f"{path}: the checkpoint does not say which dataset it was "
                                "trained on, so the CSV layout is unknown")
-        dataset = load_params(params_path).dataset(dataset_name)
+        layout = load_params(params_path).dataset(dataset_name).csv_layout()
+        if count_fields(path, layout) == layout.num_pixels:  # new data: pixels, no label column
+            layout = dataclasses.replace(layout, labelled=False, label_column="first")
         try:
-            table = read_image_csv(path, dataset.csv_layout())
+            table = read_image_csv(path, layout)
         except DataError as error:
             raise PredictError(str(error)) from None
         return ([f"{path}:{row}" for row in range(1, len(table.labels) + 1)],
                 list(table.images.reshape(-1, *shape)),
-                [classes[label] for label in table.labels])
+                [classes[label] if label >= 0 else None for label in table.labels])
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return [str(path)], [load_image(path, shape, invert)], [None]
+        return [str(path)], [load_image(path, shape, invert, drawing)], [None]
     raise PredictError(f"{path}: expected a CSV ({', '.join(CSV_SUFFIXES)}) or an image "
                        f"({', '.join(sorted(IMAGE_SUFFIXES))})")
 
@@ -158,6 +174,30 @@ def probabilities(models: list[torch.nn.Module], images: np.ndarray,
         x = torch.from_numpy(images[start : start + batch]).float() / 255.0
         chunks.append(torch.softmax(torch.stack([m.eval()(x) for m in models]).mean(0), 1))
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0))
+
+
+UNSURE_BELOW = 0.5  # top probability
+INK_RANGE = (0.02, 0.85)  # share of the input's pixels that hold ink, for grey images
+
+
+def doubts(probabilities_row: np.ndarray, image: np.ndarray) -> str:
+    """Why a prediction should not be taken at face value, or nothing."""
+    notes = []
+    if probabilities_row.max() < UNSURE_BELOW:
+        notes.append(f"unsure: the top class has under {UNSURE_BELOW:.0%}")
+    if image.shape[0] == 1:
+        ink = float((image > 32).mean())
+        if not INK_RANGE[0] <= ink <= INK_RANGE[1]:
+            notes.append(f"looks unlike the training images: ink covers {ink:.0%} of it")
+    return f"  [{'; '.join(notes)}]" if notes else ""
+
+
+def dataset_drawing(params_path: Path, dataset_name: str | None) -> Drawing | None:
+    """The checkpoint's dataset's `drawing` recipe from params.yaml, if there is one."""
+    if dataset_name is None or not params_path.is_file():
+        return None
+    params = load_params(params_path)
+    return params.datasets[dataset_name].drawing if dataset_name in params.datasets else None
 
 
 def write_csv(path: Path, inputs: Inputs, probs: np.ndarray, classes: list[str]) -> None:
@@ -192,15 +232,17 @@ def main(argv: list[str] | None = None) -> None:
               "seed alone)", file=sys.stderr)
     classes = checkpoint.classes
     shape = checkpoint.input_shape
+    drawing = dataset_drawing(args.params, checkpoint.dataset)
     inputs = load_inputs(args.inputs, shape, classes, checkpoint.dataset, args.params,
-                         args.invert)
+                         args.invert, drawing)
     probs = probabilities(models, inputs.images)
     top_k = max(1, min(args.top_k, len(classes)))
-    for name, label, row in zip(inputs.names, inputs.labels, probs, strict=True):
+    for name, label, row, image in zip(inputs.names, inputs.labels, probs, inputs.images,
+                                       strict=True):
         best = np.argsort(-row)[:top_k]
         guesses = ", ".join(f"{classes[i]} {row[i]:.1%}" for i in best)
         truth = f"  (true: {label})" if label is not None else ""
-        print(f"{name}: {guesses}{truth}")
+        print(f"{name}: {guesses}{truth}{doubts(row, image)}")
     known = [(label, classes[int(row.argmax())]) for label, row in zip(inputs.labels, probs,
                                                                        strict=True) if label]
     if known:

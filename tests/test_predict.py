@@ -148,3 +148,31 @@ def test_one_bad_file_does_not_stop_the_batch(checkpoint, tmp_path):
     assert "error: 2 of 4 inputs could not be classified" in result.stderr
     assert f"{bad}: not an image this tool can read" in result.stderr
     assert f"{missing}: no such file" in result.stderr
+
+
+def test_an_unlabelled_csv_of_new_data_is_classified(tmp_path):
+    """New data has no label column: rows of pixels only, told apart by the column count."""
+    rng = np.random.default_rng(0)
+    splits = toy_splits()
+    for name, split in splits.items():
+        images = rng.integers(0, 255, (len(split.labels), 1, 8, 8)).astype(np.uint8)
+        splits[name] = type(split)(images, split.labels, [str(i) for i in range(10)])
+    result = fit(Linear(), TrainSettings(epochs=1), splits, CPU, seed=0, log=lambda line: None)
+    model = save(tmp_path / "digits.pt", (1, 8, 8), [result], [str(i) for i in range(10)],
+                 "digits")
+    rows = tmp_path / "new.csv"  # digits layout without its last (label) column
+    rows.write_text("".join(",".join([str(v)] * 64) + "\n" for v in (0, 8, 16)))
+    done = subprocess.run([sys.executable, "-m", "pipeline.predict", str(rows), "--checkpoint",
+                           str(model), "--params", str(ROOT / "params.yaml"), "--out",
+                           str(tmp_path / "out.csv")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.splitlines()
+    assert [line.split(": ")[0] for line in printed] == [f"{rows}:{i}" for i in (1, 2, 3)]
+    assert "(true:" not in done.stdout and "accuracy" not in done.stderr
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert len(lines) == 4 and lines[1].split(",")[1] == ""  # no actual label
+    rows.write_text(",".join(["8"] * 63) + "\n")  # neither layout: the reader says so
+    done = subprocess.run([sys.executable, "-m", "pipeline.predict", str(rows), "--checkpoint",
+                           str(model), "--params", str(ROOT / "params.yaml")],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "too few fields: found 63, expected 65" in done.stderr

@@ -1,0 +1,63 @@
+"""How a dataset's images were made from a drawing, so a new drawing is made the same way.
+
+The digit datasets did not photograph their digits as they came: the UCI digits were cropped
+to the ink, scaled to fill a 32x32 binary bitmap and counted in 4x4 blocks (0..16 levels in an
+8x8 image); MNIST fitted the ink into 20x20 keeping its aspect ratio and centred its centre of
+mass in 28x28. A drawing on a 200x200 canvas, off-centre, classified after a plain resize,
+looks like none of them. `Drawing` is that recipe as a dataset setting (`drawing:` in
+params.yaml); `normalise()` applies it to a grey image with bright ink on a dark background.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import Field
+
+from pipeline.schema import Strict
+
+
+class Drawing(Strict):
+    fit: Annotated[float, Field(gt=0, le=1)] = Field(
+        1.0, description="the ink's longer side fills this share of the frame (MNIST: 20/28)")
+    center: Literal["box", "mass"] = Field(
+        "box", description="centre the ink's bounding box, or its centre of mass (MNIST)")
+    supersample: Annotated[int, Field(ge=1, le=8)] = Field(
+        1, description=">1: draw at this many times the size, binarise, and count the ink "
+                       "pixels in each block (UCI digits: 4, 32x32 into 8x8)")
+    threshold: Annotated[int, Field(ge=1, le=254)] = Field(
+        128, description="ink is brighter than this (0..255), for the bounding box and binarising")
+
+
+def normalise(ink: np.ndarray, size: tuple[int, int], drawing: Drawing) -> np.ndarray | None:
+    """A uint8 image of `size` (H, W) made from `ink` (2-D, 0..255, bright ink on dark) the way
+    the dataset made its images; None when there is no ink at all."""
+    from PIL import Image
+
+    ys, xs = np.nonzero(ink >= drawing.threshold)
+    if len(ys) == 0:
+        return None
+    crop = ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.float64)
+    k = drawing.supersample
+    frame_h, frame_w = size[0] * k, size[1] * k
+    scale = drawing.fit * min(frame_h, frame_w) / max(crop.shape)
+    new_h = min(frame_h, max(1, round(crop.shape[0] * scale)))
+    new_w = min(frame_w, max(1, round(crop.shape[1] * scale)))
+    resample = Image.Resampling.BOX if k > 1 else Image.Resampling.LANCZOS
+    small = np.asarray(Image.fromarray(crop.astype(np.uint8)).resize((new_w, new_h), resample),
+                       dtype=np.float64)
+    if drawing.center == "mass" and small.sum() > 0:
+        rows, cols = np.indices(small.shape)
+        cy, cx = (rows * small).sum() / small.sum(), (cols * small).sum() / small.sum()
+        top, left = round(frame_h / 2 - cy - 0.5), round(frame_w / 2 - cx - 0.5)
+    else:
+        top, left = (frame_h - new_h) // 2, (frame_w - new_w) // 2
+    top = min(max(top, 0), frame_h - new_h)
+    left = min(max(left, 0), frame_w - new_w)
+    frame = np.zeros((frame_h, frame_w))
+    frame[top : top + new_h, left : left + new_w] = small
+    if k == 1:
+        return np.clip(frame + 0.5, 0, 255).astype(np.uint8)
+    counts = (frame >= drawing.threshold).reshape(size[0], k, size[1], k).sum(axis=(1, 3))
+    return np.rint(counts * (255.0 / (k * k))).astype(np.uint8)

@@ -48,6 +48,24 @@ def per_class_scores(labels: np.ndarray, predicted: np.ndarray,
             for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)]
 
 
+def telling_examples(probabilities: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """Test images worth looking at, not easy ones at ~100 %: the most confidently wrong, the
+    least confident right, a typical right one, then the next least confident; in that order."""
+    confidence = probabilities.max(1)
+    right = probabilities.argmax(1) == labels
+    wrong_ids = np.flatnonzero(~right)[np.argsort(-confidence[~right], kind="stable")]
+    right_ids = np.flatnonzero(right)[np.argsort(confidence[right], kind="stable")]
+    candidates = [*wrong_ids[:1], *right_ids[:1], *right_ids[len(right_ids) // 2:][:1],
+                  *right_ids[1:], *wrong_ids[1:]]
+    picks: list[int] = []
+    for index in candidates:
+        if len(picks) == count:
+            break
+        if int(index) not in picks:
+            picks.append(int(index))
+    return np.array(picks, dtype=np.int64)
+
+
 def most_confused(confusion: np.ndarray, classes: list[str], top: int = 5
                   ) -> list[tuple[str, str, int]]:
     """The largest off-diagonal cells: (true class, predicted class, count), biggest first."""

@@ -181,23 +181,30 @@ def misclassified_gallery(images: np.ndarray, actual: np.ndarray, predicted: np.
 
 def probability_bars(images: np.ndarray, actual: np.ndarray, probabilities: np.ndarray,
                      classes: list[str], title: str) -> str:
-    """For a few test images: the image and the model's probability for every class."""
+    """For a few test images, side by side: the image above the model's probability for every
+    class (compact: one column per image, not one tall row each)."""
     count = len(images)
-    figure, axes = plt.subplots(count, 2, figsize=(8, 1.5 + 0.22 * len(classes) * count),
-                                squeeze=False, gridspec_kw={"width_ratios": [1, 3]})
-    for row in range(count):
-        _show_image(axes[row, 0], images[row])
-        axes[row, 0].set_title(f"true: {classes[actual[row]]}", fontsize=9)
-        guess = int(probabilities[row].argmax())
-        colors = ["seagreen" if i == actual[row] else
+    figure, axes = plt.subplots(2, count, figsize=(2.4 * count + 0.8, 1.9 + 0.16 * len(classes)),
+                                squeeze=False, layout="constrained",
+                                gridspec_kw={"height_ratios": [1.1, 0.16 * len(classes) + 0.4]})
+    for column in range(count):
+        _show_image(axes[0, column], images[column])
+        guess = int(probabilities[column].argmax())
+        right = guess == actual[column]
+        axes[0, column].set_title(f"true: {classes[actual[column]]}\nguess: {classes[guess]} "
+                                  f"({probabilities[column, guess]:.0%})", fontsize=8,
+                                  color="black" if right else "firebrick")
+        colors = ["seagreen" if i == actual[column] else
                   ("firebrick" if i == guess else "lightsteelblue") for i in range(len(classes))]
-        axes[row, 1].barh(classes, probabilities[row], color=colors)
-        axes[row, 1].invert_yaxis()
-        axes[row, 1].set_xlim(0, 1)
-        axes[row, 1].tick_params(labelsize=8)
-        axes[row, 1].set_xlabel("predicted probability", fontsize=8)
+        bars = axes[1, column]
+        bars.barh(classes, probabilities[column], color=colors)
+        bars.invert_yaxis()
+        bars.set_xlim(0, 1)
+        bars.tick_params(labelsize=7)
+        if column:
+            bars.set_yticklabels([])
+        bars.set_xlabel("probability", fontsize=7)
     figure.suptitle(title)
-    figure.tight_layout()
     return to_data_uri(figure)
 
 

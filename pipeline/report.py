@@ -132,12 +132,12 @@ def draw_figures(section: DatasetSection, train_split_path: Path, per_class: int
         {m.name: (m.summary.params, m.summary.test_accuracy) for m in section.models},
         section.pareto, f"{ds}: test accuracy vs parameters")
     test = section.test
-    examples = np.linspace(0, len(test.labels) - 1, PROBABILITY_EXAMPLES).astype(int)
     for model in section.models:
         title = f"{ds} / {model.name}"
         evaluation = model.evaluation
         probabilities = analysis.softmax(model.logits)
         predicted = probabilities.argmax(1)
+        examples = analysis.telling_examples(probabilities, test.labels, PROBABILITY_EXAMPLES)
         model.figures["curves"] = plots.learning_curves(
             {model.name: model.history}, f"{title}: train vs valid")
         model.figures["confusion"] = plots.confusion_matrices(
@@ -146,7 +146,7 @@ def draw_figures(section: DatasetSection, train_split_path: Path, per_class: int
             test.images, test.labels, predicted, probabilities.max(1), section.classes,
             f"{title}: most confidently wrong test images")
         model.figures["probabilities"] = plots.probability_bars(
-            test.images[examples], test.labels[examples], probabilities[examples],
+            *(array[examples] for array in (test.images, test.labels, probabilities)),
             section.classes, f"{title}: predicted probabilities (green: true, red: wrong guess)")
         if evaluation.filters is not None:
             model.figures["filters"] = plots.conv_filters(

@@ -28,7 +28,7 @@ window.addEventListener("load", () => {
   const unfilled = Array.from(document.querySelectorAll("[data-run]"))
                         .map(e => e.dataset.run).filter(k => !(k in run));
   out.textContent = JSON.stringify({images: images.length, broken, errors: window.__errors,
-                                    unfilled});
+                                    unfilled, width: document.documentElement.scrollWidth});
   document.body.appendChild(out);
 });
 </script>
@@ -43,6 +43,7 @@ class PageCheck:
     console_errors: list[str]
     screenshot: Path
     unfilled: list[str]  # slots for run-dependent values (data-run) the sidecar did not fill
+    page_width: int  # the page's scroll width at the 1280 px window: wider means it overflows
 
 
 def chromium() -> str:
@@ -68,7 +69,7 @@ def check_page(html_file: Path, workdir: Path) -> PageCheck:
     probed = html_file.with_name(f".{html_file.stem}.probed.html")
     probed.write_text(html.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
     try:
-        dom = _run(browser, "--dump-dom", probed.as_uri())
+        dom = _run(browser, "--dump-dom", "--window-size=1280,2400", probed.as_uri())
     finally:
         probed.unlink()
     found = re.search(r'<pre id="browser-check">(.*?)</pre>', dom.stdout, re.S)
@@ -79,4 +80,4 @@ def check_page(html_file: Path, workdir: Path) -> PageCheck:
     screenshot = workdir / "screenshot.png"
     _run(browser, f"--screenshot={screenshot}", "--window-size=1280,2400", html_file.as_uri())
     return PageCheck(result["images"], result["broken"], result["errors"], console, screenshot,
-                     result["unfilled"])
+                     result["unfilled"], result["width"])

@@ -71,3 +71,13 @@ def test_feature_maps_have_the_first_convolution_s_shape():
     assert analysis.first_block_maps(Linear().build((1, 4, 4), 3), image) is None
     logits = np.random.default_rng(1).normal(size=(7, 3))
     np.testing.assert_allclose(analysis.softmax(logits).sum(1), 1.0, rtol=1e-6)
+
+
+def test_telling_examples_are_not_the_easy_ones():
+    probabilities = np.array([[0.99, 0.01], [0.55, 0.45], [0.2, 0.8], [0.9, 0.1], [0.7, 0.3],
+                              [0.05, 0.95]])
+    labels = np.array([0, 0, 1, 1, 0, 1])  # index 3 is wrong, confidently
+    picks = analysis.telling_examples(probabilities, labels, 4).tolist()
+    assert picks[0] == 3 and picks[1] == 1  # most confident wrong, least confident right
+    assert len(set(picks)) == 4 and 0 not in picks[:2]
+    assert len(analysis.telling_examples(probabilities[:1], labels[:1], 4)) == 1

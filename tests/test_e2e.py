@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from pipeline.experiments import changed_params, list_experiments
+from pipeline.models import ARCHITECTURES
 from tests.browser import check_page
 from tests.conftest import FASHION_CLASSES, FASHION_SAMPLE, ROOT, LocalServer, serve_bytes, sh
 from tests.test_dvc_graph import import_closure, stage_definitions, stage_module
@@ -68,6 +69,7 @@ def built(tmp_path_factory) -> Iterator[tuple[Path, dict, LocalServer]]:
             "header": True, "label_column": "label", "shape": [1, 28, 28],
             "classes": FASHION_CLASSES}
         params["train"]["epochs"] = 2
+        params["run"]["models"] = [*params["run"]["models"], "simple_convnet"]  # 2 x 6 models
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         sh(["dvc", "repro"], repo)
         yield repo, params, server
@@ -85,6 +87,11 @@ def test_the_report_renders_in_a_real_browser(built, tmp_path):
     assert check.images == report.read_text().count("<img ") + slots.count("<img ") > 20
     assert check.broken == [] and check.errors == [] and check.console_errors == []
     assert check.unfilled == []  # every timing and git slot was filled from reports/run.js
+    # 2 datasets x 6 models stay readable at 1280 px: nothing wider than the window
+    assert check.page_width <= 1280, check.page_width
+    shown = tmp_path / "report-1280px.png"
+    shutil.copyfile(check.screenshot, shown)
+    print(f"report screenshot at 1280 px: {shown}")
     assert check.screenshot.stat().st_size > 20_000
 
 
@@ -98,7 +105,8 @@ def test_dvc_repro_end_to_end(built, tmp_path):
                             "weights", "layers"):
                 assert f'id="{dataset}-{model}-{section}"' in html, (dataset, model, section)
             has_filters = f'id="{dataset}-{model}-filters"' in html
-            assert has_filters == (params["models"][model]["arch"] in ("cnn", "convnet"))
+            arch = ARCHITECTURES[params["models"][model]["arch"]]
+            assert has_filters == arch.convolutional
         for section in ("data", "models", "tradeoff", "ensemble", "curves", "params"):
             assert f'id="{dataset}-{section}"' in html, (dataset, section)
     images = re.findall(r'<img src="([^"]+)"', html)

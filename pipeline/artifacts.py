@@ -51,10 +51,10 @@ def _remove(entry: Path) -> None:
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or too large to be a process id
         return False
-    except (PermissionError, OverflowError):
-        return pid < 1 << 22  # alive but not ours, or not a pid at all
+    except PermissionError:  # alive, another user's
+        return True
     return True
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from pipeline.errors import PipelineError
 from pipeline.formats import FORMATS, AnyDataset, Dataset
@@ -59,16 +59,16 @@ class TrainSettings(Strict):
     weight_decay: WeightDecay = 0.0
 
 
-class TrainOverrides(Strict):
-    """Per-model training overrides; anything left out comes from the train section."""
+# Per-model training overrides: every TrainSettings field, optional (left out: the train
+# section's value), with the same bounds. Derived, so the two cannot drift apart.
+def _optional(field: Any) -> Any:
+    kind = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+    return (kind | None, None)
 
-    epochs: Epochs | None = None
-    batch_size: BatchSize | None = None
-    optimizer: Optimizer | None = None
-    lr: LearningRate | None = None
-    schedule: Schedule | None = None
-    momentum: Momentum | None = None
-    weight_decay: WeightDecay | None = None
+
+TrainOverrides = create_model(
+    "TrainOverrides", __base__=Strict, __module__=__name__,
+    **{name: _optional(field) for name, field in TrainSettings.model_fields.items()})
 
 
 class TrainParams(TrainSettings):

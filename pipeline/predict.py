@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.artifacts import atomic_write
 from pipeline.checkpoint import load_checkpoint
 from pipeline.drawing import Drawing, normalise
+from pipeline.formats import AnyDataset
 from pipeline.ingest import DataError, count_fields, read_image_csv
 from pipeline.params import load_params
 
@@ -120,8 +121,7 @@ def _light_background(image: np.ndarray) -> bool:
 
 
 def load_inputs(paths: list[Path], shape: tuple[int, int, int], classes: list[str],
-                dataset_name: str | None, params_path: Path, invert: str,
-                drawing: Drawing | None = None) -> Inputs:
+                dataset: AnyDataset | None, invert: str) -> Inputs:
     """Every input that can be read; a file that cannot is recorded and the others go on."""
     names: list[str] = []
     images: list[np.ndarray] = []
@@ -129,8 +129,8 @@ def load_inputs(paths: list[Path], shape: tuple[int, int, int], classes: list[st
     failures: list[str] = []
     for path in paths:
         try:
-            got_names, got_images, got_labels = _load_one(path, shape, classes, dataset_name,
-                                                          params_path, invert, drawing)
+            got_names, got_images, got_labels = _load_one(path, shape, classes, dataset,
+                                                          invert)
         except PredictError as error:
             failures.append(str(error))
             continue
@@ -142,14 +142,14 @@ def load_inputs(paths: list[Path], shape: tuple[int, int, int], classes: list[st
 
 
 def _load_one(path: Path, shape: tuple[int, int, int], classes: list[str],
-              dataset_name: str | None, params_path: Path, invert: str,
-              drawing: Drawing | None) -> tuple[list[str], list[np.ndarray], list[str | None]]:
+              dataset: AnyDataset | None, invert: str
+              ) -> tuple[list[str], list[np.ndarray], list[str | None]]:
     """One input file's (names, images, true labels); PredictError when it cannot be read."""
     if path.name.lower().endswith(CSV_SUFFIXES):
-        if dataset_name is None:
-            raise PredictError(f"{path}: the checkpoint does not say which dataset it was "
-                               "trained on, so the CSV layout is unknown")
-        layout = load_params(params_path).dataset(dataset_name).csv_layout()
+        if dataset is None:
+            raise PredictError(f"{path}: the CSV layout is unknown: the checkpoint's dataset "
+                               "is not defined in the parameters file (--params)")
+        layout = dataset.csv_layout()
         if count_fields(path, layout) == layout.num_pixels:  # new data: pixels, no label column
             layout = dataclasses.replace(layout, labelled=False, label_column="first")
         try:
@@ -160,6 +160,7 @@ def _load_one(path: Path, shape: tuple[int, int, int], classes: list[str],
                 list(table.images.reshape(-1, *shape)),
                 [classes[label] if label >= 0 else None for label in table.labels])
     if path.suffix.lower() in IMAGE_SUFFIXES:
+        drawing = dataset.drawing if dataset is not None else None
         return [str(path)], [load_image(path, shape, invert, drawing)], [None]
     raise PredictError(f"{path}: expected a CSV ({', '.join(CSV_SUFFIXES)}) or an image "
                        f"({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -192,12 +193,12 @@ def doubts(probabilities_row: np.ndarray, image: np.ndarray) -> str:
     return f"  [{'; '.join(notes)}]" if notes else ""
 
 
-def dataset_drawing(params_path: Path, dataset_name: str | None) -> Drawing | None:
-    """The checkpoint's dataset's `drawing` recipe from params.yaml, if there is one."""
+def checkpoint_dataset(params_path: Path, dataset_name: str | None) -> AnyDataset | None:
+    """The checkpoint's dataset as params.yaml defines it (its CSV layout and drawing recipe),
+    read once; None without a parameters file or a definition of that dataset."""
     if dataset_name is None or not params_path.is_file():
         return None
-    params = load_params(params_path)
-    return params.datasets[dataset_name].drawing if dataset_name in params.datasets else None
+    return load_params(params_path).datasets.get(dataset_name)
 
 
 def write_csv(path: Path, inputs: Inputs, probs: np.ndarray, classes: list[str]) -> None:
@@ -232,9 +233,8 @@ def main(argv: list[str] | None = None) -> None:
               "seed alone)", file=sys.stderr)
     classes = checkpoint.classes
     shape = checkpoint.input_shape
-    drawing = dataset_drawing(args.params, checkpoint.dataset)
-    inputs = load_inputs(args.inputs, shape, classes, checkpoint.dataset, args.params,
-                         args.invert, drawing)
+    dataset = checkpoint_dataset(args.params, checkpoint.dataset)
+    inputs = load_inputs(args.inputs, shape, classes, dataset, args.invert)
     probs = probabilities(models, inputs.images)
     top_k = max(1, min(args.top_k, len(classes)))
     for name, label, row, image in zip(inputs.names, inputs.labels, probs, inputs.images,

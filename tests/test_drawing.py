@@ -94,33 +94,32 @@ def default_digits_model(tmp_path_factory) -> Path:
     return path
 
 
-def test_hand_drawn_digits_are_classified_by_the_default_model(default_digits_model, tmp_path):
+def predict_drawn_digits(model: Path, params: Path, folder: Path) -> tuple[list[str], str]:
+    """The ten drawn digits through `python -m pipeline.predict`: the top guesses, the output."""
     paths = []
     for digit in range(10):
-        paths.append(tmp_path / f"drawn-{digit}.png")
+        paths.append(folder / f"drawn-{digit}.png")
         draw_digit(digit).save(paths[-1])
-    done = subprocess.run([sys.executable, "-m", "pipeline.predict", "--checkpoint",
-                           str(default_digits_model), "--params", str(ROOT / "params.yaml"),
-                           "--top-k", "1", *map(str, paths)], capture_output=True, text=True,
-                          cwd=ROOT)
+    done = subprocess.run([sys.executable, "-m", "pipeline.predict", "--checkpoint", str(model),
+                           "--params", str(params), "--top-k", "1", *map(str, paths)],
+                          capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
-    guesses = [line.split(": ")[1].split()[0] for line in done.stdout.splitlines()]
-    right = sum(guess == str(digit) for digit, guess in enumerate(guesses))
-    print(f"hand-drawn digits: {guesses} ({right}/10 right)")
-    assert right >= 8, done.stdout
+    return [line.split(": ")[1].split()[0] for line in done.stdout.splitlines()], done.stdout
+
+
+def right_guesses(guesses: list[str]) -> int:
+    return sum(guess == str(digit) for digit, guess in enumerate(guesses))
+
+
+def test_hand_drawn_digits_are_classified_by_the_default_model(default_digits_model, tmp_path):
+    guesses, output = predict_drawn_digits(default_digits_model, ROOT / "params.yaml", tmp_path)
+    print(f"hand-drawn digits: {guesses} ({right_guesses(guesses)}/10 right)")
+    assert right_guesses(guesses) >= 8, output
 
 
 def test_a_plain_resize_is_what_the_recipe_fixes(default_digits_model, tmp_path):
     """Without the dataset's drawing recipe (no params), the same drawings fare far worse."""
-    paths = []
-    for digit in range(10):
-        paths.append(tmp_path / f"drawn-{digit}.png")
-        draw_digit(digit).save(paths[-1])
-    done = subprocess.run([sys.executable, "-m", "pipeline.predict", "--checkpoint",
-                           str(default_digits_model), "--params", str(tmp_path / "none.yaml"),
-                           "--top-k", "1", *map(str, paths)], capture_output=True, text=True,
-                          cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    guesses = [line.split(": ")[1].split()[0] for line in done.stdout.splitlines()]
-    assert sum(guess == str(digit) for digit, guess in enumerate(guesses)) <= 5
-    assert "looks unlike the training images" in done.stdout or "unsure" in done.stdout
+    guesses, output = predict_drawn_digits(default_digits_model, tmp_path / "none.yaml",
+                                           tmp_path)
+    assert right_guesses(guesses) <= 5
+    assert "looks unlike the training images" in output or "unsure" in output

@@ -136,3 +136,16 @@ def test_errors_name_the_key_path_without_internal_tags():
     message = str(error.value)
     assert "  - datasets.cifar10.shape = [3, 32]: expected [channels, height, width]" in message
     assert "  - models.cnn.channelz: unknown key (did you mean 'channels'?)" in message
+
+
+def test_per_model_overrides_have_every_train_setting_with_its_bounds():
+    from pipeline.params import TrainOverrides, TrainSettings
+
+    assert list(TrainOverrides.model_fields) == list(TrainSettings.model_fields)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["models"]["cnn"]["train"] = {"epochs": 0, "optimizer": "rmsprop"}
+    with pytest.raises(ParamsError) as error:
+        parse_params(raw)
+    assert "models.cnn.train.epochs = 0: Input should be greater than or equal to 1" in str(
+        error.value)
+    assert "models.cnn.train.optimizer = 'rmsprop'" in str(error.value)

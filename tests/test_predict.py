@@ -179,3 +179,12 @@ def test_an_unlabelled_csv_of_new_data_is_classified(tmp_path):
                            str(model), "--params", str(ROOT / "params.yaml")],
                           capture_output=True, text=True)
     assert done.returncode == 1 and "too few fields: found 63, expected 65" in done.stderr
+
+
+def test_a_csv_for_a_checkpoint_whose_dataset_params_do_not_define_is_explained(checkpoint,
+                                                                                 tmp_path):
+    rows = tmp_path / "rows.csv"
+    rows.write_text(",".join(["0"] * 17) + "\n")
+    with pytest.raises(PredictError, match="rows.csv: the CSV layout is unknown: the "
+                                           "checkpoint's dataset is not defined"):
+        main([str(rows), "--checkpoint", str(checkpoint), "--params", str(ROOT / "params.yaml")])

@@ -13,7 +13,8 @@ This module owns the metric names both ways: `EpochRow` and `Summary` are what t
 logs and what the report and the experiments section read back.
 
 TensorBoard event logs (scalars, weight histograms, hyper-parameters) are written as well when
-`train.tensorboard` is on, for `tensorboard --logdir reports/tensorboard`.
+`train.tensorboard` is on, one run per seed copy; `pipeline-tensorboard` gathers them from the
+workspace and every experiment so TensorBoard shows them side by side.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import dataclasses
 import io
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +33,7 @@ from pipeline.artifacts import ArtifactError, read_json, write_json
 
 if TYPE_CHECKING:
     from torch import nn
+    from torch.utils.tensorboard import SummaryWriter
 
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.json"
@@ -133,33 +135,49 @@ def _live_class() -> type:
     return _Live
 
 
-class RunTracker:
-    """Logs one training run to a dvclive folder and, optionally, a TensorBoard folder."""
+def seed_run(seed: int) -> str:
+    """The TensorBoard run folder of one seed copy, inside the model's folder."""
+    return f"seed{seed}"
 
-    def __init__(self, live_dir: Path, tensorboard_dir: Path | None = None):
+
+class RunTracker:
+    """Logs one training run to a dvclive folder and, optionally, a TensorBoard folder.
+
+    dvclive holds the model (the first seed copy); TensorBoard gets one run per seed copy
+    (`<folder>/seed<k>/`), so the copies sit side by side, and `pipeline-tensorboard` puts each
+    experiment's folders next to the others."""
+
+    def __init__(self, live_dir: Path, tensorboard_dir: Path | None = None,
+                 seeds: Sequence[int] = (0,)):
         # dvcyaml=None: dvc.yaml already declares these files; save_dvc_exp=False: `dvc exp run`
         # makes the experiment, a plain `python -m pipeline.stages.train` must not
         self.live = _live_class()(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False,
                                   report=None)
-        self.tensorboard = None
+        self.logged_seed = seeds[0]
+        self.tensorboard: dict[int, SummaryWriter] = {}
         if tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(str(tensorboard_dir))
+            self.tensorboard = {seed: SummaryWriter(str(tensorboard_dir / seed_run(seed)))
+                                for seed in seeds}
 
-    def log_epoch(self, row: EpochRow, model: nn.Module | None = None) -> None:
-        """One epoch's curves; the step is the epoch number."""
-        self.live.step = row.epoch
-        for column, name in CURVES.items():
-            self.live.log_metric(name, float(getattr(row, column)))
-        self.live.next_step()
-        if self.tensorboard is not None:
+    def log_epoch(self, row: EpochRow, model: nn.Module | None = None,
+                  seed: int | None = None) -> None:
+        """One epoch's curves of one seed copy (default: the model); the step is the epoch."""
+        seed = self.logged_seed if seed is None else seed
+        if seed == self.logged_seed:
+            self.live.step = row.epoch
             for column, name in CURVES.items():
-                self.tensorboard.add_scalar(name, getattr(row, column), row.epoch)
+                self.live.log_metric(name, float(getattr(row, column)))
+            self.live.next_step()
+        writer = self.tensorboard.get(seed)
+        if writer is not None:
+            for column, name in CURVES.items():
+                writer.add_scalar(name, getattr(row, column), row.epoch)
             if model is not None:
                 for name, parameter in model.named_parameters():
-                    self.tensorboard.add_histogram(f"weights/{name}", parameter.detach().float(),
-                                                   row.epoch)
+                    writer.add_histogram(f"weights/{name}", parameter.detach().float(),
+                                         row.epoch)
 
     def log_summary(self, summary: Summary) -> None:
         """Final numbers (`test/accuracy`, `params`, ...): metrics.json only, no curve."""
@@ -170,19 +188,20 @@ class RunTracker:
         self.live.log_sklearn_plot("confusion_matrix", actual, predicted, name=CONFUSION_FILE)
 
     def log_hyperparameters(self, hyperparameters: Mapping[str, object],
-                            metrics: Mapping[str, float]) -> None:
-        """TensorBoard's HParams dashboard: one row per run, comparable across experiments."""
-        if self.tensorboard is None:
-            return
+                            metrics: Mapping[int, Mapping[str, float]]) -> None:
+        """TensorBoard's HParams dashboard: one row per seed copy (`metrics` by seed),
+        comparable across experiments."""
         plain = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                  for k, v in hyperparameters.items()}
-        self.tensorboard.add_hparams(plain, {f"hparam/{k}": v for k, v in metrics.items()},
-                                     run_name=".")
+        for seed, writer in self.tensorboard.items():
+            writer.add_hparams({**plain, "seed": seed},
+                               {f"hparam/{k}": v for k, v in metrics[seed].items()},
+                               run_name=".")
 
     def close(self) -> None:
         self.live.end()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        for writer in self.tensorboard.values():
+            writer.close()
 
 
 def describe_tensorboard_folder(folder: Path, run: str, enabled: bool) -> None:
@@ -190,8 +209,10 @@ def describe_tensorboard_folder(folder: Path, run: str, enabled: bool) -> None:
     off = ("None are written: train.tensorboard is false in params.yaml; set it to true to get "
            "them.\n")
     (folder / "README.txt").write_text(
-        f"TensorBoard event logs of the run {run}.\n{'' if enabled else off}"
-        "View every run with: tensorboard --logdir reports/tensorboard\n", encoding="utf-8")
+        f"TensorBoard event logs of the run {run}, one folder per seed copy.\n"
+        f"{'' if enabled else off}"
+        "Compare every experiment's runs: pipeline-tensorboard (see the README)\n",
+        encoding="utf-8")
 
 
 def parse_curve(text: str, source: str) -> dict[int, float]:

@@ -81,14 +81,19 @@ def test_the_train_stage_logs_through_dvclive_and_tensorboard(tmp_path):
     assert len(confusion) == 64 and {"actual", "predicted"} == set(confusion[0])
     assert {row["actual"] for row in confusion} == {"left", "right"}
 
-    events = EventAccumulator(str(tb), size_guidance={"histograms": 0})
-    events.Reload()
-    scalars = events.Tags()["scalars"]
-    assert {"train/loss", "valid/accuracy", "lr"} <= set(scalars)
-    assert [e.step for e in events.Scalars("valid/accuracy")] == [1, 2, 3]
-    assert events.Scalars("valid/accuracy")[-1].value == pytest.approx(
-        history[-1].valid_accuracy, abs=1e-6)
-    assert "weights/fc.weight" in events.Tags()["histograms"]
+    # one TensorBoard run per seed copy; the first is the model dvclive logged
+    assert sorted(p.name for p in tb.iterdir()) == ["README.txt", "seed0", "seed1"]
+    curves = {}
+    for seed in ("seed0", "seed1"):
+        events = EventAccumulator(str(tb / seed), size_guidance={"histograms": 0})
+        events.Reload()
+        assert {"train/loss", "valid/accuracy", "lr"} <= set(events.Tags()["scalars"])
+        assert "weights/fc.weight" in events.Tags()["histograms"]
+        curves[seed] = [(e.step, e.value) for e in events.Scalars("train/loss")]
+        assert [step for step, _ in curves[seed]] == [1, 2, 3]
+    assert [v for _, v in curves["seed0"]] == pytest.approx(
+        [row.train_loss for row in history], abs=1e-6)
+    assert curves["seed0"] != curves["seed1"]  # two copies, two runs
     assert "None are written" not in (tb / "README.txt").read_text()
     assert not list(tmp_path.glob(".*.tmp"))
 

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         tensorboard_dir = stack.enter_context(fresh_directory(args.tensorboard))
         describe_tensorboard_folder(tensorboard_dir, f"{args.dataset}/{args.model}",
                                     train_params.tensorboard)
-        tracker = RunTracker(live_dir, tensorboard_dir if train_params.tensorboard else None)
+        tracker = RunTracker(live_dir, tensorboard_dir if train_params.tensorboard else None,
+                             seeds)
         results = []
         for seed in seeds:
             prefix = f"seed {seed}  " if len(seeds) > 1 else ""
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
                 architecture, settings, splits, device, seed, train_params.amp,
                 train_params.channels_last, show_progress=sys.stderr.isatty(),
                 log=lambda line, prefix=prefix: print(prefix + line),
-                on_epoch=tracker.log_epoch if seed == seeds[0] else None))
+                on_epoch=lambda row, model, seed=seed: tracker.log_epoch(row, model, seed)))
         labels = splits["test"].labels
         summary = summarise(results, labels, n_params)
         tracker.log_summary(summary)
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         tracker.log_hyperparameters(
             {"dataset": args.dataset, "model": args.model, "arch": architecture.arch,
              **settings.model_dump()},
-            {"test_accuracy": summary.test_accuracy, "test_loss": summary.test_loss})
+            {seed: {"test_accuracy": r.test_accuracy, "test_loss": r.test_loss}
+             for seed, r in zip(seeds, results, strict=True)})
         tracker.close()
         device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
                        else platform.processor() or platform.machine())

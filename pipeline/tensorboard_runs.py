@@ -1,0 +1,126 @@
+"""Put the TensorBoard logs of the workspace and of every experiment side by side.
+
+    pipeline-tensorboard            # then: tensorboard --logdir reports/tensorboard-runs
+
+With `train.tensorboard: true` the train stage writes `<dataset>/<model>/seed<k>/` event logs
+into its TensorBoard folder, a DVC output: every `dvc exp run` (in the workspace or queued) keeps
+its own copy in DVC's cache, and the workspace holds only the latest. This gathers the
+workspace's logs, the committed baseline's and those of every finished experiment
+`dvc exp show` lists into one folder, one TensorBoard run per experiment, dataset, model and
+seed (`exp-1a2b3/digits/cnn/seed42`), so its run selector and HParams tab compare them. Both
+folders are the `tensorboard` and `tensorboard_runs` entries of dvc.yaml's `vars`; the gathered
+folder is rebuilt whole on every call and is not tracked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+from pathlib import Path
+
+import yaml
+
+from pipeline.artifacts import fresh_directory
+from pipeline.errors import PipelineError
+from pipeline.experiments import list_revisions
+
+WORKSPACE = "workspace"
+NOTE_FILE = "README.txt"  # the train stage's note in every model folder; not a log
+
+
+def _run_name(name: str) -> str:
+    """A revision's name as one folder name: `main (committed)` -> `main-committed`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
+
+
+def dvc_yaml_paths(repo: Path, *names: str) -> list[str]:
+    """Entries of dvc.yaml's `vars` (where the project's paths are set)."""
+    try:
+        document = yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise PipelineError(f"{repo / 'dvc.yaml'}: cannot be read ({error}); run this from "
+                            "the project root") from error
+    found: dict[str, object] = {}
+    for entry in document.get("vars") or []:
+        if isinstance(entry, dict):
+            found.update(entry)
+    missing = [n for n in names if not isinstance(found.get(n), str)]
+    if missing:
+        raise PipelineError(f"{repo / 'dvc.yaml'}: `vars` has no path for {', '.join(missing)}")
+    return [str(found[n]) for n in names]
+
+
+def _copy_workspace(source: Path, target: Path) -> int:
+    copied = 0
+    for path in sorted(source.rglob("*")):
+        if path.is_file() and path.name != NOTE_FILE:
+            destination = target / path.relative_to(source)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, destination)
+            copied += 1
+    return copied
+
+
+def _copy_revision(repo: Path, rev: str, source: str, target: Path) -> int:
+    """The event logs of one revision, read from DVC's cache through its file system."""
+    from dvc.api import DVCFileSystem
+
+    fs = DVCFileSystem(str(repo), rev=rev)
+    if not fs.isdir(source):
+        return 0
+    copied = 0
+    for path in sorted(fs.find(source)):
+        relative = path[len(source):].lstrip("/")
+        if not relative or relative.rsplit("/", 1)[-1] == NOTE_FILE:
+            continue
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(fs.read_bytes(path))
+        copied += 1
+    return copied
+
+
+def gather(repo: Path, source: str, out: Path) -> dict[str, int | str]:
+    """Rebuild `out` with one folder per revision; returns the event files copied per run
+    name, or why a revision's logs could not be read."""
+    from dvc.exceptions import DvcException
+    from scmrepo.exceptions import SCMError
+
+    result: dict[str, int | str] = {}
+    with fresh_directory(out) as staging:
+        result[WORKSPACE] = _copy_workspace(repo / source, staging / WORKSPACE)
+        for revision in list_revisions(repo):
+            name = _run_name(revision.name)
+            try:
+                result[name] = _copy_revision(repo, revision.rev, source, staging / name)
+            except (DvcException, SCMError, OSError) as error:  # e.g. not in the local cache
+                shutil.rmtree(staging / name, ignore_errors=True)
+                result[name] = f"not readable ({type(error).__name__}: {error}); `dvc pull` it"
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", type=Path, default=Path("."), help="the project root")
+    args = parser.parse_args(argv)
+
+    source, out = dvc_yaml_paths(args.repo, "tensorboard", "tensorboard_runs")
+    result = gather(args.repo, source, args.repo / out)
+    for name, copied in result.items():
+        print(f"{name}: " + (f"{copied} event files" if isinstance(copied, int) else copied))
+    if not any(isinstance(c, int) and c for c in result.values()):
+        raise PipelineError("no TensorBoard logs in the workspace or any experiment: they are "
+                            "written when train.tensorboard is true, e.g. "
+                            "`dvc exp run -S train.tensorboard=true`")
+    print(f"tensorboard --logdir {out}")
+
+
+def cli() -> None:
+    from pipeline.cli import run_stage
+
+    run_stage(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -26,6 +26,8 @@ class Experiment:
     params: dict[str, object]  # flattened: "train.lr" -> 0.02
     accuracy: dict[tuple[str, str], float] = field(default_factory=dict)  # (dataset, model)
     histories: dict[tuple[str, str], list[tracking.EpochRow]] = field(default_factory=dict)
+    committed: bool = False  # the baseline commit, not an experiment
+    revision: str = ""       # the git revision it was read at (a branch name for the baseline)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -81,10 +83,16 @@ def read_revision(repo: Path, revision: str, name: str, runs: list[tuple[str, st
     return experiment if experiment.accuracy else None
 
 
-def list_experiments(repo: Path, runs: list[tuple[str, str]], live_dir: str,
-                     limit: int = 8) -> list[Experiment]:
-    """The committed baseline and up to `limit` finished experiments, as `dvc exp show` lists
-    them; empty outside a git/DVC repository or before the first commit."""
+@dataclass(frozen=True)
+class Revision:
+    name: str      # as the report and TensorBoard show it
+    rev: str       # what git and `dvc.api.DVCFileSystem` resolve
+    committed: bool
+
+
+def list_revisions(repo: Path, limit: int | None = None) -> list[Revision]:
+    """The committed baseline and up to `limit` finished experiments derived from it, as
+    `dvc exp show` lists them; empty outside a git/DVC repository or before the first commit."""
     import dvc.api
     from dvc.exceptions import DvcException
     from scmrepo.exceptions import SCMError
@@ -96,20 +104,30 @@ def list_experiments(repo: Path, runs: list[tuple[str, str]], live_dir: str,
     baselines = [r for r in rows if r["typ"] == "baseline" and r["rev"] != "workspace"]
     children = [r for r in rows if r["typ"] != "baseline" and r.get("Experiment")
                 and r.get("State") in FINISHED][:limit]
+    return ([Revision(f"{r['rev']} (committed)", r["rev"], True) for r in baselines[:1]]
+            + [Revision(r["Experiment"], r["rev"], False) for r in children])
+
+
+def list_experiments(repo: Path, runs: list[tuple[str, str]], live_dir: str,
+                     limit: int = 8) -> list[Experiment]:
+    """The committed baseline and up to `limit` finished experiments with their results."""
+    from dvc.exceptions import DvcException
+    from scmrepo.exceptions import SCMError
+
     found = []
-    for row in baselines[:1] + children:
-        name = f"{row['rev']} (committed)" if row["typ"] == "baseline" else row["Experiment"]
+    for revision in list_revisions(repo, limit):
         try:
-            experiment = read_revision(repo, row["rev"], name, runs, live_dir)
+            experiment = read_revision(repo, revision.rev, revision.name, runs, live_dir)
         except (DvcException, SCMError, OSError):
             continue
         if experiment is not None:
+            experiment.committed, experiment.revision = revision.committed, revision.rev
             found.append(experiment)
     return found
 
 
 def changed_params(experiment: Experiment, reference: dict[str, object]) -> dict[str, object]:
-    """The parameters whose value differs from the reference (the workspace's). A dataset or
+    """The parameters whose value differs from the reference (the committed ones). A dataset or
     model defined on one side only is one entry (`models.x`: "not defined" or "defined"), not
     one `None` per key."""
     changed: dict[str, object] = {}
@@ -122,3 +140,15 @@ def changed_params(experiment: Experiment, reference: dict[str, object]) -> dict
         group = ".".join(parts[:2]) if parts[0] in ("datasets", "models") else key
         changed[group] = "defined" if key in experiment.params else "not defined"
     return changed
+
+
+def drift(workspace: Experiment, committed: Experiment) -> dict[str, tuple[object, object]]:
+    """What the workspace changed from the commit, as key -> (committed value, workspace
+    value); a dataset or model defined on one side only reads "not defined" on the other."""
+    changes = {}
+    for key, value in changed_params(workspace, committed.params).items():
+        if key in committed.params:
+            changes[key] = (committed.params[key], value)
+        else:  # a whole group, or a key the commit lacks
+            changes[key] = ("defined" if value == "not defined" else "not defined", value)
+    return changes

@@ -189,15 +189,21 @@ def _relative(path: Path, root: Path) -> str:
 
 def compare_experiments(sections: list[DatasetSection], params: Params, live: Path,
                         repo_root: Path) -> dict:
-    """The workspace next to the committed baseline and the experiments `dvc exp show` lists."""
+    """The workspace next to the committed baseline and the experiments `dvc exp show` lists,
+    each with the parameters it changed from the commit. `drift` holds the workspace's own
+    changes: `dvc exp run` starts from the workspace, so values set by an earlier
+    `dvc exp run -S` carry into the next run unless params.yaml is restored."""
     runs = [(s.name, m.name) for s in sections for m in s.models]
     found = experiments.list_experiments(repo_root, runs, _relative(live, repo_root))
     workspace = experiments.Experiment(
         "workspace", experiments.flatten(params.model_dump(mode="json")),
         {(s.name, m.name): m.summary.test_accuracy for s in sections for m in s.models},
         {(s.name, m.name): m.history for s in sections for m in s.models})
-    rows = [{"name": e.name, "changed": experiments.changed_params(e, workspace.params),
+    committed = next((e for e in found if e.committed), None)
+    reference = committed.params if committed else workspace.params
+    rows = [{"name": e.name, "changed": experiments.changed_params(e, reference),
              "accuracy": e.accuracy} for e in [workspace, *found]]
+    drift = experiments.drift(workspace, committed) if committed is not None else {}
     figures = {}
     if found:
         for section in sections:
@@ -206,17 +212,28 @@ def compare_experiments(sections: list[DatasetSection], params: Params, live: Pa
                                in e.histories} for m in section.models}
             figures[section.name] = plots.experiment_overlay(
                 curves, f"{section.name}: validation accuracy, workspace vs experiments")
-    return {"runs": runs, "rows": rows, "figures": figures, "count": len(found)}
+    return {"runs": runs, "rows": rows, "figures": figures, "count": len(found),
+            "committed": committed.name if committed else None,
+            "baseline": committed.revision if committed else None, "drift": drift}
+
+
+def param_text(value: object) -> str:
+    """A parameter value as params.yaml and `dvc exp run -S` spell it (`true`, not `True`)."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value)
 
 
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.PackageLoader("pipeline", "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    environment.filters["param"] = param_text
+    return environment
 
 
 def render(sections: list[DatasetSection], environment: dict, run_script: str) -> str:
@@ -237,6 +254,7 @@ def run_fragments(sections: list[DatasetSection], params: Params,
         "params": f"<pre>{escape(params_yaml)}</pre>",
         "experiments": _environment().get_template("experiments.html.j2").render(
             comparison=comparison),
+        "drift": _environment().get_template("drift.html.j2").render(comparison=comparison),
     }
     devices = set()
     for section in sections:

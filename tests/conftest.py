@@ -59,6 +59,20 @@ def sh(args: list[str], cwd: Path) -> str:
     return result.stdout + result.stderr
 
 
+def copy_repository(target: Path) -> None:
+    """The project's files as a fresh clone has them (no tests, no dvc.lock), in a new git
+    repository at `target`."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in listed:
+        source = ROOT / name
+        if source.is_file() and not name.startswith("tests/"):
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    (target / "dvc.lock").unlink(missing_ok=True)
+    sh(["git", "init", "-q"], target)
+
+
 @pytest.fixture
 def repo_params() -> Params:
     return load_params(ROOT / "params.yaml")

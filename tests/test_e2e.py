@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,22 +14,17 @@ import yaml
 from pipeline.experiments import changed_params, list_experiments
 from pipeline.models import ARCHITECTURES
 from tests.browser import check_page
-from tests.conftest import FASHION_CLASSES, FASHION_SAMPLE, ROOT, LocalServer, serve_bytes, sh
+from tests.conftest import (
+    FASHION_CLASSES,
+    FASHION_SAMPLE,
+    LocalServer,
+    copy_repository,
+    serve_bytes,
+    sh,
+)
 from tests.test_dvc_graph import import_closure, stage_definitions, stage_module
 
 pytestmark = pytest.mark.e2e
-
-
-def copy_repository(target: Path) -> None:
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for name in listed:
-        source = ROOT / name
-        if source.is_file() and not name.startswith("tests/"):
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    (target / "dvc.lock").unlink(missing_ok=True)
-    sh(["git", "init", "-q"], target)
 
 
 def lock_hashes(repo: Path) -> dict[str, str]:
@@ -217,9 +211,12 @@ def test_an_experiment_is_logged_by_dvclive_and_compared_in_the_report(built):
     sh(["git", "commit", "-qm", "baseline"], repo)
     sh(["dvc", "exp", "run", "-n", "narrow", "-S", "models.linearnet.hidden=[128,32]"], repo)
 
-    experiments = run_slots(repo)["experiments"]
-    # the committed baseline's row shows where it differs from this run
-    assert "(committed)" in experiments and "models.linearnet.hidden=[256, 64]" in experiments
+    slots = run_slots(repo)
+    experiments = slots["experiments"]
+    # this run's row names what it changed from the commit, and so does the page's banner
+    assert "(committed)" in experiments and "models.linearnet.hidden=[128, 32]" in experiments
+    banner = " ".join(slots["drift"].split())
+    assert "models.linearnet.hidden=[128, 32]</code> (committed [256, 64])" in banner
     assert "<img " in experiments  # the overlaid validation curves
 
     assert "narrow" in sh(["dvc", "exp", "show", "--json"], repo)

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.experiments import Experiment, changed_params, flatten, list_experiments
+from pipeline.experiments import Experiment, changed_params, drift, flatten, list_experiments
 from pipeline.tracking import EpochRow, RunTracker, Summary
-from tests.conftest import sh
+from tests.conftest import run_module, sh
 
 RUNS = [("digits", "cnn")]
 
@@ -64,3 +64,35 @@ def test_outside_a_dvc_repository_there_is_nothing_to_compare(tmp_path):
 def test_flatten_joins_nested_keys():
     assert flatten({"a": {"b": 1, "c": {"d": [2]}}, "e": None}) == {"a.b": 1, "a.c.d": [2],
                                                                     "e": None}
+
+
+def test_the_workspace_drift_names_each_changed_value_with_the_committed_one():
+    committed = Experiment("main (committed)", {"train.epochs": 10, "train.tensorboard": False,
+                                                "models.old.arch": "cnn"})
+    workspace = Experiment("workspace", {"train.epochs": 3, "train.tensorboard": False,
+                                         "models.new.arch": "linear"})
+    assert drift(workspace, committed) == {
+        "train.epochs": (10, 3), "models.new": ("not defined", "defined"),
+        "models.old": ("defined", "not defined")}
+    assert drift(committed, committed) == {}
+
+
+def test_pipeline_tensorboard_gathers_the_workspace_logs_or_says_how_to_get_some(tmp_path):
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"vars": [{
+        "tensorboard": "tb", "tensorboard_runs": "tb-runs"}], "stages": {}}))
+    (tmp_path / "tb/digits/cnn").mkdir(parents=True)
+    (tmp_path / "tb/digits/cnn/README.txt").write_text("a note, not a log")
+    done = run_module("pipeline.tensorboard_runs", cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "dvc exp run -S train.tensorboard=true" in done.stderr
+
+    (tmp_path / "tb/digits/cnn/seed0").mkdir()
+    (tmp_path / "tb/digits/cnn/seed0/events.out.tfevents.1").write_bytes(b"events")
+    (tmp_path / "tb-runs/stale").mkdir(parents=True)  # from an earlier call: rebuilt whole
+    done = run_module("pipeline.tensorboard_runs", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "workspace: 1 event files" in done.stdout
+    assert "tensorboard --logdir tb-runs" in done.stdout
+    gathered = sorted(p.relative_to(tmp_path / "tb-runs").as_posix()
+                      for p in (tmp_path / "tb-runs").rglob("*") if p.is_file())
+    assert gathered == ["workspace/digits/cnn/seed0/events.out.tfevents.1"]

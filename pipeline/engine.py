@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.distributed import SINGLE_PROCESS, DistributedError, World
 from pipeline.models import Architecture
 from pipeline.params import ParamsError, TrainSettings
 from pipeline.splits import Split
@@ -104,22 +105,31 @@ class DeviceData:
 class Runner:
     """Runs batches of one model on one device with the chosen precision and memory format."""
 
-    def __init__(self, model: nn.Module, device: torch.device, amp: bool, channels_last: bool):
+    def __init__(self, model: nn.Module, device: torch.device, amp: bool, channels_last: bool,
+                 world: World = SINGLE_PROCESS):
         self.device = device
         self.amp = amp and native_bf16(device)
         self.channels_last = channels_last
+        self.world = world
         self.model = model.to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # what training calls: the model itself, or its DDP wrapper that averages gradients
+        self.trainable: nn.Module = self.model
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.trainable = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.loss_fn = nn.CrossEntropyLoss(reduction="sum")
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(torch.float32).div_(255.0)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
+    def logits(self, images: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self.model(self.inputs(images)).float()
+            return (model or self.model)(self.inputs(images)).float()
 
     def train_epoch(self, data: DeviceData, optimizer: torch.optim.Optimizer, batch_size: int,
                     generator: torch.Generator, progress: tqdm | None = None,
@@ -131,32 +141,45 @@ class Runner:
         # (index_select copies whole rows, 2.4x faster than advanced indexing on CPU)
         images = torch.index_select(data.images, 0, order)
         labels = torch.index_select(data.labels, 0, order)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        # [loss sum, correct count], summed on the device and read once per epoch (float32:
+        # MPS has no float64; counts stay exact below 2**24 images)
+        totals = torch.zeros(2, device=self.device)
+        world = self.world
         for start in range(0, len(data), batch_size):
-            targets = labels[start : start + batch_size]
-            logits = self.logits(images[start : start + batch_size])
+            batch = min(batch_size, len(data) - start)
+            # this worker's slice of the global batch (all of it in one process)
+            part = world.shard(batch)
+            targets = labels[start + part.start : start + part.stop]
+            logits = self.logits(images[start + part.start : start + part.stop], self.trainable)
             loss = self.loss_fn(logits, targets)
             optimizer.zero_grad(set_to_none=True)
-            (loss / len(targets)).backward()
+            # the batch mean: DDP averages the workers' gradients, so each scales by its count
+            (loss / (batch / world.size)).backward()
             optimizer.step()
             if schedule is not None:
                 schedule.step()
-            loss_sum += loss.detach()
-            correct += (logits.detach().argmax(1) == targets).sum()
+            totals[0] += loss.detach()
+            totals[1] += (logits.detach().argmax(1) == targets).sum()
             if progress is not None:
-                progress.update(len(targets))
-        return loss_sum.item() / len(data), correct.item() / len(data)
+                progress.update(batch)
+        loss_sum, correct = world.all_sum(totals).tolist()
+        return loss_sum / len(data), correct / len(data)
 
     @torch.no_grad()
     def evaluate(self, data: DeviceData) -> tuple[float, float, torch.Tensor]:
+        """Loss, accuracy and logits of a whole split; with several workers each runs its
+        share of the images and the sums and logits are combined."""
         self.model.eval()
-        chunks = [self.logits(data.images[s : s + EVAL_BATCH])
-                  for s in range(0, len(data), EVAL_BATCH)]
+        part = self.world.shard(len(data))
+        images, labels = data.images[part], data.labels[part]
+        chunks = [self.logits(images[s : s + EVAL_BATCH])  # an empty share still runs once
+                  for s in range(0, max(len(images), 1), EVAL_BATCH)]
         logits = torch.cat(chunks)
-        loss = self.loss_fn(logits, data.labels).item() / len(data)
-        accuracy = (logits.argmax(1) == data.labels).float().mean().item()
-        return loss, accuracy, logits
+        totals = torch.stack([self.loss_fn(logits, labels),
+                              (logits.argmax(1) == labels).sum().float()])
+        loss_sum, correct = self.world.all_sum(totals).tolist()
+        logits = self.world.gather_shards(logits, len(data))
+        return loss_sum / len(data), correct / len(data), logits
 
 
 @dataclass
@@ -181,13 +204,16 @@ class Training:
 
     def __init__(self, architecture: Architecture, settings: TrainSettings,
                  splits: dict[str, Split], device: torch.device, seed: int, amp: bool = True,
-                 channels_last: bool = True):
-        seed_everything(seed)
+                 channels_last: bool = True, world: World = SINGLE_PROCESS):
+        seed_everything(seed)  # the same on every worker: the same initial weights
         self.settings = settings
         train = splits["train"]
         model = architecture.build(train.images.shape[1:], len(train.classes))
         self.initial_state = cpu_copy(model.state_dict())
-        self.runner = Runner(model, device, amp, channels_last and architecture.convolutional)
+        if world.distributed:  # but each worker its own dropout masks
+            torch.manual_seed(seed + 7919 * world.rank)
+        self.runner = Runner(model, device, amp, channels_last and architecture.convolutional,
+                             world)
         self.optimizer = make_optimizer(settings, self.runner.model, device)
         self.data = {name: DeviceData.from_split(split, device) for name, split in splits.items()}
         steps_per_epoch = -(-len(self.data["train"]) // settings.batch_size)
@@ -219,6 +245,11 @@ class Training:
 
     def finish(self) -> TrainResult:
         """Restore the best-validation weights and evaluate them on test."""
+        difference = self.runner.world.replica_difference(self.runner.model)
+        if difference != 0.0:
+            raise DistributedError(f"the workers' weights differ by up to {difference:g} after "
+                                   "training; data-parallel replicas must stay identical "
+                                   "(is every worker running the same code and data?)")
         self.runner.model.load_state_dict(self.best_state)
         test_loss, test_acc, test_logits = self.runner.evaluate(self.data["test"])
         return TrainResult(
@@ -248,10 +279,11 @@ def fit(
     show_progress: bool = False,
     log=print,
     on_epoch: Callable[[EpochRow, nn.Module], None] | None = None,
+    world: World = SINGLE_PROCESS,
 ) -> TrainResult:
     """Train for `settings.epochs`, keep the weights with the best validation accuracy;
     `on_epoch(row, model)` sees every history row (the tracker logs it)."""
-    training = Training(architecture, settings, splits, device, seed, amp, channels_last)
+    training = Training(architecture, settings, splits, device, seed, amp, channels_last, world)
     total = settings.epochs * len(training.data["train"])
     with tqdm(total=total, unit="img", disable=not show_progress, leave=False) as progress:
         for _ in range(settings.epochs):

@@ -78,6 +78,8 @@ class TrainParams(TrainSettings):
     channels_last: bool = True
     threads: Annotated[int, Field(ge=0, le=1024)] = Field(0, description="0: torch's default")
     tensorboard: bool = Field(False, description="also write TensorBoard event logs")
+    processes: Annotated[int, Field(ge=1, le=64)] = Field(
+        1, description="data-parallel worker processes on this machine (torchrun; one per GPU)")
 
 
 class ModelRun(Strict):

@@ -5,6 +5,8 @@ first is the model, the others make its seed ensemble (mean of logits), kept in 
 Writes the checkpoint (pipeline/checkpoint.py), logs through dvclive (pipeline/tracking.py), and
 TensorBoard event logs too when `train.tensorboard` is on. The run's timings go to a separate
 timing file, so the checkpoint and the committed metrics are the same bytes on every re-run.
+With `train.processes: N` (or several machines, see pipeline/distributed.py) the stage runs
+itself under torchrun and only global rank 0 writes.
 """
 
 from __future__ import annotations
@@ -20,9 +22,18 @@ import torch
 from pipeline.artifacts import fresh_directory
 from pipeline.checkpoint import Checkpoint
 from pipeline.cli import run_stage
+from pipeline.distributed import (
+    World,
+    check_devices,
+    close_worker,
+    current_world,
+    init_worker,
+    launcher_arguments,
+    run_workers,
+)
 from pipeline.engine import fit, native_bf16, select_device, summarise
 from pipeline.models import count_params
-from pipeline.params import load_params
+from pipeline.params import Params, load_params
 from pipeline.splits import SPLITS, load_split
 from pipeline.tracking import RunTracker, Timing, describe_tensorboard_folder, write_timing
 
@@ -45,13 +56,32 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args.params)
     params.dataset(args.dataset)
+    params.model(args.model)
+    world = current_world()
+    device = select_device(params.train.device)
+    if not world.distributed:
+        launcher = launcher_arguments(params.train.processes)
+        if launcher:  # this process only launches the workers and waits for them
+            check_devices(device, params.train.processes)
+            run_workers(launcher, __spec__.name, sys.argv[1:] if argv is None else argv,
+                        params.train.processes)
+            return
+    if world.distributed:
+        device = init_worker(world, device)
+    try:
+        train(args, params, device, world)
+    finally:
+        close_worker(world)
+
+
+def train(args: argparse.Namespace, params: Params, device: torch.device, world: World) -> None:
     spec = params.model(args.model)
     architecture = spec.architecture()
     train_params = params.train
     settings = params.training_for(args.model)
     if train_params.threads:
         torch.set_num_threads(train_params.threads)
-    device = select_device(train_params.device)
+    say = print if world.main else (lambda *_: None)
 
     splits = {name: load_split(args.data / f"{name}.pkl") for name in SPLITS}
     classes = splits["train"].classes
@@ -60,12 +90,30 @@ def main(argv: list[str] | None = None) -> None:
     bf16 = train_params.amp and native_bf16(device)
     channels_last = train_params.channels_last and architecture.convolutional
     seeds = [train_params.seed + k for k in range(spec.seeds)]
-    print(f"{args.dataset}/{args.model}: {architecture.arch}, {n_params:,} parameters, on "
-          f"{device}, {settings.epochs} epochs, batch {settings.batch_size}, "
-          f"{settings.optimizer} lr {settings.lr:g} ({settings.schedule}), "
-          f"bf16 {'on' if bf16 else 'off'}"
-          + (f", seeds {seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else ""))
+    workers = (f" x {world.size} processes" + (f" on {world.size // train_params.processes} "
+               "machines" if world.size > train_params.processes else "")
+               if world.distributed else "")
+    say(f"{args.dataset}/{args.model}: {architecture.arch}, {n_params:,} parameters, on "
+        f"{device.type}{workers}, {settings.epochs} epochs, batch {settings.batch_size}, "
+        f"{settings.optimizer} lr {settings.lr:g} ({settings.schedule}), "
+        f"bf16 {'on' if bf16 else 'off'}"
+        + (f", seeds {seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else ""))
 
+    def train_copies(on_epoch) -> list:
+        results = []
+        for seed in seeds:
+            prefix = f"seed {seed}  " if len(seeds) > 1 else ""
+            results.append(fit(
+                architecture, settings, splits, device, seed, train_params.amp,
+                train_params.channels_last, show_progress=world.main and sys.stderr.isatty(),
+                log=lambda line, prefix=prefix: say(prefix + line),
+                on_epoch=on_epoch and (lambda row, model, seed=seed: on_epoch(row, model, seed)),
+                world=world))
+        return results
+
+    if not world.main:  # the other workers train and write nothing
+        train_copies(None)
+        return
     # Both folders are built aside and swapped in whole, so a failed run leaves no half-log.
     with contextlib.ExitStack() as stack:
         live_dir = stack.enter_context(fresh_directory(args.live))
@@ -74,14 +122,7 @@ def main(argv: list[str] | None = None) -> None:
                                     train_params.tensorboard)
         tracker = RunTracker(live_dir, tensorboard_dir if train_params.tensorboard else None,
                              seeds)
-        results = []
-        for seed in seeds:
-            prefix = f"seed {seed}  " if len(seeds) > 1 else ""
-            results.append(fit(
-                architecture, settings, splits, device, seed, train_params.amp,
-                train_params.channels_last, show_progress=sys.stderr.isatty(),
-                log=lambda line, prefix=prefix: print(prefix + line),
-                on_epoch=lambda row, model, seed=seed: tracker.log_epoch(row, model, seed)))
+        results = train_copies(tracker.log_epoch)
         labels = splits["test"].labels
         summary = summarise(results, labels, n_params)
         tracker.log_summary(summary)
@@ -96,15 +137,16 @@ def main(argv: list[str] | None = None) -> None:
         device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
                        else platform.processor() or platform.machine())
         run_info = {"seeds": seeds, "bf16": bool(bf16), "channels_last": channels_last,
-                    "device": str(device), "torch_version": str(torch.__version__),
-                    **settings.model_dump()}
+                    "device": str(device), "world_size": world.size,
+                    "torch_version": str(torch.__version__), **settings.model_dump()}
         Checkpoint(architecture, input_shape, classes, [r.state_dict for r in results],
                    results[0].initial_state_dict, args.dataset, args.model,
                    run_info).save(args.checkpoint)
     first = results[0]
     samples = len(first.epoch_seconds) * len(splits["train"].labels)
     write_timing(args.timing, Timing(
-        device=f"{device} ({device_name})", train_seconds=round(first.train_seconds, 3),
+        device=f"{device} ({device_name})" + workers,
+        train_seconds=round(first.train_seconds, 3),
         samples_per_second=round(samples / first.train_seconds, 1) if first.train_seconds else 0,
         epoch_seconds=[round(s, 4) for s in first.epoch_seconds]))
     print(f"{args.dataset}/{args.model}: test accuracy {first.test_accuracy:.4f}, "

@@ -1,0 +1,201 @@
+"""Data-parallel training on torch.distributed, started by its own launcher (torchrun).
+
+The train stage stays one command. With `train.processes: N` (or several machines) it runs
+`python -m torch.distributed.run` on itself and waits: N worker processes per machine, NCCL and
+one GPU each on CUDA, gloo on CPU. Every worker holds the whole uint8 split, draws the same
+seeded permutation each epoch and trains on its own contiguous slice of every global batch
+(`batch_size` stays the global batch); DistributedDataParallel averages the gradients. Sums of
+loss and accuracy are all-reduced, and evaluation splits the images between the workers so each
+is counted once. Only global rank 0 writes outputs.
+
+Machines are set by the environment, not by params.yaml, so a stage's hash does not depend on
+the cluster it ran on:
+
+    PIPELINE_NNODES      how many machines take part (default 1)
+    PIPELINE_NODE_RANK   this machine's index, 0 .. NNODES-1; machine 0 writes the outputs
+    MASTER_ADDR, MASTER_PORT   where machine 0 listens (torch's own names)
+
+Workers die with their launcher (Linux: PR_SET_PDEATHSIG), and the launcher with the stage, so
+a killed run leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pipeline.artifacts import sweep_stale_staging
+from pipeline.errors import PipelineError
+
+WORKER_ENV = "PIPELINE_DISTRIBUTED_WORKER"  # set for the workers: they must not relaunch
+NNODES_ENV = "PIPELINE_NNODES"
+NODE_RANK_ENV = "PIPELINE_NODE_RANK"
+
+
+class DistributedError(PipelineError):
+    pass
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the workers (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def shard(self, count: int) -> slice:
+        """This rank's contiguous part of `count` items (parts differ by at most one)."""
+        return slice(count * self.rank // self.size, count * (self.rank + 1) // self.size)
+
+    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values
+
+    def gather_shards(self, part: torch.Tensor, count: int) -> torch.Tensor:
+        """Every rank's `shard(count)` rows of a tensor, concatenated in rank order."""
+        if not self.distributed:
+            return part
+        longest = -(-count // self.size)
+        padded = part.new_zeros((longest, *part.shape[1:]))
+        padded[: len(part)] = part
+        gathered = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(gathered, padded)
+        shards = [World(r, self.size).shard(count) for r in range(self.size)]
+        return torch.cat([rows[: s.stop - s.start] for s, rows in zip(shards, gathered,
+                                                                      strict=True)])
+
+
+    def replica_difference(self, module: torch.nn.Module) -> float:
+        """The largest absolute difference between this module's parameters on any worker
+        and on rank 0 (0.0 when DDP kept the replicas identical, as it must)."""
+        if not self.distributed:
+            return 0.0
+        with torch.no_grad():
+            local = torch.cat([p.detach().reshape(-1).float() for p in module.parameters()])
+            reference = local.clone()
+            dist.broadcast(reference, src=0)
+            difference = (local - reference).abs().max().reshape(1)
+            dist.all_reduce(difference, op=dist.ReduceOp.MAX)
+        return float(difference.item())
+
+
+SINGLE_PROCESS = World()
+
+
+def _environment_int(environ: Mapping[str, str], name: str, default: int, low: int,
+                     high: int) -> int:
+    text = environ.get(name, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise DistributedError(f"environment variable {name}={text!r}: expected a whole number "
+                               f"from {low} to {high}")
+    return value
+
+
+def current_world(environ: Mapping[str, str] = os.environ) -> World:
+    """The world torchrun set up for this worker; one process outside a launch."""
+    if environ.get(WORKER_ENV) != "1":
+        return SINGLE_PROCESS
+    return World(int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ["LOCAL_RANK"]))
+
+
+def launcher_arguments(processes: int, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """torchrun's options for this machine; [] when one process on one machine is asked."""
+    nodes = _environment_int(environ, NNODES_ENV, 1, 1, 1024)
+    if processes == 1 and nodes == 1:
+        return []
+    arguments = ["--nproc-per-node", str(processes)]
+    if nodes == 1:
+        return [*arguments, "--standalone"]  # a free local port, no cluster settings
+    node_rank = _environment_int(environ, NODE_RANK_ENV, -1, 0, nodes - 1)
+    missing = [n for n in ("MASTER_ADDR", "MASTER_PORT") if not environ.get(n)]
+    if missing:
+        raise DistributedError(f"{NNODES_ENV}={nodes} needs {' and '.join(missing)} in the "
+                               "environment: the address and port of machine 0")
+    return [*arguments, "--nnodes", str(nodes), "--node-rank", str(node_rank),
+            "--master-addr", environ["MASTER_ADDR"], "--master-port", environ["MASTER_PORT"]]
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the parent dies, so no worker outlives a killed stage."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: nothing to set
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def run_workers(launcher: list[str], module: str, argv: list[str], processes: int) -> None:
+    """Run `python -m module argv` under torchrun and wait; a failed worker fails the stage
+    (torchrun then stops the others) and whatever they had half-written is removed."""
+    environ = {**os.environ, WORKER_ENV: "1"}
+    if processes > 1 and "OMP_NUM_THREADS" not in environ:  # share this machine's cores
+        environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
+    command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", module, *argv]
+    launched = subprocess.Popen(command, env=environ, preexec_fn=_die_with_parent)
+    forward = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for handled in forward:
+            signal.signal(handled, lambda number, _frame: launched.send_signal(number))
+        returncode = launched.wait()
+    finally:
+        for handled, previous in forward.items():
+            signal.signal(handled, previous)
+        if launched.poll() is None:
+            launched.kill()
+            launched.wait()
+    if returncode != 0:
+        sweep_stale_staging(Path.cwd())
+        raise DistributedError(
+            f"a training worker failed (torchrun exit status {returncode}; its output is "
+            "above); the other workers were stopped and no output was written")
+
+
+def check_devices(device: torch.device, processes: int) -> None:
+    """Refuse, before launching, what the workers could not do on this machine."""
+    if device.type not in ("cpu", "cuda"):
+        raise DistributedError(f"train.processes={processes} needs train.device cpu or cuda "
+                               f"(torch.distributed has no {device.type} backend); set "
+                               "train.processes: 1")
+    if device.type == "cuda" and processes > torch.cuda.device_count():
+        raise DistributedError(f"train.processes={processes} but this machine has "
+                               f"{torch.cuda.device_count()} CUDA devices: one process per GPU")
+
+
+def init_worker(world: World, device: torch.device) -> torch.device:
+    """Join the process group: NCCL and this worker's own GPU on CUDA, gloo elsewhere."""
+    _die_with_parent()
+    if device.type == "cuda":
+        if world.local_rank >= torch.cuda.device_count():
+            raise DistributedError(
+                f"train.processes asks for GPU {world.local_rank} but this machine has "
+                f"{torch.cuda.device_count()}; set train.processes to at most that")
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def close_worker(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()

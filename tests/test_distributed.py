@@ -1,0 +1,259 @@
+"""Data-parallel training: the train stage on 2 gloo processes (and 2 "machines" on 127.0.0.1)
+against one process, as DVC runs it; a worker that dies; a launcher that is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import yaml
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.distributed import (
+    NNODES_ENV,
+    NODE_RANK_ENV,
+    DistributedError,
+    World,
+    launcher_arguments,
+)
+from pipeline.tracking import read_history, read_summary
+from tests.conftest import ROOT, copy_repository, run_module, sh
+from tests.test_tracking import write_prepared
+
+OUTPUTS = ["model.pt", "live", "tb", "timing.json"]
+
+
+def stage_args(tmp_path: Path, processes: int, arch: dict, epochs: int = 3, seeds: int = 1,
+               out: str = "out") -> list[str]:
+    data = tmp_path / "prepared"
+    if not data.exists():
+        write_prepared(data)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["models"]["net"] = {**arch, "seeds": seeds}
+    # fp32: bf16 rounds each worker's partial gradients, so only fp32 runs agree to float noise
+    params["train"].update(epochs=epochs, batch_size=50, lr=0.05, processes=processes,
+                           amp=False, tensorboard=True)
+    path = tmp_path / f"params-{processes}.yaml"
+    path.write_text(yaml.safe_dump(params))
+    folder = tmp_path / out
+    return ["--params", str(path), "--dataset", "digits", "--model", "net", "--data", str(data),
+            "--checkpoint", str(folder / "model.pt"), "--live", str(folder / "live"),
+            "--tensorboard", str(folder / "tb"), "--timing", str(folder / "timing.json")]
+
+
+def train(tmp_path: Path, processes: int, arch: dict, **kwargs) -> tuple[Path, str]:
+    out = f"out-{processes}"
+    done = run_module("pipeline.stages.train",
+                      *stage_args(tmp_path, processes, arch, out=out, **kwargs), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return tmp_path / out, done.stdout
+
+
+LINEAR = {"arch": "linear"}
+CONV = {"arch": "convnet", "channels": [4, 8], "hidden": [16]}
+
+
+@pytest.mark.parametrize("arch", [LINEAR, CONV], ids=["linear", "convnet"])
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, arch):
+    one, _ = train(tmp_path, 1, arch, seeds=2)
+    two, printed = train(tmp_path, 2, arch, seeds=2)
+
+    assert printed.count("on cpu x 2 processes") == 1  # only rank 0 speaks
+    assert sorted(p.name for p in two.iterdir()) == sorted(OUTPUTS)  # one set of outputs
+    single, double = load_checkpoint(one / "model.pt"), load_checkpoint(two / "model.pt")
+    assert (single.run["world_size"], double.run["world_size"]) == (1, 2)
+    for a, b in zip(single.state_dicts, double.state_dicts, strict=True):  # every seed copy
+        for name in a:
+            torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+    history_one, history_two = read_history(one / "live"), read_history(two / "live")
+    for a, b in zip(history_one, history_two, strict=True):
+        assert b.train_accuracy == a.train_accuracy and b.valid_accuracy == a.valid_accuracy
+        assert b.train_loss == pytest.approx(a.train_loss, rel=1e-4)
+        assert b.valid_loss == pytest.approx(a.valid_loss, rel=1e-4)
+    summary_one, summary_two = read_summary(one / "live"), read_summary(two / "live")
+    assert summary_two.test_accuracy == summary_one.test_accuracy
+    assert summary_two.seeds.ensemble_test_accuracy == summary_one.seeds.ensemble_test_accuracy
+    assert sorted(p.name for p in (two / "tb").iterdir()) == ["README.txt", "seed0", "seed1"]
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_dropout_models_train_with_their_own_masks_per_worker(tmp_path):
+    # masks differ per worker, so only the run itself (and identical replicas) is checked
+    two, printed = train(tmp_path, 2, {**CONV, "dropout": 0.3})
+    assert "x 2 processes" in printed
+    assert read_summary(two / "live").test_accuracy > 0.8
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_machines_of_one_process_each_on_localhost(tmp_path):
+    one, _ = train(tmp_path, 1, LINEAR)
+    port = str(free_port())
+    nodes = []
+    for rank in (0, 1):
+        args = stage_args(tmp_path, 1, LINEAR, out=f"node-{rank}")
+        environ = {**os.environ, NNODES_ENV: "2", NODE_RANK_ENV: str(rank),
+                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+                   "PYTHONPATH": str(ROOT)}
+        nodes.append(subprocess.Popen([sys.executable, "-m", "pipeline.stages.train", *args],
+                                      cwd=tmp_path, env=environ, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    printed = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], printed
+    assert "on cpu x 2 processes on 2 machines" in printed[0]
+    assert "parameters" not in printed[1]  # node 1 trains and writes nothing
+    assert not (tmp_path / "node-1").exists()
+    assert sorted(p.name for p in (tmp_path / "node-0").iterdir()) == sorted(OUTPUTS)
+    two = load_checkpoint(tmp_path / "node-0/model.pt")
+    assert two.run["world_size"] == 2
+    for name, value in load_checkpoint(one / "model.pt").state_dicts[0].items():
+        torch.testing.assert_close(two.state_dicts[0][name], value, rtol=1e-4, atol=1e-5)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line mentions `text` (this test's own folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().decode(errors="replace")
+                state = (entry / "stat").read_text().split()[2]
+            except OSError:
+                continue
+            if text in command and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def workers_of(launcher: subprocess.Popen, marker: str, deadline_s: float = 60) -> list[int]:
+    """Wait until torchrun has started both workers, then give them time to start training."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        workers = [pid for pid in processes_mentioning(marker) if pid != launcher.pid
+                   and "torch.distributed.run" not in Path(f"/proc/{pid}/cmdline").read_text(
+                       errors="replace")]
+        if len(workers) == 2:
+            time.sleep(4)
+            return workers
+        time.sleep(0.2)
+    raise AssertionError("the workers did not start")
+
+
+def start_long_run(tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    args = stage_args(tmp_path, 2, LINEAR, epochs=100_000)
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+    launcher = subprocess.Popen([sys.executable, "-m", "pipeline.stages.train", *args],
+                                cwd=tmp_path, env=environ, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    return launcher, args[args.index("--params") + 1]
+
+
+def wait_until_gone(marker: str, deadline_s: float = 30) -> list[int]:
+    deadline = time.monotonic() + deadline_s
+    while processes_mentioning(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return processes_mentioning(marker)
+
+
+def test_a_worker_that_dies_fails_the_stage_cleanly(tmp_path):
+    launcher, marker = start_long_run(tmp_path)
+    try:
+        workers = workers_of(launcher, marker)
+        os.kill(max(workers), signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 1
+    assert stderr.strip().splitlines()[-1].startswith("error: a training worker failed")
+    assert wait_until_gone(marker) == []  # no worker left behind
+    # no checkpoint, logs or timing, and no half-written staging either
+    assert list((tmp_path / "out").rglob("*")) == []
+
+
+def test_a_killed_stage_leaves_no_worker_behind(tmp_path):
+    launcher, marker = start_long_run(tmp_path)
+    try:
+        workers_of(launcher, marker)
+        launcher.kill()  # what an impatient user or a CI timeout does
+        launcher.wait(timeout=30)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert wait_until_gone(marker) == []
+
+
+def test_dvc_repro_trains_on_two_processes(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    copy_repository(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["run"]["models"] = ["cnn"]
+    params["train"].update(epochs=20, processes=2)
+    params["models"]["cnn"]["seeds"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    printed = sh(["dvc", "repro"], repo)
+    assert "digits/cnn: cnn, 26,194 parameters, on cpu x 2 processes" in printed
+    checkpoint = load_checkpoint(repo / "models/digits/cnn.pt")
+    assert checkpoint.run["world_size"] == 2
+    assert read_summary(repo / "reports/live/digits/cnn").test_accuracy > 0.5
+    assert "Data and pipelines are up to date" in sh(["dvc", "repro"], repo)
+
+
+# The world's pieces, without launching anything.
+
+@pytest.mark.parametrize("size", [1, 2, 3, 8])
+@pytest.mark.parametrize("count", [0, 1, 5, 512, 1001])
+def test_shards_cover_every_item_once(size, count):
+    shards = [World(rank, size).shard(count) for rank in range(size)]
+    covered = [i for s in shards for i in range(count)[s]]
+    assert covered == list(range(count))
+    assert max(s.stop - s.start for s in shards) - min(s.stop - s.start for s in shards) <= 1
+
+
+def test_the_launcher_is_set_by_params_and_the_cluster_by_the_environment():
+    assert launcher_arguments(1, {}) == []
+    assert launcher_arguments(2, {}) == ["--nproc-per-node", "2", "--standalone"]
+    cluster = {NNODES_ENV: "2", NODE_RANK_ENV: "1", "MASTER_ADDR": "10.0.0.5",
+               "MASTER_PORT": "29500"}
+    assert launcher_arguments(1, cluster) == [
+        "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "1",
+        "--master-addr", "10.0.0.5", "--master-port", "29500"]
+    with pytest.raises(DistributedError, match="needs MASTER_ADDR and MASTER_PORT"):
+        launcher_arguments(1, {NNODES_ENV: "2", NODE_RANK_ENV: "0"})
+    with pytest.raises(DistributedError, match="PIPELINE_NODE_RANK='2': expected a whole number "
+                                               "from 0 to 1"):
+        launcher_arguments(1, {**cluster, NODE_RANK_ENV: "2"})
+    with pytest.raises(DistributedError, match="PIPELINE_NNODES='two'"):
+        launcher_arguments(1, {NNODES_ENV: "two"})
+
+
+def _replica_worker(rank: int, store: str, perturb: bool, results) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    module = torch.nn.Linear(4, 3)
+    if perturb and rank == 1:
+        with torch.no_grad():
+            module.bias[2] += 0.25
+    results[rank] = World(rank, 2).replica_difference(module)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("perturb", [False, True])
+def test_diverged_replicas_are_measured(tmp_path, perturb):
+    results = mp.Manager().dict()
+    mp.spawn(_replica_worker, args=(str(tmp_path / "store"), perturb, results), nprocs=2)
+    assert dict(results) == ({0: 0.25, 1: 0.25} if perturb else {0: 0.0, 1: 0.0})

@@ -41,6 +41,6 @@ lint: setup
 
 # Everything the pipeline and the set-up made that git does not track (reports/live is in git).
 clean:
-	rm -rf $(VENV) data/raw data/sources data/downloads data/prepared models reports/evaluation \
+	rm -rf $(VENV) data/raw data/downloads data/prepared models reports/evaluation \
 	  reports/tensorboard reports/tensorboard-runs \
 	  reports/timing reports/index.html reports/run.js dvc_plots

@@ -330,11 +330,15 @@ def _record(fetched: Fetched) -> dict:
 
 
 def record_sources(dataset: AnyDataset, fetched: dict[str, Fetched], folder: Path) -> None:
-    """Fill the download stage's `sources/<dataset>` folder, a DVC output kept out of the cache,
-    so that DVC notices when a source changes: a symlink to every local file (DVC hashes it
-    through the link, so replacing or editing the file marks the stage changed) and, for every
-    downloaded file, a record of its version (`<label>.url.json`), which
-    `pipeline-check-sources` compares with the server's."""
+    """Fill the download stage's `sources/<dataset>` folder, a DVC output kept out of the cache
+    and committed to git, so that DVC notices when a source changes:
+    - an unpinned local file gets a symlink (DVC hashes it through the link, so replacing or
+      editing the file marks the stage changed);
+    - a pinned one (sha256 given, e.g. the built-in digits) gets a record of its pin instead:
+      the download stage verifies it, so it cannot change unnoticed, and the record reads the
+      same on every machine, so a clone that pulls the data is in sync without re-running;
+    - every downloaded file gets a record of its version (`<label>.url.json`), which
+      `pipeline-check-sources` compares with the server's."""
     lines = ["What this dataset is read from. DVC hashes these files (through the links), so a",
              "changed source marks the download stage changed; `pipeline-check-sources` asks",
              "the servers whether downloaded files changed.", ""]
@@ -344,12 +348,17 @@ def record_sources(dataset: AnyDataset, fetched: dict[str, Fetched], folder: Pat
             write_json(folder / f"{label}.url.json", url_record(source, fetched[label]))
             lines.append(f"{label}: {label}.url.json, downloaded from {source.url or source.name}")
             continue
+        given = f"path: {source.path}" if source.path is not None else \
+            f"resource: {source.resource}"
+        if source.sha256 is not None:
+            write_json(folder / f"{label}.local.json",
+                       {"source": given, "sha256": source.sha256, "pinned": True})
+            lines.append(f"{label}: {label}.local.json, the sha256 pin of `{given}`")
+            continue
         link = folder / f"{label}{''.join(origin.suffixes[-2:]) or '.data'}"
         os.symlink(origin.resolve(), link)
         # where the link points stays out of this text: DVC hashes it, and the same data on
         # another machine or in another clone must give the same hash
-        given = f"path: {source.path}" if source.path is not None else \
-            f"resource: {source.resource}"
         lines.append(f"{label}: {link.name}, a link to the file of `{given}`")
     (folder / "README.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 

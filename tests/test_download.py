@@ -369,6 +369,21 @@ def test_local_sources_are_linked_for_dvc_to_hash(tmp_path):
         f"train: train.csv, a link to the file of `path: {local}`")
 
 
+def test_a_pinned_local_file_is_recorded_by_its_pin_not_linked(tmp_path):
+    """The same record on every machine: a clone that pulls the data is in sync with no
+    re-run (the download stage verifies the pin, so the file cannot change unnoticed)."""
+    local = tmp_path / "mine.csv"
+    local.write_bytes(FASHION_SAMPLE.read_bytes())
+    dataset = CsvDataset(format="csv", train={"path": str(local), "sha256": sha(
+        FASHION_SAMPLE.read_bytes())}, shape=(1, 28, 28), classes=FASHION_CLASSES,
+        label_column="label")
+    sources = tmp_path / "sources" / "user"
+    materialise("user", dataset, tmp_path / "raw", tmp_path / "cache", FAST, sources)
+    assert sorted(p.name for p in sources.iterdir()) == ["README.txt", "train.local.json"]
+    assert read_json(sources / "train.local.json") == {
+        "source": f"path: {local}", "sha256": sha(FASHION_SAMPLE.read_bytes()), "pinned": True}
+
+
 def test_a_pinned_download_is_recorded_by_its_pin_whether_cached_or_not(http_server, tmp_path):
     body = FASHION_SAMPLE.read_bytes()
     url = http_server.add("/train.csv", serve_bytes(body, headers={"ETag": '"v1"'}))

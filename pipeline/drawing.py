@@ -6,6 +6,8 @@ to the ink, scaled to fill a 32x32 binary bitmap and counted in 4x4 blocks (0..1
 mass in 28x28. A drawing on a 200x200 canvas, off-centre, classified after a plain resize,
 looks like none of them. `Drawing` is that recipe as a dataset setting (`drawing:` in
 params.yaml); `normalise()` applies it to a grey image with bright ink on a dark background.
+The report's draw canvas runs the same steps in JavaScript (pipeline/templates/draw.js), with
+the same area-averaging resize and the same rounding, and a test compares the two.
 """
 
 from __future__ import annotations
@@ -30,11 +32,27 @@ class Drawing(Strict):
         128, description="ink is brighter than this (0..255), for the bounding box and binarising")
 
 
+def _resize_axis(image: np.ndarray, size: int) -> np.ndarray:
+    """Area-weighted resampling of the last axis to `size`: each output pixel is the mean of the
+    input span it covers (the page's JavaScript does the same sums)."""
+    length = image.shape[-1]
+    scale = length / size
+    weights = np.zeros((size, length))
+    for j in range(size):
+        start, end = j * scale, (j + 1) * scale
+        for i in range(int(np.floor(start)), min(length, int(np.ceil(end)))):
+            weights[j, i] = min(end, i + 1) - max(start, i)
+    return image @ weights.T / scale
+
+
+def area_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A 2-D float image resized by area averaging, across then down."""
+    return _resize_axis(_resize_axis(image, width).T, height).T
+
+
 def normalise(ink: np.ndarray, size: tuple[int, int], drawing: Drawing) -> np.ndarray | None:
     """A uint8 image of `size` (H, W) made from `ink` (2-D, 0..255, bright ink on dark) the way
     the dataset made its images; None when there is no ink at all."""
-    from PIL import Image
-
     ys, xs = np.nonzero(ink >= drawing.threshold)
     if len(ys) == 0:
         return None
@@ -44,9 +62,7 @@ def normalise(ink: np.ndarray, size: tuple[int, int], drawing: Drawing) -> np.nd
     scale = drawing.fit * min(frame_h, frame_w) / max(crop.shape)
     new_h = min(frame_h, max(1, round(crop.shape[0] * scale)))
     new_w = min(frame_w, max(1, round(crop.shape[1] * scale)))
-    resample = Image.Resampling.BOX if k > 1 else Image.Resampling.LANCZOS
-    small = np.asarray(Image.fromarray(crop.astype(np.uint8)).resize((new_w, new_h), resample),
-                       dtype=np.float64)
+    small = area_resize(crop, new_h, new_w)
     if drawing.center == "mass" and small.sum() > 0:
         rows, cols = np.indices(small.shape)
         cy, cx = (rows * small).sum() / small.sum(), (cols * small).sum() / small.sum()

@@ -2,8 +2,10 @@
 
 The evaluate stage (pipeline/inference.py computes it) stores the test logits of every seed
 copy, the confusion matrix, per-class scores, the layer table, first-layer filters and feature
-maps, and histograms of the weights before and after training in one small pickle of plain
-arrays. The report only reads these files: it loads no checkpoint and runs no model.
+maps, histograms of the weights before and after training, the per-model evidence (accuracy
+interval, calibration, ROC and precision-recall curves) and the model's layers for the page's
+draw canvas in one pickle of plain arrays. The report only reads these files: it loads no
+checkpoint and runs no model.
 """
 
 from __future__ import annotations
@@ -32,6 +34,15 @@ class Evaluation:
     feature_maps: np.ndarray | None  # first conv's output for test image 0
     weight_histograms: dict[str, dict]  # per weight tensor: edges, initial, trained, size
     training: dict  # the effective settings it was trained with: optimizer, lr, batch size, ...
+    # the evidence (pipeline/evidence.py), from the test logits
+    interval: dict  # bootstrap 95 % interval of the model's accuracy: estimate, low, high
+    seed_interval: dict | None  # the same for its seed ensemble (seeds > 1)
+    calibration: dict  # reliability bins, ECE and Brier score of the model
+    class_curves: dict  # per class: ROC and precision-recall on fixed grids, their AUCs
+    # the model for the page's draw canvas: layer records (pipeline/web_model.py), or None, and
+    # PyTorch's fp32 probabilities of the first test images for the page's selftest
+    web_layers: list[dict] | None
+    selftest_probabilities: np.ndarray
 
 
 def save_evaluation(path: Path, evaluation: Evaluation) -> None:

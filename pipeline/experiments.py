@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from pipeline import tracking
-from pipeline.artifacts import ArtifactError
+from pipeline.artifacts import ArtifactError, load_foreign_arrays
 from pipeline.params import ParamsError, parse_params
 
 FINISHED = (None, "Success")  # exp_show's State of a usable row; queued/running/failed are not
@@ -26,6 +27,8 @@ class Experiment:
     params: dict[str, object]  # flattened: "train.lr" -> 0.02
     accuracy: dict[tuple[str, str], float] = field(default_factory=dict)  # (dataset, model)
     histories: dict[tuple[str, str], list[tracking.EpochRow]] = field(default_factory=dict)
+    # per (dataset, model): which test images the model got right, from its evaluation
+    correct: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     committed: bool = False  # the baseline commit, not an experiment
     revision: str = ""       # the git revision it was read at (a branch name for the baseline)
 
@@ -50,7 +53,7 @@ def normalised_params(raw: dict) -> dict[str, object]:
 
 
 def read_revision(repo: Path, revision: str, name: str, runs: list[tuple[str, str]],
-                  live_dir: str) -> Experiment | None:
+                  live_dir: str, evaluation_dir: str | None = None) -> Experiment | None:
     """One revision's params, test accuracies and curves; None if it has no usable run."""
     from dvc.api import DVCFileSystem
 
@@ -80,6 +83,11 @@ def read_revision(repo: Path, revision: str, name: str, runs: list[tuple[str, st
         if isinstance(accuracy, (int, float)):
             experiment.accuracy[(dataset, model)] = accuracy
             experiment.histories[(dataset, model)] = history
+        if evaluation_dir is not None:
+            correct = _read_correct(fs, f"{evaluation_dir}/{dataset}/{model}.pkl",
+                                    f"{revision}:{evaluation_dir}")
+            if correct is not None:
+                experiment.correct[(dataset, model)] = correct
     return experiment if experiment.accuracy else None
 
 
@@ -108,8 +116,21 @@ def list_revisions(repo: Path, limit: int | None = None) -> list[Revision]:
             + [Revision(r["Experiment"], r["rev"], False) for r in children])
 
 
+def _read_correct(fs, path: str, source: str) -> np.ndarray | None:
+    """Which test images a revision's model got right, from its evaluation record (a DVC
+    output, read from the cache); None when it is not there (not pulled, older layout)."""
+    from dvc.exceptions import DvcException
+
+    try:
+        record = load_foreign_arrays(fs.read_bytes(path), source)
+        return np.asarray(record["logits"][0]).argmax(1) == np.asarray(record["labels"])
+    except (FileNotFoundError, IsADirectoryError, DvcException, ArtifactError, KeyError,
+            IndexError, TypeError, ValueError, OSError):
+        return None
+
+
 def list_experiments(repo: Path, runs: list[tuple[str, str]], live_dir: str,
-                     limit: int = 8) -> list[Experiment]:
+                     limit: int = 8, evaluation_dir: str | None = None) -> list[Experiment]:
     """The committed baseline and up to `limit` finished experiments with their results."""
     from dvc.exceptions import DvcException
     from scmrepo.exceptions import SCMError
@@ -117,7 +138,8 @@ def list_experiments(repo: Path, runs: list[tuple[str, str]], live_dir: str,
     found = []
     for revision in list_revisions(repo, limit):
         try:
-            experiment = read_revision(repo, revision.rev, revision.name, runs, live_dir)
+            experiment = read_revision(repo, revision.rev, revision.name, runs, live_dir,
+                                       evaluation_dir)
         except (DvcException, SCMError, OSError):
             continue
         if experiment is not None:
@@ -152,3 +174,22 @@ def drift(workspace: Experiment, committed: Experiment) -> dict[str, tuple[objec
         else:  # a whole group, or a key the commit lacks
             changes[key] = ("defined" if value == "not defined" else "not defined", value)
     return changes
+
+
+def against_baseline(experiment: Experiment, committed: Experiment | None, run: tuple[str, str]
+                     ) -> dict | None:
+    """McNemar's exact test of an experiment's model against the committed one on the same test
+    images: images only it / only the baseline got right, the p-value, and "better" / "worse"
+    when p < 0.05. None when either side's predictions are missing or differ in test set."""
+    from pipeline.evidence import ALPHA, mcnemar
+
+    if committed is None or experiment is committed:
+        return None
+    mine, theirs = experiment.correct.get(run), committed.correct.get(run)
+    if mine is None or theirs is None or mine.shape != theirs.shape:
+        return None
+    only_mine, only_theirs, p_value = mcnemar(mine, theirs)
+    verdict = None
+    if p_value < ALPHA and only_mine != only_theirs:
+        verdict = "better" if only_mine > only_theirs else "worse"
+    return {"wins": (only_mine, only_theirs), "p_value": p_value, "verdict": verdict}

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from pipeline import analysis
+from pipeline import analysis, evidence, web_model
 from pipeline.checkpoint import Checkpoint
 from pipeline.engine import DeviceData, Runner, select_device
 from pipeline.evaluation import Evaluation
@@ -15,6 +15,7 @@ from pipeline.models import count_params, layer_summary
 from pipeline.splits import Split
 
 HISTOGRAM_BINS = 40
+CURVE_GRID = np.linspace(0.0, 1.0, 101)  # where ROC and precision-recall curves are kept
 TRAINING_KEYS = ("optimizer", "lr", "schedule", "batch_size", "epochs", "weight_decay",
                  "momentum", "bf16")
 
@@ -57,7 +58,47 @@ def evaluate(checkpoint: Checkpoint, test: Split) -> Evaluation:
             {k: v.detach().float().numpy() for k, v in initial.named_parameters()},
             {k: v.detach().float().numpy() for k, v in model.named_parameters()}),
         training={key: checkpoint.run[key] for key in TRAINING_KEYS if key in checkpoint.run},
+        **model_evidence(np.stack(logits), test.labels),
+        web_layers=web_model.export(model),
+        selftest_probabilities=web_model.reference_probabilities(
+            model, test.images[: web_model.SELFTEST_IMAGES]),
     )
+
+
+def _interval(correct: np.ndarray) -> dict:
+    return asdict(evidence.bootstrap_accuracy(correct))
+
+
+def model_evidence(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """The per-model evidence: accuracy intervals, calibration, and each class's ROC and
+    precision-recall curves (kept on a fixed grid of 101 points, so a big test set stays
+    small)."""
+    probabilities = analysis.softmax(logits[0])
+    curves = evidence.class_curves(probabilities, labels)
+    roc = np.array([np.interp(CURVE_GRID, fpr, tpr) if len(fpr) else np.full_like(CURVE_GRID,
+                   np.nan) for fpr, tpr in curves.roc])
+    return {
+        "interval": _interval(logits[0].argmax(1) == labels),
+        "seed_interval": _interval(logits.mean(axis=0).argmax(1) == labels)
+        if len(logits) > 1 else None,
+        "calibration": asdict(evidence.calibration(probabilities, labels)),
+        "class_curves": {"grid": CURVE_GRID, "roc_tpr": roc,
+                         "pr_precision": np.array([_interpolated_precision(recall, precision)
+                                                   for recall, precision in curves.pr]),
+                         "roc_auc": curves.roc_auc,
+                         "average_precision": curves.average_precision},
+    }
+
+
+def _interpolated_precision(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Precision at each grid recall, as the best precision at that recall or more."""
+    if len(recall) == 0:
+        return np.full_like(CURVE_GRID, np.nan)
+    order = np.argsort(recall, kind="stable")
+    recall, precision = recall[order], precision[order]
+    best_after = np.maximum.accumulate(precision[::-1])[::-1]
+    index = np.searchsorted(recall, CURVE_GRID, side="left")
+    return np.where(index < len(recall), best_after[np.minimum(index, len(recall) - 1)], 0.0)
 
 
 def weight_histograms(initial: dict[str, np.ndarray], trained: dict[str, np.ndarray]

@@ -106,6 +106,9 @@ _TAGGED_SECTIONS = {"datasets": FORMATS, "models": {
 
 class ReportParams(Strict):
     samples_per_class: Annotated[int, Field(ge=1, le=20)] = 8
+    draw_max_params: Annotated[int, Field(ge=0, le=5_000_000)] = Field(
+        300_000, description="models up to this size run in the page's draw canvas; larger "
+                             "ones are left out so the page stays small")
 
 
 class RunSelection(Strict):

@@ -293,3 +293,116 @@ def experiment_overlay(curves: dict[str, dict[str, list]], title: str) -> str:
                   ncol=min(4, len(labels)))
     figure.suptitle(title)
     return to_data_uri(figure)
+
+
+def accuracy_intervals(intervals: dict[str, dict], title: str) -> str:
+    """Test accuracy of every model and ensemble with its bootstrap 95 % interval."""
+    names = list(intervals)
+    figure, ax = plt.subplots(figsize=(9, 0.38 * len(names) + 1.2))
+    for row, name in enumerate(names):
+        value = intervals[name]
+        ax.errorbar(100 * value["estimate"], row, xerr=[[100 * (value["estimate"] - value["low"])],
+                    [100 * (value["high"] - value["estimate"])]], fmt="o", capsize=4,
+                    color="#2f6fdf" if "ensemble" not in name else "#2a9d5c")
+        ax.annotate(f"{100 * value['estimate']:.2f} [{100 * value['low']:.1f}, "
+                    f"{100 * value['high']:.1f}]", (100 * value["high"], row),
+                    xytext=(6, -3), textcoords="offset points", fontsize=8)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set(xlabel="test accuracy (%), bootstrap 95 % interval", title=title)
+    ax.grid(alpha=0.3, axis="x")
+    ax.margins(x=0.15)
+    return to_data_uri(figure)
+
+
+def reliability_diagrams(calibrations: dict[str, dict], title: str) -> str:
+    """Per model: accuracy against confidence in bins (the diagonal is perfect calibration)."""
+    names = list(calibrations)
+    columns = min(len(names), 4)
+    rows = -(-len(names) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.7 * columns, 2.7 * rows + 0.4),
+                                squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        c = calibrations[name]
+        ax.plot([0, 1], [0, 1], color="#999", linewidth=1)
+        ax.bar(c["bin_confidence"], c["bin_accuracy"], width=0.06, color="#2f6fdf", alpha=0.75)
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{name}\nECE {c['ece']:.3f}, Brier "
+               f"{c['brier']:.3f}")
+        ax.title.set_fontsize(9)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy", fontsize=8)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("confidence", fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return to_data_uri(figure)
+
+
+def class_curves(curves: dict[str, dict], classes: list[str], title: str) -> str:
+    """Small multiples, two models to a row: each model's one-vs-rest ROC and precision-recall
+    curves, a line per class (kept on a fixed grid by the evaluate stage)."""
+    names = list(curves)
+    rows = -(-len(names) // 2)
+    height = 2.3 * rows + 0.9
+    figure, axes = plt.subplots(rows, 4, figsize=(12, height), squeeze=False)
+    palette = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for ax in axes.flat[2 * len(names):]:
+        ax.axis("off")
+    for index, name in enumerate(names):
+        roc_ax, pr_ax = axes.flat[2 * index], axes.flat[2 * index + 1]
+        c = curves[name]
+        grid = np.asarray(c["grid"])
+        for k in range(len(classes)):
+            color = palette(k % palette.N)
+            roc_ax.plot(grid, np.asarray(c["roc_tpr"])[k], color=color, linewidth=1)
+            pr_ax.plot(grid, np.asarray(c["pr_precision"])[k], color=color, linewidth=1)
+        roc_ax.plot([0, 1], [0, 1], color="#bbb", linewidth=0.8, linestyle="--")
+        roc_ax.set_title(f"{name}: ROC, mean AUC {np.nanmean(c['roc_auc']):.4f}", fontsize=8)
+        pr_ax.set_title(f"{name}: PR, mean AP {np.nanmean(c['average_precision']):.4f}",
+                        fontsize=8)
+        roc_ax.set_xlabel("false positive rate", fontsize=7)
+        pr_ax.set_xlabel("recall", fontsize=7)
+        for ax in (roc_ax, pr_ax):
+            ax.set(xlim=(0, 1), ylim=(0, 1.02))
+            ax.tick_params(labelsize=6)
+    handles = [plt.Line2D([], [], color=palette(k % palette.N)) for k in range(len(classes))]
+    figure.legend(handles, classes, loc="upper center", ncol=min(len(classes), 10), fontsize=7,
+                  bbox_to_anchor=(0.5, 1 - 0.35 / height))
+    figure.suptitle(title)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.75 / height))
+    return to_data_uri(figure)
+
+
+def label_issue_gallery(images: np.ndarray, given: list[str], suggested: list[str],
+                        confidence: list[float], title: str) -> str:
+    """Suspected label errors: the image, its given label and what the models say instead."""
+    count = len(images)
+    columns = min(count, 8)
+    rows = -(-count // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.45 * columns, 1.75 * rows + 0.5),
+                                squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, was, now, p in zip(axes.flat, images, given, suggested, confidence,
+                                      strict=False):
+        _show_image(ax, image)
+        ax.set_title(f"given {was}\nmodels: {now} {100 * p:.0f}%", fontsize=7, color="#b3261e")
+    figure.suptitle(title, y=1.0)
+    figure.tight_layout()
+    return to_data_uri(figure)
+
+
+def accuracy_over_time(curves: dict[str, tuple[list[float], list[float]]], title: str) -> str:
+    """Validation accuracy against cumulative training seconds, every model on one axis."""
+    figure, ax = plt.subplots(figsize=(9, 3.6))
+    colors = _model_colors(list(curves))
+    for name, (seconds, accuracy) in curves.items():
+        ax.plot(seconds, accuracy, marker=".", color=colors[name], label=name)
+    ax.set(xlabel="training time (s)", ylabel="validation accuracy", title=title)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return to_data_uri(figure)

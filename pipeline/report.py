@@ -16,6 +16,8 @@ sidecar script beside the page, which fills those slots when the page opens.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
@@ -30,7 +32,7 @@ import markupsafe
 import numpy as np
 import yaml
 
-from pipeline import analysis, experiments, plots, tracking
+from pipeline import analysis, evidence, experiments, plots, tracking
 from pipeline.artifacts import atomic_write, read_json
 from pipeline.evaluation import Evaluation, load_evaluation
 from pipeline.params import Params
@@ -71,6 +73,8 @@ class DatasetSection:
     ensemble: dict = field(default_factory=dict)
     pareto: list[str] = field(default_factory=list)
     figures: dict[str, str] = field(default_factory=dict)
+    evidence: dict = field(default_factory=dict)  # see dataset_evidence
+    draw: dict = field(default_factory=dict)  # the draw canvas's data, see draw_data
 
     @property
     def best(self) -> ModelResult:
@@ -112,7 +116,67 @@ def collect_dataset(name: str, params: Params, inputs: Inputs) -> DatasetSection
     section.ensemble = analysis.ensemble({m.name: m.logits for m in results}, test.labels)
     section.pareto = analysis.pareto_front(
         {m.name: (m.summary.params, m.summary.test_accuracy) for m in results})
+    section.evidence = dataset_evidence(results, test.labels)
+    section.draw = draw_data(section, params)
     return section
+
+
+def dataset_evidence(models: list[ModelResult], labels: np.ndarray) -> dict:
+    """What compares the models of one dataset on the same test images: bootstrap intervals
+    (models, seed ensembles, the all-model ensemble), McNemar's test for every pair with the
+    verdict it supports, suspected label errors, and epochs to a share of the best accuracy."""
+    correct = {m.name: m.logits.argmax(1) == labels for m in models}
+    tests = evidence.compare_all(correct)
+    intervals = {}
+    for m in models:
+        intervals[m.name] = m.evaluation.interval
+        if m.evaluation.seed_interval is not None:
+            intervals[f"{m.name} (seed ensemble)"] = m.evaluation.seed_interval
+    if len(models) > 1:
+        mean_logits = np.mean([m.logits for m in models], axis=0)
+        intervals["all-model ensemble"] = dataclasses.asdict(
+            evidence.bootstrap_accuracy(mean_logits.argmax(1) == labels))
+    probabilities = np.mean([analysis.softmax(m.logits) for m in models], axis=0)
+    return {
+        "tests": tests,
+        "verdict": evidence.verdict({n: float(c.mean()) for n, c in correct.items()}, tests),
+        "intervals": intervals,
+        "label_issues": evidence.label_issues(probabilities, labels),
+        "milestones": {m.name: evidence.time_to_accuracy([r.valid_accuracy for r in m.history],
+                                                         None) for m in models},
+    }
+
+
+def draw_data(section: DatasetSection, params: Params) -> dict:
+    """What the page's draw canvas needs: the drawing recipe, the models small enough to embed
+    (their layers, float32 weights in base64) and the selftest's images and PyTorch
+    probabilities. Empty for colour datasets and those without a `drawing:` recipe (a drawing
+    could not be made into one of their images the way pipeline-predict makes it)."""
+    dataset = params.dataset(section.name)
+    shape = list(section.test.images.shape[1:])
+    if shape[0] != 1 or dataset.drawing is None:
+        return {}
+    budget = params.report.draw_max_params
+    models, left_out = [], []
+    for m in section.models:
+        layers = m.evaluation.web_layers
+        if layers is None or m.summary.params > budget:
+            left_out.append(m.name)
+            continue
+        models.append({"name": m.name, "convolutional": m.evaluation.convolutional,
+                       "layers": [_encode_layer(layer) for layer in layers],
+                       "selftest": m.evaluation.selftest_probabilities.tolist()})
+    count = len(models[0]["selftest"]) if models else 0
+    return {"dataset": section.name, "classes": section.classes, "shape": shape,
+            "recipe": dataset.drawing.model_dump(), "models": models, "left_out": left_out,
+            "budget": budget,
+            "selftest_images": base64.b64encode(
+                np.ascontiguousarray(section.test.images[:count]).tobytes()).decode("ascii")}
+
+
+def _encode_layer(layer: dict) -> dict:
+    return {key: base64.b64encode(value.astype("<f4").tobytes()).decode("ascii")
+            if isinstance(value, np.ndarray) else value for key, value in layer.items()}
 
 
 def draw_figures(section: DatasetSection, train_split_path: Path, per_class: int) -> None:
@@ -132,6 +196,21 @@ def draw_figures(section: DatasetSection, train_split_path: Path, per_class: int
         {m.name: (m.summary.params, m.summary.test_accuracy) for m in section.models},
         section.pareto, f"{ds}: test accuracy vs parameters")
     test = section.test
+    found = section.evidence
+    section.figures["intervals"] = plots.accuracy_intervals(
+        found["intervals"], f"{ds}: test accuracy with bootstrap 95 % intervals")
+    section.figures["reliability"] = plots.reliability_diagrams(
+        {m.name: m.evaluation.calibration for m in section.models},
+        f"{ds}: reliability (accuracy against confidence, test set)")
+    section.figures["class_curves"] = plots.class_curves(
+        {m.name: m.evaluation.class_curves for m in section.models}, section.classes,
+        f"{ds}: one-vs-rest curves per class (test set)")
+    issues = found["label_issues"]
+    if issues:
+        section.figures["label_issues"] = plots.label_issue_gallery(
+            test.images[[i.index for i in issues]], [section.classes[i.given] for i in issues],
+            [section.classes[i.suggested] for i in issues], [i.confidence for i in issues],
+            f"{ds}: test images whose label the models doubt")
     for model in section.models:
         title = f"{ds} / {model.name}"
         evaluation = model.evaluation
@@ -188,21 +267,26 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def compare_experiments(sections: list[DatasetSection], params: Params, live: Path,
-                        repo_root: Path) -> dict:
+                        evaluation: Path, repo_root: Path) -> dict:
     """The workspace next to the committed baseline and the experiments `dvc exp show` lists,
     each with the parameters it changed from the commit. `drift` holds the workspace's own
     changes: `dvc exp run` starts from the workspace, so values set by an earlier
     `dvc exp run -S` carry into the next run unless params.yaml is restored."""
     runs = [(s.name, m.name) for s in sections for m in s.models]
-    found = experiments.list_experiments(repo_root, runs, _relative(live, repo_root))
+    found = experiments.list_experiments(repo_root, runs, _relative(live, repo_root),
+                                         evaluation_dir=_relative(evaluation, repo_root))
     workspace = experiments.Experiment(
         "workspace", experiments.flatten(params.model_dump(mode="json")),
         {(s.name, m.name): m.summary.test_accuracy for s in sections for m in s.models},
-        {(s.name, m.name): m.history for s in sections for m in s.models})
+        {(s.name, m.name): m.history for s in sections for m in s.models},
+        {(s.name, m.name): m.logits.argmax(1) == s.test.labels
+         for s in sections for m in s.models})
     committed = next((e for e in found if e.committed), None)
     reference = committed.params if committed else workspace.params
     rows = [{"name": e.name, "changed": experiments.changed_params(e, reference),
-             "accuracy": e.accuracy} for e in [workspace, *found]]
+             "accuracy": e.accuracy,
+             "tests": {run: experiments.against_baseline(e, committed, run) for run in runs}}
+            for e in [workspace, *found]]
     drift = experiments.drift(workspace, committed) if committed is not None else {}
     figures = {}
     if found:
@@ -269,6 +353,30 @@ def run_fragments(sections: list[DatasetSection], params: Params,
             devices.add(timing.device)
     if devices:
         fragments["devices"] = str(escape(", ".join(sorted(devices))))
+    for section in sections:
+        fragments.update(time_to_accuracy_fragments(section))
+    return fragments
+
+
+def time_to_accuracy_fragments(section: DatasetSection) -> dict[str, str]:
+    """The training seconds to each share of the best validation accuracy, and validation
+    accuracy against training time: timings differ between runs, so they fill slots."""
+    fragments, curves = {}, {}
+    for model in section.models:
+        if model.timing is None:
+            continue
+        seconds = model.timing.epoch_seconds
+        accuracy = [r.valid_accuracy for r in model.history]
+        for milestone in evidence.time_to_accuracy(accuracy, seconds):
+            if milestone.seconds is not None:
+                fragments[f"tta:{section.name}/{model.name}/{milestone.fraction:g}"] = \
+                    f"{milestone.seconds:.2f} s"
+        curves[model.name] = (np.cumsum(seconds).tolist()[: len(accuracy)],
+                              accuracy[: len(seconds)])
+    if curves:
+        title = f"{section.name}: validation accuracy against training time"
+        figure = plots.accuracy_over_time(curves, title)
+        fragments[f"tta-plot:{section.name}"] = f'<img src="{figure}" alt="{title}">'
     return fragments
 
 
@@ -286,7 +394,8 @@ def build_report(params: Params, inputs: Inputs, out: Path, run_script: Path,
     }
     script_src = Path(os.path.relpath(run_script.resolve(), out.resolve().parent)).as_posix()
     html = render(sections, environment, script_src)
-    comparison = compare_experiments(sections, params, inputs.live, repo_root)
+    comparison = compare_experiments(sections, params, inputs.live, inputs.evaluation,
+                                     repo_root)
     fragments = run_fragments(sections, params, comparison)
     fragments["commit"] = str(markupsafe.escape(git_commit(repo_root)))
     with atomic_write(run_script, "w") as handle:

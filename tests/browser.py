@@ -81,3 +81,21 @@ def check_page(html_file: Path, workdir: Path) -> PageCheck:
     _run(browser, f"--screenshot={screenshot}", "--window-size=1280,2400", html_file.as_uri())
     return PageCheck(result["images"], result["broken"], result["errors"], console, screenshot,
                      result["unfilled"], result["width"])
+
+
+def dump_dom(html_file: Path, fragment: str = "", script: str = "") -> str:
+    """The page's DOM after it loaded (with `#fragment`), `script` run at its end."""
+    browser = chromium()
+    target = html_file
+    if script:
+        target = html_file.with_name(f".{html_file.stem}.scripted.html")
+        html = html_file.read_text(encoding="utf-8")
+        target.write_text(html.replace("</body>", f"<script>{script}</script></body>", 1),
+                          encoding="utf-8")
+    try:
+        done = _run(browser, "--dump-dom", "--window-size=1280,2400",
+                    target.as_uri() + (f"#{fragment}" if fragment else ""))
+    finally:
+        if target != html_file:
+            target.unlink()
+    return done.stdout

@@ -13,7 +13,7 @@ import yaml
 
 from pipeline.experiments import changed_params, list_experiments
 from pipeline.models import ARCHITECTURES
-from tests.browser import check_page
+from tests.browser import check_page, dump_dom
 from tests.conftest import (
     FASHION_CLASSES,
     FASHION_SAMPLE,
@@ -61,7 +61,7 @@ def built(tmp_path_factory) -> Iterator[tuple[Path, dict, LocalServer]]:
         params["datasets"]["fashion_sample"] = {   # a user CSV, added through params only
             "format": "csv", "train": {"url": url}, "test": {"path": str(local_test)},
             "header": True, "label_column": "label", "shape": [1, 28, 28],
-            "classes": FASHION_CLASSES}
+            "classes": FASHION_CLASSES, "drawing": {"fit": 1.0, "center": "box"}}
         params["train"]["epochs"] = 2
         params["run"]["models"] = [*params["run"]["models"], "simple_convnet"]  # 2 x 6 models
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -89,6 +89,51 @@ def test_the_report_renders_in_a_real_browser(built, tmp_path):
     assert check.screenshot.stat().st_size > 20_000
 
 
+def test_the_page_checks_its_own_forward_pass(built):
+    """#selftest: every embedded model re-classifies embedded test images in JavaScript."""
+    repo, params, _ = built
+    dom = dump_dom(repo / "reports" / "index.html", "selftest")
+    found = re.search(r'<pre id="selftest">max_abs_diff=([0-9.e+-]+) models=(\d+) images=(\d+)',
+                      dom)
+    assert found, dom[-2000:]
+    html = (repo / "reports" / "index.html").read_text()
+    embedded = sum(len(json.loads(block)["models"]) for block in re.findall(
+        r'<script type="application/json" class="draw-data">(.*?)</script>', html, re.S))
+    assert float(found.group(1)) <= 1e-4
+    assert int(found.group(2)) == embedded == 6 + 4  # cnn3 and simple_convnet left out at 28x28
+    assert "Left out: " in html and "report.draw_max_params" in html
+
+
+def test_drawing_a_stroke_updates_every_model(built):
+    repo, *_ = built
+    stroke = """
+      var board = document.querySelector('.draw-board'), box = board.getBoundingClientRect();
+      function send(type, x, y) {
+        board.dispatchEvent(new PointerEvent(type, {clientX: box.left + x, clientY: box.top + y,
+                                                    pointerId: 1, bubbles: true}));
+      }
+      function rows() {
+        return Array.from(board.closest('.draw-panel').querySelectorAll('.draw-row'))
+          .map(function (r) { return r.dataset.model + '=' + r.dataset.probabilities; });
+      }
+      var before = rows();
+      send('pointerdown', 140, 50);
+      for (var i = 1; i <= 18; i++) { send('pointermove', 140 + (i % 3), 50 + 10 * i); }
+      send('pointerup', 142, 230);
+      requestAnimationFrame(function () { setTimeout(function () {
+        var out = document.createElement('pre'); out.id = 'stroke';
+        out.textContent = JSON.stringify({before: before, after: rows()});
+        document.body.appendChild(out);
+      }, 0); });"""
+    dom = dump_dom(repo / "reports" / "index.html", script=stroke)
+    found = re.search(r'<pre id="stroke">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    result = json.loads(found.group(1).replace("&quot;", '"'))
+    assert result["before"] == []  # a blank board: nothing to classify
+    assert len(result["after"]) >= 4
+    assert all(len(row.split("=")[1].split(",")) == 10 for row in result["after"])
+
+
 def test_dvc_repro_end_to_end(built, tmp_path):
     repo, params, _ = built
 
@@ -101,7 +146,9 @@ def test_dvc_repro_end_to_end(built, tmp_path):
             has_filters = f'id="{dataset}-{model}-filters"' in html
             arch = ARCHITECTURES[params["models"][model]["arch"]]
             assert has_filters == arch.convolutional
-        for section in ("data", "models", "tradeoff", "ensemble", "curves", "params"):
+        for section in ("data", "models", "tradeoff", "ensemble", "curves", "params",
+                        "significance", "calibration", "roc", "label-errors",
+                        "time-to-accuracy", "draw"):
             assert f'id="{dataset}-{section}"' in html, (dataset, section)
     images = re.findall(r'<img src="([^"]+)"', html)
     assert images and all(src.startswith("data:image/png;base64,") for src in images)

@@ -1,0 +1,219 @@
+"""The evidence behind a comparison: is a difference real, how calibrated is a model, how well
+does it rank each class, which labels look wrong, how fast does it get there.
+
+All of it is computed from test-set predictions the evaluate stage stored (plus, for the time to
+accuracy, the run's history and timing), deterministically: the bootstrap has a fixed seed, so
+the same inputs give the same report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_SEED = 0
+ALPHA = 0.05
+CALIBRATION_BINS = 15
+
+
+@dataclass(frozen=True)
+class Interval:
+    estimate: float
+    low: float
+    high: float
+
+
+def bootstrap_accuracy(correct: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
+                       seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> Interval:
+    """Percentile bootstrap interval of the mean of a 0/1 vector (the test accuracy)."""
+    correct = np.asarray(correct, dtype=np.float64)
+    if correct.size == 0:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    for start in range(0, samples, 250):  # bounded memory on large test sets
+        count = min(250, samples - start)
+        draws = rng.integers(0, correct.size, (count, correct.size))
+        means[start : start + count] = correct[draws].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return Interval(float(correct.mean()), float(low), float(high))
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, float]:
+    """McNemar's exact test on paired predictions of the same images: (a right and b wrong,
+    b right and a wrong, two-sided p-value), from the binomial test on the discordant pairs."""
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    if only_a + only_b == 0:
+        return only_a, only_b, 1.0
+    return only_a, only_b, float(binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue)
+
+
+@dataclass(frozen=True)
+class PairTest:
+    better: str | None  # the significantly better of the two, after Holm's correction
+    wins: tuple[int, int]  # images only the first / only the second got right
+    p_value: float  # McNemar's exact, uncorrected
+    adjusted: float  # Holm-adjusted over every pair of the dataset
+
+
+def compare_all(correct: dict[str, np.ndarray], alpha: float = ALPHA
+                ) -> dict[tuple[str, str], PairTest]:
+    """Every pair of models on the same test images, with Holm's step-down correction for the
+    number of pairs (so "significant" holds for the whole table at level alpha)."""
+    names = list(correct)
+    raw = {}
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            raw[(first, second)] = mcnemar(correct[first], correct[second])
+    order = sorted(raw, key=lambda pair: raw[pair][2])
+    adjusted: dict[tuple[str, str], float] = {}
+    running = 0.0
+    for rank, pair in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * raw[pair][2]))
+        adjusted[pair] = running
+    tests = {}
+    for (first, second), (only_first, only_second, p) in raw.items():
+        better = None
+        if adjusted[(first, second)] < alpha and only_first != only_second:
+            better = first if only_first > only_second else second
+        test = PairTest(better, (only_first, only_second), p, adjusted[(first, second)])
+        tests[(first, second)] = test
+        tests[(second, first)] = PairTest(better, (only_second, only_first), p,
+                                          adjusted[(first, second)])
+    return tests
+
+
+def verdict(accuracy: dict[str, float], tests: dict[tuple[str, str], PairTest]) -> dict:
+    """Name a best model only when it is significantly better than the runner-up; otherwise
+    the models tied with the top one (not significantly different from it)."""
+    ranked = sorted(accuracy, key=lambda name: -accuracy[name])
+    top = ranked[0]
+    if len(ranked) == 1:
+        return {"best": top, "tied": [top]}
+    runner_up = ranked[1]
+    if tests[(top, runner_up)].better == top:
+        return {"best": top, "tied": [top]}
+    tied = [name for name in ranked if name == top or tests[(top, name)].better is None]
+    return {"best": None, "tied": tied}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    bin_confidence: list[float]  # mean top-class probability per non-empty bin
+    bin_accuracy: list[float]
+    bin_count: list[int]
+    ece: float  # expected calibration error: sum of |accuracy - confidence| weighted by count
+    brier: float  # mean squared error of the probability vector against the one-hot label
+
+
+def calibration(probabilities: np.ndarray, labels: np.ndarray,
+                bins: int = CALIBRATION_BINS) -> Calibration:
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    mean_confidence, mean_accuracy, counts = [], [], []
+    ece = 0.0
+    for b in range(bins):
+        members = which == b
+        if not members.any():
+            continue
+        mean_confidence.append(float(confidence[members].mean()))
+        mean_accuracy.append(float(correct[members].mean()))
+        counts.append(int(members.sum()))
+        ece += members.mean() * abs(mean_accuracy[-1] - mean_confidence[-1])
+    one_hot = np.eye(probabilities.shape[1])[labels]
+    brier = float(np.mean(np.sum((probabilities - one_hot) ** 2, axis=1)))
+    return Calibration(mean_confidence, mean_accuracy, counts, float(ece), brier)
+
+
+@dataclass(frozen=True)
+class ClassCurves:
+    roc: list[tuple[np.ndarray, np.ndarray]]  # per class: false positive rate, true positive rate
+    pr: list[tuple[np.ndarray, np.ndarray]]  # per class: recall, precision
+    roc_auc: list[float]  # per class; NaN where the test set lacks the class
+    average_precision: list[float]
+
+
+def class_curves(probabilities: np.ndarray, labels: np.ndarray) -> ClassCurves:
+    """One-vs-rest ROC and precision-recall curves of every class."""
+    from sklearn.metrics import (
+        average_precision_score,
+        precision_recall_curve,
+        roc_auc_score,
+        roc_curve,
+    )
+
+    roc, pr, roc_auc, average_precision = [], [], [], []
+    for k in range(probabilities.shape[1]):
+        positive = labels == k
+        if positive.all() or not positive.any():
+            roc.append((np.zeros(0), np.zeros(0)))
+            pr.append((np.zeros(0), np.zeros(0)))
+            roc_auc.append(float("nan"))
+            average_precision.append(float("nan"))
+            continue
+        fpr, tpr, _ = roc_curve(positive, probabilities[:, k])
+        precision, recall, _ = precision_recall_curve(positive, probabilities[:, k])
+        roc.append((fpr, tpr))
+        pr.append((recall, precision))
+        roc_auc.append(float(roc_auc_score(positive, probabilities[:, k])))
+        average_precision.append(float(average_precision_score(positive, probabilities[:, k])))
+    return ClassCurves(roc, pr, roc_auc, average_precision)
+
+
+@dataclass(frozen=True)
+class LabelIssue:
+    index: int  # into the test split
+    given: int
+    suggested: int
+    confidence: float  # the models' mean probability of the suggested class
+
+
+def label_issues(probabilities: np.ndarray, labels: np.ndarray, limit: int = 24
+                 ) -> list[LabelIssue]:
+    """Test images whose given label the models jointly and confidently disagree with:
+    confident learning (cleanlab's `find_label_issues`, pruned by the noise rate estimated from
+    the confident joint) on the out-of-sample test predictions, most doubtful first."""
+    from cleanlab.filter import find_label_issues
+
+    present = np.unique(labels)
+    if len(present) < 2 or len(labels) < 2 * probabilities.shape[1]:
+        return []
+    ranked = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence",
+                               n_jobs=1)
+    issues = []
+    for index in ranked[:limit]:
+        suggested = int(probabilities[index].argmax())
+        if suggested == labels[index]:
+            continue
+        issues.append(LabelIssue(int(index), int(labels[index]), suggested,
+                                 float(probabilities[index, suggested])))
+    return issues
+
+
+@dataclass(frozen=True)
+class Milestone:
+    fraction: float  # of the best validation accuracy
+    epoch: int
+    seconds: float | None  # cumulative training time at that epoch; None without a timing
+
+
+def time_to_accuracy(valid_accuracy: list[float], epoch_seconds: list[float] | None,
+                     fractions: tuple[float, ...] = (0.9, 0.95, 0.99)) -> list[Milestone]:
+    """The first epoch (and training seconds) at which validation accuracy reached each
+    fraction of its best."""
+    best = max(valid_accuracy)
+    elapsed = np.cumsum(epoch_seconds) if epoch_seconds else None
+    milestones = []
+    for fraction in fractions:
+        epoch = next(i for i, value in enumerate(valid_accuracy) if value >= fraction * best)
+        seconds = float(elapsed[epoch]) if elapsed is not None and epoch < len(elapsed) else None
+        milestones.append(Milestone(fraction, epoch + 1, seconds))
+    return milestones

@@ -1,0 +1,104 @@
+"""The evidence behind a comparison (pipeline/evidence.py), against hand-computed values and
+scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import evidence
+
+
+def test_the_bootstrap_interval_brackets_the_accuracy_and_is_repeatable():
+    correct = np.array([1] * 90 + [0] * 10)
+    interval = evidence.bootstrap_accuracy(correct)
+    assert interval.estimate == 0.9
+    assert 0.82 <= interval.low < 0.9 < interval.high <= 0.96
+    assert evidence.bootstrap_accuracy(correct) == interval  # fixed seed: same report
+    wider = evidence.bootstrap_accuracy(correct[::4])  # fewer images, wider interval
+    assert wider.high - wider.low > interval.high - interval.low
+
+
+def test_mcnemar_is_the_exact_binomial_test_on_the_discordant_pairs():
+    a = np.array([1] * 10 + [1] * 50 + [0] * 40, bool)
+    b = np.array([0] * 10 + [1] * 50 + [0] * 40, bool)
+    assert evidence.mcnemar(a, b) == (10, 0, pytest.approx(2 * 0.5 ** 10))
+    assert evidence.mcnemar(a, a) == (0, 0, 1.0)
+    # 7 vs 3 discordant: two-sided p = 2 * P(X <= 3 | n=10) = 0.34375
+    c = np.array([1] * 7 + [0] * 3 + [1] * 5, bool)
+    d = np.array([0] * 7 + [1] * 3 + [1] * 5, bool)
+    assert evidence.mcnemar(c, d)[2] == pytest.approx(0.34375)
+
+
+def test_holm_correction_and_the_verdict():
+    rng = np.random.default_rng(0)
+    strong = rng.random(2000) < 0.95
+    close = strong.copy()  # 6 images only strong gets right, 4 only close does: noise
+    close[np.flatnonzero(strong)[:6]] = False
+    close[np.flatnonzero(~strong)[:4]] = True
+    correct = {"strong": strong, "close": close, "weak": rng.random(2000) < 0.70}
+    tests = evidence.compare_all(correct)
+    assert tests[("strong", "weak")].better == "strong"
+    assert tests[("weak", "strong")].better == "strong"
+    assert tests[("weak", "strong")].wins == tests[("strong", "weak")].wins[::-1]
+    assert tests[("strong", "close")].wins == (6, 4)
+    assert tests[("strong", "close")].better is None
+    # Holm: the smallest raw p-value times 3, the next times 2 (never below the one before)
+    pairs = [("strong", "weak"), ("close", "weak"), ("strong", "close")]
+    raw = sorted(tests[pair].p_value for pair in pairs)
+    expected = [min(1, 3 * raw[0]), min(1, max(3 * raw[0], 2 * raw[1]))]
+    expected.append(min(1, max(expected[1], raw[2])))
+    assert sorted(tests[pair].adjusted for pair in pairs) == pytest.approx(expected)
+    accuracy = {name: float(c.mean()) for name, c in correct.items()}
+    assert evidence.verdict(accuracy, tests) == {"best": None, "tied": ["strong", "close"]}
+    del correct["close"]
+    two = evidence.compare_all(correct)
+    assert evidence.verdict({k: accuracy[k] for k in correct}, two) == {
+        "best": "strong", "tied": ["strong"]}
+
+
+def test_calibration_of_a_perfectly_calibrated_and_an_overconfident_model():
+    labels = np.array([0, 1] * 50)
+    sure = np.eye(2)[labels]
+    perfect = evidence.calibration(sure, labels)
+    assert perfect.ece == 0 and perfect.brier == 0
+    wrong_half = np.eye(2)[np.array([0, 1] * 25 + [1, 0] * 25)]  # always 100 %, right half the time
+    over = evidence.calibration(wrong_half, labels)
+    assert over.ece == pytest.approx(0.5) and over.brier == pytest.approx(1.0)
+    assert over.bin_count == [100] and over.bin_accuracy == [0.5]
+
+
+def test_class_curves_agree_with_scikit_learn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 300)
+    probabilities = rng.dirichlet(np.ones(3), 300)
+    probabilities[np.arange(300), labels] += 0.3
+    probabilities /= probabilities.sum(1, keepdims=True)
+    curves = evidence.class_curves(probabilities, labels)
+    for k in range(3):
+        assert curves.roc_auc[k] == pytest.approx(roc_auc_score(labels == k, probabilities[:, k]))
+    missing = evidence.class_curves(probabilities, np.zeros(300, int))  # one class only
+    assert np.isnan(missing.roc_auc[1])
+
+
+def test_label_issues_find_flipped_labels():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 4, 400)
+    probabilities = np.full((400, 4), 0.02)
+    probabilities[np.arange(400), labels] = 0.94
+    given = labels.copy()
+    flipped = [5, 50, 123, 300]
+    given[flipped] = (labels[flipped] + 1) % 4
+    issues = evidence.label_issues(probabilities, given)
+    assert sorted(i.index for i in issues) == flipped
+    assert all(i.suggested == labels[i.index] and i.given == given[i.index] for i in issues)
+    assert evidence.label_issues(probabilities, labels) == []
+
+
+def test_time_to_accuracy():
+    milestones = evidence.time_to_accuracy([0.2, 0.5, 0.88, 0.95, 0.99, 1.0], [1, 1, 2, 2, 2, 2])
+    assert [(m.fraction, m.epoch, m.seconds) for m in milestones] == [
+        (0.9, 4, 6.0), (0.95, 4, 6.0), (0.99, 5, 8.0)]
+    assert evidence.time_to_accuracy([0.5, 1.0], None)[0].seconds is None

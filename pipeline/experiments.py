@@ -16,6 +16,7 @@ import yaml
 
 from pipeline import tracking
 from pipeline.artifacts import ArtifactError, load_foreign_arrays
+from pipeline.errors import PipelineError
 from pipeline.params import ParamsError, parse_params
 
 FINISHED = (None, "Success")  # exp_show's State of a usable row; queued/running/failed are not
@@ -31,6 +32,23 @@ class Experiment:
     correct: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     committed: bool = False  # the baseline commit, not an experiment
     revision: str = ""       # the git revision it was read at (a branch name for the baseline)
+
+
+def dvc_yaml_paths(repo: Path, *names: str) -> list[str]:
+    """Entries of dvc.yaml's `vars` (where the project's paths are set)."""
+    try:
+        document = yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise PipelineError(f"{repo / 'dvc.yaml'}: cannot be read ({error}); run this from "
+                            "the project root") from error
+    found: dict[str, object] = {}
+    for entry in document.get("vars") or []:
+        if isinstance(entry, dict):
+            found.update(entry)
+    missing = [n for n in names if not isinstance(found.get(n), str)]
+    if missing:
+        raise PipelineError(f"{repo / 'dvc.yaml'}: `vars` has no path for {', '.join(missing)}")
+    return [str(found[n]) for n in names]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:

@@ -19,11 +19,9 @@ import re
 import shutil
 from pathlib import Path
 
-import yaml
-
 from pipeline.artifacts import fresh_directory
 from pipeline.errors import PipelineError
-from pipeline.experiments import list_revisions
+from pipeline.experiments import dvc_yaml_paths, list_revisions
 
 WORKSPACE = "workspace"
 NOTE_FILE = "README.txt"  # the train stage's note in every model folder; not a log
@@ -32,23 +30,6 @@ NOTE_FILE = "README.txt"  # the train stage's note in every model folder; not a 
 def _run_name(name: str) -> str:
     """A revision's name as one folder name: `main (committed)` -> `main-committed`."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
-
-
-def dvc_yaml_paths(repo: Path, *names: str) -> list[str]:
-    """Entries of dvc.yaml's `vars` (where the project's paths are set)."""
-    try:
-        document = yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise PipelineError(f"{repo / 'dvc.yaml'}: cannot be read ({error}); run this from "
-                            "the project root") from error
-    found: dict[str, object] = {}
-    for entry in document.get("vars") or []:
-        if isinstance(entry, dict):
-            found.update(entry)
-    missing = [n for n in names if not isinstance(found.get(n), str)]
-    if missing:
-        raise PipelineError(f"{repo / 'dvc.yaml'}: `vars` has no path for {', '.join(missing)}")
-    return [str(found[n]) for n in names]
 
 
 def _copy_workspace(source: Path, target: Path) -> int:

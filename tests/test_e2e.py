@@ -265,6 +265,9 @@ def test_an_experiment_is_logged_by_dvclive_and_compared_in_the_report(built):
     banner = " ".join(slots["drift"].split())
     assert "models.linearnet.hidden=[128, 32]</code> (committed [256, 64])" in banner
     assert "<img " in experiments  # the overlaid validation curves
+    # each cell of this run is tested against the commit's model on the same test images
+    assert len(re.findall(r"(▲ better|▼ worse|≈ same), p=", experiments)) == len(
+        params["run"]["datasets"]) * len(params["run"]["models"])
 
     assert "narrow" in sh(["dvc", "exp", "show", "--json"], repo)
     ref = sh(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo).split()

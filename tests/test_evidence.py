@@ -17,6 +17,12 @@ def test_the_bootstrap_interval_brackets_the_accuracy_and_is_repeatable():
     assert evidence.bootstrap_accuracy(correct) == interval  # fixed seed: same report
     wider = evidence.bootstrap_accuracy(correct[::4])  # fewer images, wider interval
     assert wider.high - wider.low > interval.high - interval.low
+    # against the normal approximation of a proportion on a large sample
+    big = (np.random.default_rng(3).random(5000) < 0.8).astype(int)
+    ci = evidence.bootstrap_accuracy(big)
+    half = 1.959964 * np.sqrt(big.mean() * (1 - big.mean()) / big.size)
+    assert ci.low == pytest.approx(big.mean() - half, abs=0.003)
+    assert ci.high == pytest.approx(big.mean() + half, abs=0.003)
 
 
 def test_mcnemar_is_the_exact_binomial_test_on_the_discordant_pairs():

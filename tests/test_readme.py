@@ -75,6 +75,12 @@ def test_the_experiments_section_runs_as_written(tmp_path):
         *({"models.cnn.train.lr": lr, "train.tensorboard": True} for lr in (0.01, 0.02, 0.1)),
     ], key=str)
 
+    # the terminal comparison: a row per run, accuracy with a McNemar mark against the commit
+    compared = next(out for line, out in outputs.items() if line.startswith("pipeline-compare"))
+    for experiment in experiments:
+        row = next(line for line in compared.splitlines() if line.startswith(experiment.name))
+        assert re.search(r"\d+\.\d\d% [+=-]$", row), row
+
     # every experiment's TensorBoard logs side by side, one run per experiment and seed
     sweep = [e.name for e in experiments if e.params["train.tensorboard"]]
     gathered = repo / "reports" / "tensorboard-runs"

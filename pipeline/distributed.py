@@ -154,9 +154,15 @@ def run_workers(launcher: list[str], module: str, argv: list[str], processes: in
     command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", module, *argv]
     launched = subprocess.Popen(command, env=environ, preexec_fn=_die_with_parent)
     forward = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupted = []
+
+    def pass_on(number: int, _frame) -> None:  # torchrun stops its workers on these
+        interrupted.append(number)
+        launched.send_signal(number)
+
     try:
         for handled in forward:
-            signal.signal(handled, lambda number, _frame: launched.send_signal(number))
+            signal.signal(handled, pass_on)
         returncode = launched.wait()
     finally:
         for handled, previous in forward.items():
@@ -166,6 +172,8 @@ def run_workers(launcher: list[str], module: str, argv: list[str], processes: in
             launched.wait()
     if returncode != 0:
         sweep_stale_staging(Path.cwd())
+        if interrupted:
+            raise KeyboardInterrupt
         raise DistributedError(
             f"a training worker failed (torchrun exit status {returncode}; its output is "
             "above); the other workers were stopped and no output was written")

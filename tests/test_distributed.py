@@ -257,3 +257,18 @@ def test_diverged_replicas_are_measured(tmp_path, perturb):
     results = mp.Manager().dict()
     mp.spawn(_replica_worker, args=(str(tmp_path / "store"), perturb, results), nprocs=2)
     assert dict(results) == ({0: 0.25, 1: 0.25} if perturb else {0: 0.0, 1: 0.0})
+
+
+def test_ctrl_c_stops_every_worker_and_says_so(tmp_path):
+    launcher, marker = start_long_run(tmp_path)
+    try:
+        workers_of(launcher, marker)
+        launcher.send_signal(signal.SIGINT)
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "interrupted; no partial outputs were kept"
+    assert wait_until_gone(marker) == []
+    assert list((tmp_path / "out").rglob("*")) == []

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from pipeline import experiments
 from pipeline.params import load_params
-from pipeline.report import param_text
 
 MARKS = {"better": "+", "worse": "-", None: "="}
 
@@ -38,8 +37,8 @@ def rows(repo: Path, runs: list[tuple[str, str]], live: str, evaluation: str
             test = experiments.against_baseline(run, committed, key)
             mark = f" {MARKS[test['verdict']]}" if test else ""
             cells.append("-" if accuracy is None else f"{100 * accuracy:.2f}%{mark}")
-        table.append([run.name, ", ".join(f"{k}={param_text(v)}" for k, v in changed.items())
-                      or "-", *cells])
+        shown = ", ".join(f"{k}={experiments.param_text(v)}" for k, v in changed.items())
+        table.append([run.name, shown or "-", *cells])
     return table
 
 

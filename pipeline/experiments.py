@@ -51,6 +51,13 @@ def dvc_yaml_paths(repo: Path, *names: str) -> list[str]:
     return [str(found[n]) for n in names]
 
 
+def param_text(value: object) -> str:
+    """A parameter value as params.yaml and `dvc exp run -S` spell it (`true`, not `True`)."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value)
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     flat: dict[str, object] = {}
     for key, value in tree.items():

@@ -301,13 +301,6 @@ def compare_experiments(sections: list[DatasetSection], params: Params, live: Pa
             "baseline": committed.revision if committed else None, "drift": drift}
 
 
-def param_text(value: object) -> str:
-    """A parameter value as params.yaml and `dvc exp run -S` spell it (`true`, not `True`)."""
-    if isinstance(value, bool) or value is None:
-        return {True: "true", False: "false", None: "null"}[value]
-    return str(value)
-
-
 def _environment() -> jinja2.Environment:
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("pipeline", "templates"),
@@ -316,7 +309,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    environment.filters["param"] = param_text
+    environment.filters["param"] = experiments.param_text
     return environment
 
 

@@ -10,8 +10,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pipeline.experiments import changed_params, list_experiments
-from pipeline.report import param_text
+from pipeline.experiments import changed_params, list_experiments, param_text
 from tests.conftest import ROOT, copy_repository, sh
 
 pytestmark = pytest.mark.e2e

@@ -15,7 +15,6 @@ from pipeline.models import count_params, layer_summary
 from pipeline.splits import Split
 
 HISTOGRAM_BINS = 40
-CURVE_GRID = np.linspace(0.0, 1.0, 101)  # where ROC and precision-recall curves are kept
 TRAINING_KEYS = ("optimizer", "lr", "schedule", "batch_size", "epochs", "weight_decay",
                  "momentum", "bf16")
 
@@ -71,34 +70,15 @@ def _interval(correct: np.ndarray) -> dict:
 
 def model_evidence(logits: np.ndarray, labels: np.ndarray) -> dict:
     """The per-model evidence: accuracy intervals, calibration, and each class's ROC and
-    precision-recall curves (kept on a fixed grid of 101 points, so a big test set stays
-    small)."""
+    precision-recall curves."""
     probabilities = analysis.softmax(logits[0])
-    curves = evidence.class_curves(probabilities, labels)
-    roc = np.array([np.interp(CURVE_GRID, fpr, tpr) if len(fpr) else np.full_like(CURVE_GRID,
-                   np.nan) for fpr, tpr in curves.roc])
     return {
         "interval": _interval(logits[0].argmax(1) == labels),
         "seed_interval": _interval(logits.mean(axis=0).argmax(1) == labels)
         if len(logits) > 1 else None,
         "calibration": asdict(evidence.calibration(probabilities, labels)),
-        "class_curves": {"grid": CURVE_GRID, "roc_tpr": roc,
-                         "pr_precision": np.array([_interpolated_precision(recall, precision)
-                                                   for recall, precision in curves.pr]),
-                         "roc_auc": curves.roc_auc,
-                         "average_precision": curves.average_precision},
+        "class_curves": asdict(evidence.class_curves(probabilities, labels)),
     }
-
-
-def _interpolated_precision(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """Precision at each grid recall, as the best precision at that recall or more."""
-    if len(recall) == 0:
-        return np.full_like(CURVE_GRID, np.nan)
-    order = np.argsort(recall, kind="stable")
-    recall, precision = recall[order], precision[order]
-    best_after = np.maximum.accumulate(precision[::-1])[::-1]
-    index = np.searchsorted(recall, CURVE_GRID, side="left")
-    return np.where(index < len(recall), best_after[np.minimum(index, len(recall) - 1)], 0.0)
 
 
 def weight_histograms(initial: dict[str, np.ndarray], trained: dict[str, np.ndarray]

@@ -40,6 +40,7 @@ from pipeline.splits import Split, load_split
 
 PACKAGES = ("dvc", "torch", "numpy", "pandas", "scikit-learn", "matplotlib", "jinja2", "pydantic")
 PROBABILITY_EXAMPLES = 4  # test images shown with every model's class probabilities
+LABEL_ISSUES_SHOWN = 24  # the most doubtful suspected label errors, in the table and gallery
 
 
 @dataclass
@@ -205,7 +206,7 @@ def draw_figures(section: DatasetSection, train_split_path: Path, per_class: int
     section.figures["class_curves"] = plots.class_curves(
         {m.name: m.evaluation.class_curves for m in section.models}, section.classes,
         f"{ds}: one-vs-rest curves per class (test set)")
-    issues = found["label_issues"]
+    issues = found["label_issues"][:LABEL_ISSUES_SHOWN]
     if issues:
         section.figures["label_issues"] = plots.label_issue_gallery(
             test.images[[i.index for i in issues]], [section.classes[i.given] for i in issues],
@@ -315,7 +316,8 @@ def _environment() -> jinja2.Environment:
 
 def render(sections: list[DatasetSection], environment: dict, run_script: str) -> str:
     return _environment().get_template("report.html.j2").render(
-        sections=sections, environment=environment, run_script=run_script)
+        sections=sections, environment=environment, run_script=run_script,
+        label_issues_shown=LABEL_ISSUES_SHOWN)
 
 
 def run_fragments(sections: list[DatasetSection], params: Params,

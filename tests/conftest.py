@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -44,19 +46,44 @@ def toy_splits(seed: int = 0) -> dict[str, Split]:
 def run_module(module: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `python -m <module> args` the way DVC runs a stage: a fresh process, its own
     `__main__`. Returns the finished process (stdout and stderr as text) for the test to check."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ROOT,
+                          env={**tool_env(), "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=600)
+
+
+def tool_env() -> dict[str, str]:
+    """The environment commands run in: the venv's tools (dvc, rclone, ...) first on PATH."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "DVC_NO_ANALYTICS": "1"}
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run a command that may fail; the test checks the result."""
+    return subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True,
+                          timeout=900)
 
 
 def sh(args: list[str], cwd: Path) -> str:
-    """Run a command (the venv's `dvc` first on PATH); fail the test with its output."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1"}
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    """Run a command; fail the test with its output."""
+    result = run(args, cwd)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
+
+
+def dvc_status(repo: Path) -> dict:
+    return json.loads(sh(["dvc", "status", "--json"], repo).strip() or "{}")
+
+
+def run_slots(repo: Path) -> dict[str, str]:
+    """The report's run-dependent slots, from the sidecar script beside the page."""
+    text = (repo / "reports" / "run.js").read_text()
+    return json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def copy_repository(target: Path) -> None:

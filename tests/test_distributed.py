@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from pipeline.distributed import (
     launcher_arguments,
 )
 from pipeline.tracking import read_history, read_summary
-from tests.conftest import ROOT, copy_repository, run_module, sh
+from tests.conftest import ROOT, copy_repository, free_port, run_module, sh
 from tests.test_tracking import write_prepared
 
 OUTPUTS = ["model.pt", "live", "tb", "timing.json"]
@@ -91,12 +90,6 @@ def test_dropout_models_train_with_their_own_masks_per_worker(tmp_path):
     two, printed = train(tmp_path, 2, {**CONV, "dropout": 0.3})
     assert "x 2 processes" in printed
     assert read_summary(two / "live").test_accuracy > 0.8
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_two_machines_of_one_process_each_on_localhost(tmp_path):

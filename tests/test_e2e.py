@@ -19,6 +19,8 @@ from tests.conftest import (
     FASHION_SAMPLE,
     LocalServer,
     copy_repository,
+    dvc_status,
+    run_slots,
     serve_bytes,
     sh,
 )
@@ -31,16 +33,6 @@ def lock_hashes(repo: Path) -> dict[str, str]:
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     return {f"{name}:{out['path']}": out["md5"] for name, stage in lock.items()
             for out in stage.get("outs", [])}
-
-
-def run_slots(repo: Path) -> dict[str, str]:
-    """The report's run-dependent slots, from the sidecar script beside the page."""
-    text = (repo / "reports" / "run.js").read_text()
-    return json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
-
-
-def status(repo: Path) -> dict:
-    return json.loads(sh(["dvc", "status", "--json"], repo).strip() or "{}")
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +184,7 @@ def test_a_forced_rerun_reproduces_every_output_byte_for_byte(built):
 
 def test_editing_a_module_marks_exactly_the_stages_that_run_it(built):
     repo, *_ = built
-    assert status(repo) == {}
+    assert dvc_status(repo) == {}
     modules = sorted(p.relative_to(repo) for p in (repo / "pipeline").rglob("*.py"))
     originals = {m: (repo / m).read_bytes() for m in modules}
     try:
@@ -202,14 +194,14 @@ def test_editing_a_module_marks_exactly_the_stages_that_run_it(built):
         changed = {stage.split("@")[0]: sorted(Path(p) for entry in details
                                                if isinstance(entry, dict)
                                                for p in entry.get("changed deps", {}))
-                   for stage, details in status(repo).items()}
+                   for stage, details in dvc_status(repo).items()}
     finally:
         for module, text in originals.items():
             (repo / module).write_bytes(text)
     for name, definition in stage_definitions().items():
         expected = sorted(p for p in import_closure(stage_module(definition)))
         assert changed[name] == expected, name
-    assert status(repo) == {}
+    assert dvc_status(repo) == {}
 
 
 def test_replacing_a_local_source_file_is_seen_by_dvc(built):
@@ -219,13 +211,13 @@ def test_replacing_a_local_source_file_is_seen_by_dvc(built):
     try:
         lines = original.decode().splitlines(keepends=True)
         local.write_text("".join(lines[:500]))  # the user replaced the file with other data
-        changed = status(repo)
+        changed = dvc_status(repo)
         assert list(changed) == ["download@fashion_sample"]
         assert changed["download@fashion_sample"] == [
             {"changed outs": {"data/sources/fashion_sample": "modified"}}]
     finally:
         local.write_bytes(original)
-    assert status(repo) == {}
+    assert dvc_status(repo) == {}
 
 
 def test_a_file_changed_on_its_server_is_found_by_check_sources(built):
@@ -235,17 +227,17 @@ def test_a_file_changed_on_its_server_is_found_by_check_sources(built):
     path = "/kaggle/fashion-mnist_test.csv"
     check = ["python", "-m", "pipeline.check_sources", "--sources", "data/sources"]
     assert "fashion_sample.train: unchanged" in sh(check, repo)
-    assert status(repo) == {}
+    assert dvc_status(repo) == {}
     text = FASHION_SAMPLE.read_text()
     server.add(path, serve_bytes(text.replace("\n0,", "\n1,", 1).encode()))
     try:
         assert "fashion_sample.train: changed on the server" in sh(check, repo)
-        assert status(repo) == {"download@fashion_sample": [
+        assert dvc_status(repo) == {"download@fashion_sample": [
             {"changed outs": {"data/sources/fashion_sample": "modified"}}]}
     finally:
         server.add(path, serve_bytes(FASHION_SAMPLE.read_bytes()))
     assert "fashion_sample.train: unchanged" in sh(check, repo)
-    assert status(repo) == {}
+    assert dvc_status(repo) == {}
 
 
 def test_an_experiment_is_logged_by_dvclive_and_compared_in_the_report(built):

@@ -85,8 +85,13 @@ def test_class_curves_agree_with_scikit_learn():
     curves = evidence.class_curves(probabilities, labels)
     for k in range(3):
         assert curves.roc_auc[k] == pytest.approx(roc_auc_score(labels == k, probabilities[:, k]))
+    assert curves.roc_tpr.shape == curves.pr_precision.shape == (3, 101)
+    assert curves.roc_tpr[:, -1].tolist() == [1.0, 1.0, 1.0]  # every positive at fpr 1
+    # on the grid: non-decreasing ROC, non-increasing interpolated precision
+    assert (np.diff(curves.roc_tpr, axis=1) >= 0).all()
+    assert (np.diff(curves.pr_precision, axis=1) <= 1e-12).all()
     missing = evidence.class_curves(probabilities, np.zeros(300, int))  # one class only
-    assert np.isnan(missing.roc_auc[1])
+    assert np.isnan(missing.roc_auc[1]) and np.isnan(missing.roc_tpr[1]).all()
 
 
 def test_label_issues_find_flipped_labels():

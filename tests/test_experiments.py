@@ -6,7 +6,7 @@ import yaml
 
 from pipeline.experiments import Experiment, changed_params, drift, flatten, list_experiments
 from pipeline.tracking import EpochRow, RunTracker, Summary
-from tests.conftest import run_module, sh
+from tests.conftest import ROOT, run_module, sh
 
 RUNS = [("digits", "cnn")]
 
@@ -96,3 +96,11 @@ def test_pipeline_tensorboard_gathers_the_workspace_logs_or_says_how_to_get_some
     gathered = sorted(p.relative_to(tmp_path / "tb-runs").as_posix()
                       for p in (tmp_path / "tb-runs").rglob("*") if p.is_file())
     assert gathered == ["workspace/digits/cnn/seed0/events.out.tfevents.1"]
+
+
+def test_pipeline_compare_outside_the_project_says_where_to_run_it(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    done = run_module("pipeline.compare", "--params", str(tmp_path / "params.yaml"), cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"{tmp_path / 'dvc.yaml'}: cannot be read" in done.stderr
+    assert "run this from the project root" in done.stderr

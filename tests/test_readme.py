@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pipeline.experiments import changed_params, list_experiments, param_text
-from tests.conftest import ROOT, copy_repository, sh
+from tests.conftest import ROOT, copy_repository, run_slots, sh
 
 pytestmark = pytest.mark.e2e
 
@@ -25,11 +23,6 @@ def readme_block(heading: str) -> list[str]:
     block = re.search(r"```bash\n(.*?)```", section, re.S)
     assert block, f"no bash block under '## {heading}'"
     return [line for line in block.group(1).splitlines() if line.strip()]
-
-
-def run_slots(repo: Path) -> dict[str, str]:
-    text = (repo / "reports" / "run.js").read_text()
-    return json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
 
 
 def plain(html: str) -> str:

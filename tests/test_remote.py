@@ -4,8 +4,6 @@ pull, share experiments and restore stages from the run cache."""
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import shutil
 import socket
@@ -19,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_repository, sh
+from tests.conftest import copy_repository, dvc_status, free_port, run, sh
 
 pytestmark = pytest.mark.e2e
 
@@ -34,12 +32,6 @@ class S3Server:
     access_key: str
     secret_key: str
     process: subprocess.Popen
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -89,15 +81,6 @@ def clone(origin: Path, target: Path, server: S3Server) -> Path:
     return target
 
 
-def dvc_env() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-            "DVC_NO_ANALYTICS": "1"}
-
-
-def status(repo: Path) -> dict:
-    return json.loads(sh(["dvc", "status", "--json"], repo).strip() or "{}")
-
-
 @pytest.fixture(scope="module")
 def team(tmp_path_factory, s3) -> Iterator[tuple[Path, Path, S3Server]]:
     """Clone A runs the pipeline, commits, pushes to git and to the S3 remote."""
@@ -131,8 +114,7 @@ def test_credentials_stay_out_of_git(team):
     a, _, server = team
     assert ".dvc/config.local" not in sh(["git", "ls-files"], a)
     assert server.secret_key in (a / ".dvc/config.local").read_text()
-    committed = subprocess.run(["git", "grep", "-l", server.secret_key, "HEAD"], cwd=a,
-                               capture_output=True, text=True)
+    committed = run(["git", "grep", "-l", server.secret_key, "HEAD"], a)
     assert committed.returncode == 1 and committed.stdout == ""  # found nowhere
 
 
@@ -143,7 +125,7 @@ def test_a_colleague_pulls_everything_and_reruns_nothing(team, tmp_path):
     sh(["dvc", "pull"], b)
     for output in OUTPUTS:
         assert (b / output).read_bytes() == (a / output).read_bytes(), output
-    assert status(b) == {}
+    assert dvc_status(b) == {}
     assert "Data and pipelines are up to date" in sh(["dvc", "repro"], b)
 
 
@@ -162,7 +144,7 @@ def test_an_experiment_travels_through_the_remote(team, tmp_path):
     sh(["dvc", "pull"], b)
     assert (b / "models/digits/cnn.pt").read_bytes() == trained
     assert yaml.safe_load((b / "params.yaml").read_text())["models"]["cnn"]["train"]["lr"] == 0.01
-    assert status(b) == {}
+    assert dvc_status(b) == {}
     sh(["dvc", "repro", "-s", "-f", "report"], b)  # the README's refresh: lists the experiment
     run_js = (b / "reports/run.js").read_text()
     assert "slow-cnn" in run_js and "models.cnn.train.lr=0.01" in run_js
@@ -200,8 +182,7 @@ def test_a_remote_that_refuses_or_is_down_fails_clearly_and_loses_nothing(team, 
     a, origin, server = team
     b = clone(origin, tmp_path / "b", server)
     set_credentials(b, server, secret="wrong" + server.secret_key[5:])
-    failed = subprocess.run(["dvc", "pull"], cwd=b, capture_output=True, text=True,
-                            env=dvc_env())
+    failed = run(["dvc", "pull"], b)
     assert failed.returncode != 0
     assert "failed to connect to s3" in failed.stderr and "Forbidden" in failed.stderr
     assert not (b / "models").exists()
@@ -211,8 +192,7 @@ def test_a_remote_that_refuses_or_is_down_fails_clearly_and_loses_nothing(team, 
     shutil.copytree(a, local, symlinks=True)
     sh(["dvc", "remote", "modify", "storage", "endpointurl", f"http://127.0.0.1:{free_port()}"],
        local)
-    down = subprocess.run(["dvc", "push"], cwd=local, capture_output=True, text=True,
-                          env=dvc_env())
+    down = run(["dvc", "push"], local)
     assert down.returncode != 0 and "Could not connect to the endpoint URL" in down.stderr
     assert {p: (local / p).read_bytes() for p in OUTPUTS} == before
-    assert status(local) == {}
+    assert dvc_status(local) == {}

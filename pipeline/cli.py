@@ -1,22 +1,57 @@
-"""How every stage's `main()` is run: known failures print one clear message, no traceback."""
+"""How every stage's `main()` is run: known failures print one clear message, no traceback.
+
+With PIPELINE_PROFILE=<file> in the environment each stage also appends one JSON line to that
+file: when its process started, when its imports were done, when it finished, and the seconds
+of any named `phase` (the benchmark's first-run breakdown reads it).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.artifacts import sweep_stale_staging
 from pipeline.errors import PipelineError
 
+PROFILE_ENV = "PIPELINE_PROFILE"
+_phases: dict[str, float] = {}
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Time a part of a stage for the profile (summed if entered again)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        _phases[name] = _phases.get(name, 0.0) + time.perf_counter() - started
+
+
+def _write_profile(path: str, imported: float) -> None:
+    import psutil  # a dependency of DVC; only needed when profiling
+
+    record = {"stage": Path(sys.argv[0]).stem, "argv": sys.argv[1:],
+              "started": psutil.Process().create_time(), "imported": imported,
+              "finished": time.time(), "phases": _phases}
+    with open(path, "a") as log:
+        log.write(json.dumps(record) + "\n")
+
 
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage (DVC runs it from the project root): first remove what killed runs of any
     stage left half-written, then run it and print an expected failure as one line."""
+    imported = time.time()
     if Path("dvc.yaml").is_file():
         sweep_stale_staging(Path.cwd())
     try:
         main()
+        if os.environ.get(PROFILE_ENV):
+            _write_profile(os.environ[PROFILE_ENV], imported)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 
 import matplotlib
 
@@ -21,6 +26,41 @@ def to_data_uri(figure: Figure) -> str:
     figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(figure)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class FigureQueue:
+    """Figures to draw, each into `target[key]`; `draw()` draws them all, on every core.
+
+    Every figure is drawn from its own arguments alone, so a pool of processes draws them in
+    parallel with the same bytes. Drawing was 75 % of the report stage (41 figures, 8 s of its
+    11 s for the default digits run, measured with cProfile)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[dict, str, Callable[..., str | None], tuple]] = []
+
+    def add(self, target: dict, key: str, draw: Callable[..., str | None], *args) -> None:
+        self.jobs.append((target, key, draw, args))
+
+    def draw(self) -> None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else os.cpu_count() or 1
+        workers = min(cores, len(self.jobs))
+        calls = [(draw, args) for _, _, draw, args in self.jobs]
+        if workers > 1:
+            # fork where it is safe (Linux): the workers start with matplotlib imported
+            context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                figures = list(pool.map(_draw, calls))
+        else:
+            figures = [_draw(call) for call in calls]
+        for (target, key, _, _), figure in zip(self.jobs, figures, strict=True):
+            target[key] = figure
+        self.jobs.clear()
+
+
+def _draw(call: tuple[Callable[..., str | None], tuple]) -> str | None:
+    draw, args = call
+    return draw(*args)
 
 
 def _model_colors(names: list[str]) -> dict[str, tuple]:

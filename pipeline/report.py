@@ -34,6 +34,7 @@ import yaml
 
 from pipeline import analysis, evidence, experiments, plots, tracking
 from pipeline.artifacts import atomic_write, read_json
+from pipeline.cli import phase
 from pipeline.evaluation import Evaluation, load_evaluation
 from pipeline.params import Params
 from pipeline.splits import Split, load_split
@@ -180,62 +181,69 @@ def _encode_layer(layer: dict) -> dict:
             if isinstance(value, np.ndarray) else value for key, value in layer.items()}
 
 
-def draw_figures(section: DatasetSection, train_split_path: Path, per_class: int) -> None:
+def queue_figures(section: DatasetSection, train_split_path: Path, per_class: int,
+                  queue: plots.FigureQueue) -> None:
+    """Queue every figure of one dataset's section; `queue.draw()` fills them in."""
     train = load_split(train_split_path)
     ds = section.name
-    section.figures["samples"] = plots.sample_grid(
-        train.images, train.labels, section.classes, per_class, f"{ds}: training images per class")
-    section.figures["balance"] = plots.class_balance(
-        section.quality["class_counts"], section.classes, f"{ds}: images per class and split")
-    section.figures["curves"] = plots.learning_curves(
-        {m.name: m.history for m in section.models}, f"{ds}: learning curves, all models")
-    section.figures["params"] = plots.parameter_bars(
-        {m.name: m.summary.params for m in section.models},
-        {m.name: m.summary.test_accuracy for m in section.models},
-        f"{ds}: parameters per model")
-    section.figures["scatter"] = plots.accuracy_vs_params(
-        {m.name: (m.summary.params, m.summary.test_accuracy) for m in section.models},
-        section.pareto, f"{ds}: test accuracy vs parameters")
+    queue.add(section.figures, "samples", plots.sample_grid,
+              train.images, train.labels, section.classes, per_class,
+              f"{ds}: training images per class")
+    queue.add(section.figures, "balance", plots.class_balance,
+              section.quality["class_counts"], section.classes,
+              f"{ds}: images per class and split")
+    queue.add(section.figures, "curves", plots.learning_curves,
+              {m.name: m.history for m in section.models}, f"{ds}: learning curves, all models")
+    queue.add(section.figures, "params", plots.parameter_bars,
+              {m.name: m.summary.params for m in section.models},
+              {m.name: m.summary.test_accuracy for m in section.models},
+              f"{ds}: parameters per model")
+    queue.add(section.figures, "scatter", plots.accuracy_vs_params,
+              {m.name: (m.summary.params, m.summary.test_accuracy) for m in section.models},
+              section.pareto, f"{ds}: test accuracy vs parameters")
     test = section.test
     found = section.evidence
-    section.figures["intervals"] = plots.accuracy_intervals(
-        found["intervals"], f"{ds}: test accuracy with bootstrap 95 % intervals")
-    section.figures["reliability"] = plots.reliability_diagrams(
-        {m.name: m.evaluation.calibration for m in section.models},
-        f"{ds}: reliability (accuracy against confidence, test set)")
-    section.figures["class_curves"] = plots.class_curves(
-        {m.name: m.evaluation.class_curves for m in section.models}, section.classes,
-        f"{ds}: one-vs-rest curves per class (test set)")
+    queue.add(section.figures, "intervals", plots.accuracy_intervals,
+              found["intervals"], f"{ds}: test accuracy with bootstrap 95 % intervals")
+    queue.add(section.figures, "reliability", plots.reliability_diagrams,
+              {m.name: m.evaluation.calibration for m in section.models},
+              f"{ds}: reliability (accuracy against confidence, test set)")
+    queue.add(section.figures, "class_curves", plots.class_curves,
+              {m.name: m.evaluation.class_curves for m in section.models}, section.classes,
+              f"{ds}: one-vs-rest curves per class (test set)")
     issues = found["label_issues"][:LABEL_ISSUES_SHOWN]
     if issues:
-        section.figures["label_issues"] = plots.label_issue_gallery(
-            test.images[[i.index for i in issues]], [section.classes[i.given] for i in issues],
-            [section.classes[i.suggested] for i in issues], [i.confidence for i in issues],
-            f"{ds}: test images whose label the models doubt")
+        queue.add(section.figures, "label_issues", plots.label_issue_gallery,
+                  test.images[[i.index for i in issues]],
+                  [section.classes[i.given] for i in issues],
+                  [section.classes[i.suggested] for i in issues], [i.confidence for i in issues],
+                  f"{ds}: test images whose label the models doubt")
     for model in section.models:
         title = f"{ds} / {model.name}"
         evaluation = model.evaluation
         probabilities = analysis.softmax(model.logits)
         predicted = probabilities.argmax(1)
         examples = analysis.telling_examples(probabilities, test.labels, PROBABILITY_EXAMPLES)
-        model.figures["curves"] = plots.learning_curves(
-            {model.name: model.history}, f"{title}: train vs valid")
-        model.figures["confusion"] = plots.confusion_matrices(
-            evaluation.confusion, section.classes, f"{title}: test confusion matrix")
-        model.figures["misclassified"] = plots.misclassified_gallery(
-            test.images, test.labels, predicted, probabilities.max(1), section.classes,
-            f"{title}: most confidently wrong test images")
-        model.figures["probabilities"] = plots.probability_bars(
-            *(array[examples] for array in (test.images, test.labels, probabilities)),
-            section.classes, f"{title}: predicted probabilities (green: true, red: wrong guess)")
+        queue.add(model.figures, "curves", plots.learning_curves,
+                  {model.name: model.history}, f"{title}: train vs valid")
+        queue.add(model.figures, "confusion", plots.confusion_matrices,
+                  evaluation.confusion, section.classes, f"{title}: test confusion matrix")
+        queue.add(model.figures, "misclassified", plots.misclassified_gallery,
+                  test.images, test.labels, predicted, probabilities.max(1), section.classes,
+                  f"{title}: most confidently wrong test images")
+        queue.add(model.figures, "probabilities", plots.probability_bars,
+                  *(array[examples] for array in (test.images, test.labels, probabilities)),
+                  section.classes,
+                  f"{title}: predicted probabilities (green: true, red: wrong guess)")
         if evaluation.filters is not None:
-            model.figures["filters"] = plots.conv_filters(
-                evaluation.filters, f"{title}: first-layer filters")
-            model.figures["maps"] = plots.feature_maps(
-                evaluation.feature_maps, f"{title}: first-layer feature maps of test image 0 "
-                f"({section.classes[test.labels[0]]})")
-        model.figures["weights"] = plots.weight_histograms(
-            evaluation.weight_histograms, f"{title}: weights at initialisation vs after training")
+            queue.add(model.figures, "filters", plots.conv_filters,
+                      evaluation.filters, f"{title}: first-layer filters")
+            queue.add(model.figures, "maps", plots.feature_maps,
+                      evaluation.feature_maps, f"{title}: first-layer feature maps of test image 0 "
+                      f"({section.classes[test.labels[0]]})")
+        queue.add(model.figures, "weights", plots.weight_histograms,
+                  evaluation.weight_histograms,
+              f"{title}: weights at initialisation vs after training")
 
 
 def git_commit(cwd: Path) -> str:
@@ -378,11 +386,14 @@ def time_to_accuracy_fragments(section: DatasetSection) -> dict[str, str]:
 def build_report(params: Params, inputs: Inputs, out: Path, run_script: Path,
                  repo_root: Path) -> list[DatasetSection]:
     sections = []
+    queue = plots.FigureQueue()
     for name in params.run.datasets:
         section = collect_dataset(name, params, inputs)
-        draw_figures(section, inputs.prepared / name / "train.pkl",
-                     params.report.samples_per_class)
+        queue_figures(section, inputs.prepared / name / "train.pkl",
+                      params.report.samples_per_class, queue)
         sections.append(section)
+    with phase("figures"):
+        queue.draw()
     environment = {
         "packages": package_versions(),
         "platform": f"{platform.system()} {platform.machine()}",

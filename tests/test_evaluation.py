@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from pipeline.artifacts import ArtifactError, save_arrays
 from pipeline.checkpoint import Checkpoint
@@ -13,7 +14,7 @@ from pipeline.evaluation import load_evaluation, save_evaluation
 from pipeline.inference import evaluate
 from pipeline.models import Cnn
 from pipeline.params import TrainSettings
-from tests.conftest import CPU, run_module, toy_splits
+from tests.conftest import CPU, ROOT, run_module, toy_splits
 
 
 def toy_checkpoint(seeds=(0, 1)) -> tuple[Checkpoint, list]:
@@ -59,22 +60,32 @@ def test_an_evaluation_round_trips_and_a_foreign_file_is_refused(tmp_path):
 
 
 def test_the_evaluate_stage_runs_as_dvc_runs_it(tmp_path):
+    """One process evaluates every model of the run; a bad checkpoint leaves no output."""
     checkpoint, _ = toy_checkpoint(seeds=(0,))
-    checkpoint.save(tmp_path / "m.pt")
+    (tmp_path / "models").mkdir()
+    checkpoint.save(tmp_path / "models" / "cnn.pt")
+    checkpoint.save(tmp_path / "models" / "linear.pt")
     test = toy_splits()["test"]
     save_arrays(tmp_path / "test.pkl", {"images": test.images, "labels": test.labels,
                                         "classes": test.classes})
-    out = tmp_path / "eval" / "m.pkl"
-    done = run_module("pipeline.stages.evaluate", "--checkpoint", str(tmp_path / "m.pt"),
-                      "--test", str(tmp_path / "test.pkl"), "--out", str(out))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["run"]["models"] = ["cnn", "linear"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "eval"
+    done = run_module("pipeline.stages.evaluate", "--params", str(tmp_path / "params.yaml"),
+                      "--checkpoints", str(tmp_path / "models"), "--test",
+                      str(tmp_path / "test.pkl"), "--out", str(out))
     assert done.returncode == 0, done.stderr
-    assert "toy/cnn: test accuracy" in done.stdout
-    assert load_evaluation(out).logits.shape == (1, 64, 2)
+    assert done.stdout.count("toy/cnn: test accuracy") == 2
+    assert sorted(path.name for path in out.iterdir()) == ["cnn.pkl", "linear.pkl"]
+    assert load_evaluation(out / "cnn.pkl").logits.shape == (1, 64, 2)
 
-    torch.save({"not": "a checkpoint"}, tmp_path / "bad.pt")
-    failed = run_module("pipeline.stages.evaluate", "--checkpoint", str(tmp_path / "bad.pt"),
-                        "--test", str(tmp_path / "test.pkl"), "--out", str(tmp_path / "x.pkl"))
+    torch.save({"not": "a checkpoint"}, tmp_path / "models" / "linear.pt")
+    failed = run_module("pipeline.stages.evaluate", "--params", str(tmp_path / "params.yaml"),
+                        "--checkpoints", str(tmp_path / "models"), "--test",
+                        str(tmp_path / "test.pkl"), "--out", str(tmp_path / "x"))
     assert failed.returncode == 1
     assert failed.stderr.startswith("error: ") and "Traceback" not in failed.stderr
-    assert "bad.pt: not a checkpoint written by this pipeline" in failed.stderr
-    assert not (tmp_path / "x.pkl").exists()
+    assert "linear.pt: not a checkpoint written by this pipeline" in failed.stderr
+    assert not (tmp_path / "x").exists()
+    assert not [path for path in tmp_path.iterdir() if path.name.endswith(".tmp")]

@@ -30,11 +30,15 @@ browser:
 	       apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; }; } \
 	  || echo "chromium could not be installed: the browser test will be skipped"
 
-test: setup browser
+test: setup browser $(VENV)/.bench-installed
 	$(BIN)/python -m pytest
 
-bench: setup
+bench: setup $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks.run
+
+$(VENV)/.bench-installed: benchmarks/requirements.txt
+	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
+	touch $@
 
 lint: setup
 	$(BIN)/ruff check .

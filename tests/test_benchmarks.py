@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from benchmarks import run, tutorial
+from benchmarks.peers import PEER_SETTINGS
 from benchmarks.synthetic import csv_bytes, make_images, write_csv
 from pipeline.ingest import CsvLayout, read_image_csv
 
@@ -45,20 +46,46 @@ def test_the_tutorial_dataset_scales_reshapes_and_one_hot_encodes():
     assert target.tolist() == [0.0, 0.0, 1.0]
 
 
-def test_a_tiny_benchmark_run_writes_json_and_markdown(tmp_path):
-    code = run.main(["--rows", "500", "--epochs", "1", "--repeats", "1", "--scaling", "300",
+def test_a_tiny_benchmark_run_writes_json_and_markdown(tmp_path, monkeypatch):
+    # torch.compile takes a minute on 2 cores; the full benchmark measures it, not this test
+    monkeypatch.setitem(PEER_SETTINGS, "jit_compile", False)
+    code = run.main(["--rows", "500", "--epochs", "2", "--repeats", "1", "--scaling", "300",
                      "--skip-dvc", "--out", str(tmp_path)])
     results = json.loads((tmp_path / "cpu.json").read_text())
     assert code in (0, 1)  # goals need full-size data; at 500 rows they may well fail
     assert results["ingest"]["rows"] == 500
     assert results["ingest"]["pipeline"]["seconds"]["median"] > 0
+    training = results["training"]
+    assert training["peaks"]["matmul_fp32"] > 0
     for model in ("cnn", "linearnet"):
-        entry = results["training"][model]
-        assert entry["train_rows"] == 400 and entry["epochs"] == 1
-        assert 0 <= entry["tutorial"]["accuracy"] <= 1
-        assert entry["speedup"] > 0
+        entry = training[model]
+        assert entry["train_rows"] == 400 and entry["epochs"] == 2
+        assert entry["train_flops_per_image"] > 0
+        for loop in ("pipeline", "tutorial", "lightning", "keras"):
+            assert len(entry[loop]["epoch_seconds"]["runs"]) == 2
+            assert 0 <= entry[loop]["accuracy"] <= 1
+            assert entry[loop]["gflops"] > 0
+        assert set(entry["speedup"]) == {"tutorial", "lightning", "keras"}
+    assert training["cnn"]["conv_peak_gflops"] > 0
+    assert training["linearnet"]["conv_peak_gflops"] is None
     assert [row["rows"] for row in results["scaling"]] == [300]
-    assert set(results["goals"]) == {"ingest speed", "ingest memory", "cnn speed",
-                                     "cnn accuracy", "linearnet speed", "linearnet accuracy"}
+    assert {"ingest speed", "ingest memory", "cnn vs lightning speed", "cnn vs keras accuracy",
+            "linearnet vs tutorial speed"} <= set(results["goals"])
     table = (tmp_path / "cpu.md").read_text()
-    assert "`cnn` epoch" in table and "pandas.read_csv" in table
+    for text in ("`cnn` epoch vs Lightning", "`linearnet` epoch vs Keras", "pandas.read_csv",
+                 "GFLOP/s bf16 matmul" if training["bf16"] else "GFLOP/s fp32 matmul"):
+        assert text in table
+
+
+def test_stage_breakdown_sums_each_kind_of_stage():
+    records = [
+        {"stage": "train", "started": 0.0, "imported": 1.5, "finished": 4.0, "phases": {}},
+        {"stage": "train", "started": 5.0, "imported": 6.0, "finished": 6.5, "phases": {}},
+        {"stage": "report", "started": 7.0, "imported": 7.5, "finished": 10.0,
+         "phases": {"figures": 2.0}},
+    ]
+    kinds = run.stage_breakdown(records)
+    assert kinds["train"] == {"processes": 2, "seconds": 5.5, "imports": 2.5, "work": 3.0,
+                              "figures": 0.0}
+    assert kinds["report"] == {"processes": 1, "seconds": 3.0, "imports": 0.5, "work": 0.5,
+                               "figures": 2.0}

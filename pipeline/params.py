@@ -76,6 +76,8 @@ class TrainParams(TrainSettings):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     amp: bool = Field(True, description="bf16 autocast where the hardware has native bf16")
     channels_last: bool = True
+    cuda_graphs: bool = Field(True, description="on CUDA, replay each full batch's training "
+                              "step as one captured CUDA graph")
     threads: Annotated[int, Field(ge=0, le=1024)] = Field(0, description="0: torch's default")
     tensorboard: bool = Field(False, description="also write TensorBoard event logs")
     processes: Annotated[int, Field(ge=1, le=64)] = Field(

@@ -122,3 +122,50 @@ def test_bf16_autocast_training_on_a_native_bf16_cpu_still_learns():
     result = fit(TOY["cnn"], TrainSettings(epochs=8, batch_size=32, lr=0.01), toy_splits(), CPU,
                  seed=0, amp=True, log=lambda line: None)
     assert result.test_accuracy > 0.9
+
+
+def test_cuda_graphs_leave_a_cpu_run_as_it_was():
+    settings = TrainSettings(epochs=2, batch_size=16)
+    plain = Training(TOY["cnn"], settings, toy_splits(), CPU, seed=1)
+    asked = Training(TOY["cnn"], settings, toy_splits(), CPU, seed=1, cuda_graphs=True)
+    assert asked.runner.graphed is None
+    assert not isinstance(asked.optimizer.param_groups[0]["lr"], torch.Tensor)
+    for training in (plain, asked):
+        training.run_epoch()
+    for name, value in plain.runner.model.state_dict().items():
+        assert torch.equal(value, asked.runner.model.state_dict()[name]), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device; "
+                    "run on one (the device tool) to check them")
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+@pytest.mark.parametrize("arch", ["cnn", "linearnet"])
+def test_cuda_graph_steps_train_as_the_eager_steps_do(arch, optimizer):
+    """Replayed full batches and an eager last partial batch (256 = 5 x 48 + 16) give the weights
+    and sums the eager loop gives, in fp32, up to float rounding."""
+    cuda = torch.device("cuda")
+    settings = TrainSettings(epochs=3, batch_size=48, lr=0.01, optimizer=optimizer)
+    runs = {graphs: Training(TOY[arch], settings, toy_splits(), cuda, seed=2, amp=False,
+                             cuda_graphs=graphs) for graphs in (False, True)}
+    assert runs[True].runner.graphed is not None and runs[False].runner.graphed is None
+    for training in runs.values():
+        for _ in range(settings.epochs):
+            training.run_epoch()
+    eager, graphed = (runs[graphs] for graphs in (False, True))
+    for name, value in eager.runner.model.state_dict().items():
+        torch.testing.assert_close(graphed.runner.model.state_dict()[name], value,
+                                   atol=1e-4, rtol=1e-4, msg=name)
+    for ours, theirs in zip(graphed.history, eager.history, strict=True):
+        assert ours.train_loss == pytest.approx(theirs.train_loss, rel=1e-4)
+        assert ours.train_accuracy == theirs.train_accuracy
+        assert ours.lr == pytest.approx(theirs.lr)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device; "
+                    "run on one (the device tool) to check them")
+def test_sgd_trains_eagerly_on_cuda_even_with_graphs_on():
+    settings = TrainSettings(epochs=1, batch_size=48, lr=0.01, optimizer="sgd")
+    training = Training(TOY["cnn"], settings, toy_splits(), torch.device("cuda"), seed=0,
+                        cuda_graphs=True)
+    assert training.runner.graphed is None
+    assert training.run_epoch().train_loss > 0

@@ -97,6 +97,8 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
         f"{device.type}{workers}, {settings.epochs} epochs, batch {settings.batch_size}, "
         f"{settings.optimizer} lr {settings.lr:g} ({settings.schedule}), "
         f"bf16 {'on' if bf16 else 'off'}"
+        + (", CUDA graphs" if train_params.cuda_graphs and device.type == "cuda"
+           and not world.distributed else "")
         + (f", seeds {seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else ""))
 
     def train_copies(on_epoch) -> list:
@@ -108,7 +110,7 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
                 train_params.channels_last, show_progress=world.main and sys.stderr.isatty(),
                 log=lambda line, prefix=prefix: say(prefix + line),
                 on_epoch=on_epoch and (lambda row, model, seed=seed: on_epoch(row, model, seed)),
-                world=world))
+                world=world, cuda_graphs=train_params.cuda_graphs))
         return results
 
     if not world.main:  # the other workers train and write nothing

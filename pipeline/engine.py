@@ -8,7 +8,17 @@ the hardware computes in bf16 natively (CUDA; CPUs with AVX512-BF16 or AMX, wher
 1.6-2x faster than fp32; on other CPUs it is emulated and several times slower, so it stays off).
 The learning rate follows a one-cycle schedule by default: with large batches it reaches the
 accuracy the tutorials' batch-32 constant-rate loop reaches in the same number of epochs
-(the README's Speed section has the measurements).
+(the README's Speed section has the measurements). On CUDA each full batch's step is one
+replayed CUDA graph (`GraphedStep`).
+
+Where a CPU epoch goes (torch.profiler, 48,000 Fashion-shaped images, batch 512, the 2-core
+AVX512-BF16 benchmark machine): `cnn` 1.2 s, of it convolution backward 28 %, forward 24 %,
+max-pool forward 18 % and backward 15 % (its zero-fill 6 %), Adam 3 %; LinearNet 0.13 s, of it
+the matmuls 53 % (630 GFLOP/s, about 70 % of this CPU's bf16 matmul peak), autocast's weight
+casts 9 %, Adam 9 %, the epoch's one shuffle gather 6 %. The loop is bound by oneDNN's kernels;
+what was tried beyond them measured slower: torch.compile (inductor) 3.3 s for the cnn epoch and
+0.21 s for LinearNet's, fp32 1.45 s for the cnn's, and LinearNet at batch 1024 took 0.10 s but
+ended 1.3 points less accurate after 5 epochs.
 """
 
 from __future__ import annotations

@@ -46,6 +46,9 @@ class PageCheck:
     page_width: int  # the page's scroll width at the 1280 px window: wider means it overflows
 
 
+PARSED_TO_END = "test-script-parsed"  # marks the injected script: the parser reached it
+
+
 def chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if path := shutil.which(name):
@@ -83,18 +86,29 @@ def check_page(html_file: Path, workdir: Path) -> PageCheck:
                      result["unfilled"], result["width"])
 
 
-def dump_dom(html_file: Path, fragment: str = "", script: str = "") -> str:
-    """The page's DOM after it loaded (with `#fragment`), `script` run at its end."""
+def dump_dom(html_file: Path, fragment: str = "", script: str = "", attempts: int = 3) -> str:
+    """The page's DOM after it loaded (with `#fragment`), `script` run at its end.
+
+    A heavily loaded machine can make headless Chromium dump the DOM before its parser reached
+    the end of a multi-megabyte page (the dump then closes the open tags itself); such a dump
+    says nothing about the page, so it is taken again, up to `attempts` times."""
     browser = chromium()
     target = html_file
     if script:
         target = html_file.with_name(f".{html_file.stem}.scripted.html")
         html = html_file.read_text(encoding="utf-8")
-        target.write_text(html.replace("</body>", f"<script>{script}</script></body>", 1),
-                          encoding="utf-8")
+        assert html.count("</body>") == 1, f"{html_file}: expected one </body>"
+        target.write_text(html.replace("</body>", f'<script id="{PARSED_TO_END}">{script}'
+                                       "</script></body>", 1), encoding="utf-8")
     try:
-        done = _run(browser, "--dump-dom", "--window-size=1280,2400",
-                    target.as_uri() + (f"#{fragment}" if fragment else ""))
+        for _ in range(attempts):
+            done = _run(browser, "--dump-dom", "--window-size=1280,2400",
+                        target.as_uri() + (f"#{fragment}" if fragment else ""))
+            if not script or f'id="{PARSED_TO_END}"' in done.stdout:
+                break
+        else:
+            raise AssertionError(f"Chromium never parsed {html_file.name} to its end in "
+                                 f"{attempts} tries:\n{done.stderr[-2000:]}")
     finally:
         if target != html_file:
             target.unlink()

@@ -35,6 +35,7 @@ from benchmarks import roofline, tutorial
 from benchmarks.peers import PEER_SETTINGS, PEERS
 from benchmarks.synthetic import write_csv
 from pipeline.cli import PROFILE_ENV
+from pipeline.cores import usable_cores
 from pipeline.engine import Training, native_bf16, select_device
 from pipeline.ingest import CsvLayout, read_image_csv
 from pipeline.params import load_params
@@ -98,8 +99,7 @@ def machine() -> dict:
     device = select_device("auto")
     return {
         "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
+        "cores": usable_cores(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": str(torch.__version__),

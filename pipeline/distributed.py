@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.artifacts import sweep_stale_staging
+from pipeline.cores import usable_cores
 from pipeline.errors import PipelineError
 
 WORKER_ENV = "PIPELINE_DISTRIBUTED_WORKER"  # set for the workers: they must not relaunch
@@ -150,7 +151,7 @@ def run_workers(launcher: list[str], module: str, argv: list[str], processes: in
     (torchrun then stops the others) and whatever they had half-written is removed."""
     environ = {**os.environ, WORKER_ENV: "1"}
     if processes > 1 and "OMP_NUM_THREADS" not in environ:  # share this machine's cores
-        environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
+        environ["OMP_NUM_THREADS"] = str(max(1, usable_cores() // processes))
     command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", module, *argv]
     launched = subprocess.Popen(command, env=environ, preexec_fn=_die_with_parent)
     forward = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}

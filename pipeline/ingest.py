@@ -36,6 +36,7 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
+from pipeline.cores import usable_cores
 from pipeline.errors import PipelineError
 
 # Blocks parse in this many threads (the cores, up to 4): on 2 cores the 60,000-row benchmark
@@ -45,8 +46,7 @@ from pipeline.errors import PipelineError
 # 1 MB: the read's peak was 56 MB with them, 63 MB with 512 KiB and 79 MB with 1 MiB, at the
 # same speed (benchmark file, 7 runs each).
 BLOCK_BYTES = 1 << 18
-PARSE_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                    else os.cpu_count() or 1)
+PARSE_THREADS = min(4, usable_cores())
 _PAD = b"\n\n\n\n"  # lets the digits path look 4 bytes back from the first field
 _COMMA, _NEWLINE, _ZERO, _NINE = ord(","), ord("\n"), ord("0"), ord("9")
 _CLEAN_BYTES = b"0123456789,\n\r \t"

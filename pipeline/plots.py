@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import multiprocessing
-import os
 import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -17,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from pipeline.cores import usable_cores  # noqa: E402
 
 DPI = 96
 
@@ -41,10 +42,9 @@ class FigureQueue:
     def add(self, target: dict, key: str, draw: Callable[..., str | None], *args) -> None:
         self.jobs.append((target, key, draw, args))
 
-    def draw(self) -> None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else os.cpu_count() or 1
-        workers = min(cores, len(self.jobs))
+    def draw(self, workers: int | None = None) -> None:
+        """Draw every queued figure; `workers` processes (default: one per usable core)."""
+        workers = min(usable_cores() if workers is None else workers, len(self.jobs))
         calls = [(draw, args) for _, _, draw, args in self.jobs]
         if workers > 1:
             # fork where it is safe (Linux): the workers start with matplotlib imported

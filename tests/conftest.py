@@ -43,12 +43,14 @@ def toy_splits(seed: int = 0) -> dict[str, Split]:
     return {"train": make(256), "valid": make(64), "test": make(64)}
 
 
-def run_module(module: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_module(module: str, *args: str, cwd: Path | None = None,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run `python -m <module> args` the way DVC runs a stage: a fresh process, its own
-    `__main__`. Returns the finished process (stdout and stderr as text) for the test to check."""
+    `__main__` (`env`: variables to add). Returns the finished process (stdout and stderr as
+    text) for the test to check."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ROOT,
-                          env={**tool_env(), "PYTHONPATH": str(ROOT)}, capture_output=True,
-                          text=True, timeout=600)
+                          env={**tool_env(), "PYTHONPATH": str(ROOT), **(env or {})},
+                          capture_output=True, text=True, timeout=600)
 
 
 def tool_env() -> dict[str, str]:

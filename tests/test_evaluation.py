@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import yaml
 
 from pipeline.artifacts import ArtifactError, save_arrays
 from pipeline.checkpoint import Checkpoint
+from pipeline.cli import PROFILE_ENV
 from pipeline.engine import fit
 from pipeline.evaluation import load_evaluation, save_evaluation
 from pipeline.inference import evaluate
@@ -72,10 +75,17 @@ def test_the_evaluate_stage_runs_as_dvc_runs_it(tmp_path):
     params["run"]["models"] = ["cnn", "linear"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "eval"
+    profile = tmp_path / "profile.jsonl"
     done = run_module("pipeline.stages.evaluate", "--params", str(tmp_path / "params.yaml"),
                       "--checkpoints", str(tmp_path / "models"), "--test",
-                      str(tmp_path / "test.pkl"), "--out", str(out))
+                      str(tmp_path / "test.pkl"), "--out", str(out),
+                      env={PROFILE_ENV: str(profile)})
     assert done.returncode == 0, done.stderr
+    # PIPELINE_PROFILE: one line, the stage's process from start through imports to its end
+    (record,) = [json.loads(line) for line in profile.read_text().splitlines()]
+    assert record["stage"] == "evaluate" and "--checkpoints" in record["argv"]
+    assert record["started"] <= record["imported"] <= record["finished"]
+    assert record["phases"] == {}
     assert done.stdout.count("toy/cnn: test accuracy") == 2
     assert sorted(path.name for path in out.iterdir()) == ["cnn.pkl", "linear.pkl"]
     assert load_evaluation(out / "cnn.pkl").logits.shape == (1, 64, 2)
@@ -87,5 +97,13 @@ def test_the_evaluate_stage_runs_as_dvc_runs_it(tmp_path):
     assert failed.returncode == 1
     assert failed.stderr.startswith("error: ") and "Traceback" not in failed.stderr
     assert "linear.pt: not a checkpoint written by this pipeline" in failed.stderr
+    assert not (tmp_path / "x").exists()
+
+    (tmp_path / "models" / "linear.pt").unlink()  # a model of run.models was never trained
+    missing = run_module("pipeline.stages.evaluate", "--params", str(tmp_path / "params.yaml"),
+                         "--checkpoints", str(tmp_path / "models"), "--test",
+                         str(tmp_path / "test.pkl"), "--out", str(tmp_path / "x"))
+    assert missing.returncode == 1
+    assert "linear.pt: missing; run the train stage" in missing.stderr
     assert not (tmp_path / "x").exists()
     assert not [path for path in tmp_path.iterdir() if path.name.endswith(".tmp")]

@@ -48,22 +48,24 @@ def test_the_keras_one_cycle_schedule_follows_torch_step_by_step():
         torch_schedule.step()
 
 
-def fake_fit(turns_box: list, epochs: int, log: list, fail_at: int | None = None):
-    def fit():
+def fake_turns(name: str, epochs: int, log: list, fail_at: int | None = None) -> EpochTurns:
+    """Turns over a fake fit() that logs each epoch, as a framework calls its callbacks."""
+    def fit() -> None:
         for epoch in range(epochs):
-            turns_box[0].epoch_begin()
+            turns.epoch_begin()
             if epoch == fail_at:
                 raise OSError("disk full")
             log.append(epoch)
-            turns_box[0].epoch_end()
+            turns.epoch_end()
         log.append("done")
-    return fit
+
+    turns = EpochTurns(name, fit)
+    return turns
 
 
 def test_epoch_turns_run_one_epoch_at_a_time_and_finish():
-    box, log = [], []
-    turns = EpochTurns("fake", fake_fit(box, 3, log))
-    box.append(turns)
+    log: list = []
+    turns = fake_turns("fake", 3, log)
     assert log == []
     assert turns.run_epoch() >= 0 and log == [0]
     log.append("between")  # the other loops run here, on the same thread
@@ -75,23 +77,17 @@ def test_epoch_turns_run_one_epoch_at_a_time_and_finish():
 
 
 def test_epoch_turns_report_a_failing_or_short_fit():
-    box, log = [], []
-    failing = EpochTurns("fake", fake_fit(box, 3, log, fail_at=1))
-    box.append(failing)
+    failing = fake_turns("fake", 3, [], fail_at=1)
     failing.run_epoch()
     with pytest.raises(OSError, match="disk full"):
         failing.run_epoch()
 
-    box2 = []
-    short = EpochTurns("short", fake_fit(box2, 1, []))
-    box2.append(short)
+    short = fake_turns("short", 1, [])
     short.run_epoch()
     with pytest.raises(RuntimeError, match="short: fit\\(\\) ended after 1 epochs"):
         short.run_epoch()
 
-    box3 = []
-    long = EpochTurns("long", fake_fit(box3, 3, []))
-    box3.append(long)
+    long = fake_turns("long", 3, [])
     long.run_epoch()
     with pytest.raises(RuntimeError, match="wants more epochs"):
         long.finish()

@@ -34,7 +34,6 @@ from torch import nn
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # read when keras is first imported
 
-from pipeline.engine import make_optimizer, make_schedule  # noqa: E402
 from pipeline.params import TrainSettings  # noqa: E402
 from pipeline.splits import Split  # noqa: E402
 
@@ -90,6 +89,24 @@ class EpochTurns:
             raise RuntimeError(f"{self.name}: fit() wants more epochs than were run")
 
 
+def torch_recipe(settings: TrainSettings, model: nn.Module, device: torch.device,
+                 steps_per_epoch: int):
+    """The pipeline's optimizer and schedule as torch.optim's classes, which Lightning expects
+    (pipeline/optim.py computes the same steps; tests/test_optim.py checks it)."""
+    optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(
+        settings.optimizer)
+    if optimizer_class is None:
+        raise ValueError("the peers are set up for Adam and AdamW, the benchmark's optimizers")
+    optimizer = optimizer_class(model.parameters(), lr=settings.lr,
+                                weight_decay=settings.weight_decay,
+                                fused=True if device.type == "cpu" else None)
+    if settings.schedule == "constant":
+        return optimizer, None
+    return optimizer, torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch,
+        cycle_momentum=False)
+
+
 def float_images(split: Split) -> np.ndarray:
     return (split.images.astype(np.float32) / 255.0).reshape(split.images.shape)
 
@@ -125,8 +142,8 @@ class LightningRun:
                 return loss
 
             def configure_optimizers(self):
-                optimizer = make_optimizer(settings, self.model, device)
-                schedule = make_schedule(settings, optimizer, steps_per_epoch)
+                optimizer, schedule = torch_recipe(settings, self.model, device,
+                                                   steps_per_epoch)
                 if schedule is None:
                     return optimizer
                 return {"optimizer": optimizer,

@@ -8,6 +8,7 @@ of any named `phase` (the benchmark's first-run breakdown reads it).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -46,12 +47,18 @@ def run_stage(main: Callable[[], None]) -> None:
     """Run a stage (DVC runs it from the project root): first remove what killed runs of any
     stage left half-written, then run it and print an expected failure as one line."""
     imported = time.time()
+    # What is alive now (the imported modules) lives until the process ends: the collector
+    # need not walk it again. Frozen again at the end, because interpreter shutdown collects
+    # whatever is not: with torch imported that took 0.5-0.9 s of each stage process, measured
+    # from a stage's last line to its exit (0.14 s frozen).
+    gc.freeze()
     if Path("dvc.yaml").is_file():
         sweep_stale_staging(Path.cwd())
     try:
         main()
         if os.environ.get(PROFILE_ENV):
             _write_profile(os.environ[PROFILE_ENV], imported)
+        gc.freeze()
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

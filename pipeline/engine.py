@@ -35,11 +35,13 @@ from tqdm import tqdm
 
 from pipeline.distributed import SINGLE_PROCESS, DistributedError, World
 from pipeline.models import Architecture
+from pipeline.optim import FusedAdam, OneCycle
 from pipeline.params import ParamsError, TrainSettings
 from pipeline.splits import Split
 from pipeline.tracking import EpochRow, SeedSummary, Summary
 
 EVAL_BATCH = 1024
+Optimizer = torch.optim.Optimizer | FusedAdam
 
 
 def select_device(requested: str) -> torch.device:
@@ -73,33 +75,33 @@ def seed_everything(seed: int) -> None:
 
 
 def make_optimizer(settings: TrainSettings, model: nn.Module,
-                   device: torch.device | None = None,
-                   graphed: bool = False) -> torch.optim.Optimizer:
+                   device: torch.device | None = None, graphed: bool = False) -> Optimizer:
     """The optimizer; `graphed` (Adam, AdamW): its step can be captured in a CUDA graph (the
     learning rate a device tensor the schedule fills in, the step count on the device)."""
     params = model.parameters()
     if settings.optimizer == "sgd":
         return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
                                weight_decay=settings.weight_decay)
-    lr = torch.tensor(settings.lr, device=device) if graphed else settings.lr
-    optimizer = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
+    decoupled = settings.optimizer == "adamw"
+    if device is not None and device.type == "cpu":
+        # torch's fused kernel made LinearNet epochs 1.5x faster on CPU (its per-tensor Adam
+        # loop was 22 % of the step); FusedAdam calls it without importing torch._dynamo
+        return FusedAdam(params, settings.lr, settings.weight_decay, decoupled)
+    optimizer = torch.optim.AdamW if decoupled else torch.optim.Adam
     if graphed:
+        lr = torch.tensor(settings.lr, device=device)
         return optimizer(params, lr=lr, weight_decay=settings.weight_decay, capturable=True)
-    # The fused kernel made LinearNet epochs 1.5x faster on CPU (its per-tensor Adam loop was
-    # 22 % of the step); on an H100 it measured no faster, so CUDA keeps the default.
-    fused = True if device is not None and device.type == "cpu" else None
-    return optimizer(params, lr=lr, weight_decay=settings.weight_decay, fused=fused)
+    # on an H100 the fused kernel measured no faster, so other devices keep the default
+    return optimizer(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
-def make_schedule(settings: TrainSettings, optimizer: torch.optim.Optimizer,
-                  steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+def make_schedule(settings: TrainSettings, optimizer: Optimizer,
+                  steps_per_epoch: int) -> OneCycle | None:
     """One-cycle: warm up to `lr` over the first 30 % of steps, then anneal to ~0."""
     if settings.schedule == "constant":
         return None
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch,
-        cycle_momentum=settings.optimizer == "sgd",
-    )
+    return OneCycle(optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch,
+                    cycle_momentum=settings.optimizer == "sgd")
 
 
 @dataclass
@@ -128,7 +130,7 @@ class GraphedStep:
     dropout 3.08 s -> 1.05 s; capture 0.07 s). torch.compile measured slower for 10 epochs:
     its compile took 10-25 s, and mode="reduce-overhead" graphs forward and backward only."""
 
-    def __init__(self, runner: Runner, optimizer: torch.optim.Optimizer, data: DeviceData,
+    def __init__(self, runner: Runner, optimizer: Optimizer, data: DeviceData,
                  batch_size: int):
         device = runner.device
         self.images = data.images[:batch_size].clone()
@@ -156,7 +158,7 @@ class GraphedStep:
                         value.zero_()
         self.totals.zero_()
 
-    def _step(self, runner: Runner, optimizer: torch.optim.Optimizer) -> None:
+    def _step(self, runner: Runner, optimizer: Optimizer) -> None:
         logits = runner.logits(self.images, runner.trainable)
         loss = runner.loss_fn(logits, self.labels)
         optimizer.zero_grad(set_to_none=False)
@@ -206,9 +208,9 @@ class Runner:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             return (model or self.model)(self.inputs(images)).float()
 
-    def train_epoch(self, data: DeviceData, optimizer: torch.optim.Optimizer, batch_size: int,
+    def train_epoch(self, data: DeviceData, optimizer: Optimizer, batch_size: int,
                     generator: torch.Generator, progress: tqdm | None = None,
-                    schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+                    schedule: OneCycle | None = None,
                     ) -> tuple[float, float]:
         self.model.train()
         order = torch.randperm(len(data), generator=generator).to(self.device)

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import pandas as pd
 
 from pipeline.cores import usable_cores
 from pipeline.errors import PipelineError
@@ -477,6 +476,9 @@ class _Reader:
             return None
         if block.startswith((b"\n", b"\r\n")):
             return None
+        # imported here: the stages that only load params (train, evaluate) would pay 0.1-0.2 s
+        import pandas as pd
+
         try:
             frame = pd.read_csv(io.BytesIO(block), header=None, dtype=np.int32, engine="c",
                                 skip_blank_lines=False, na_filter=True)

@@ -14,6 +14,7 @@ from pipeline.engine import (
     summarise,
 )
 from pipeline.models import Cnn, Linear, LinearNet
+from pipeline.optim import FusedAdam
 from pipeline.params import ParamsError, TrainSettings
 from tests.conftest import CPU, toy_splits
 
@@ -110,8 +111,9 @@ def test_onecycle_warms_up_to_lr_and_anneals_while_constant_stays():
 
 def test_cpu_adam_uses_the_fused_kernel_and_bf16_detection_answers():
     model = Linear().build((1, 2, 2), 2)
-    optimizer = make_optimizer(TrainSettings(), model, CPU)
-    assert optimizer.defaults["fused"] is True
+    assert isinstance(make_optimizer(TrainSettings(), model, CPU), FusedAdam)
+    assert isinstance(make_optimizer(TrainSettings(optimizer="adamw"), model, CPU), FusedAdam)
+    assert isinstance(make_optimizer(TrainSettings(optimizer="sgd"), model, CPU), torch.optim.SGD)
     assert isinstance(native_bf16(CPU), bool)
     assert native_bf16(torch.device("meta")) is False
 

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import http.client
 import importlib.resources
+import importlib.util
 import os
 import random
 import re
@@ -254,13 +255,25 @@ def download(
 
 def _resource_path(resource: str) -> Path:
     package, _, name = resource.partition(":")
-    try:
-        root = importlib.resources.files(package)
-    except ModuleNotFoundError:
-        raise DownloadError(
-            f"resource {resource!r}: package {package!r} is not installed"
-        ) from None
-    path = Path(str(root / name))
+    # found on disk without running the packages' code: importing sklearn.datasets.data to
+    # find digits.csv.gz took 0.5 s of the 1 s download stage
+    top, *inner = package.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None:
+        raise DownloadError(f"resource {resource!r}: package {top!r} is not installed")
+    path = next((Path(folder, *inner, name) for folder in spec.submodule_search_locations or ()
+                 if Path(folder, *inner, "__init__.py").is_file()), None)
+    if path is None:  # a namespace or zipped package: let importlib find it
+        try:
+            root = importlib.resources.files(package)
+        except ModuleNotFoundError:
+            raise DownloadError(
+                f"resource {resource!r}: package {package!r} is not installed"
+            ) from None
+        except TypeError:
+            raise DownloadError(f"resource {resource!r}: {package!r} is a module, not a package; "
+                                "name the package folder that holds the file") from None
+        path = Path(str(root / name))
     if not path.is_file():
         raise DownloadError(f"resource {resource!r}: {name!r} not found in package {package!r}")
     return path

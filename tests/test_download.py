@@ -3,6 +3,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -161,6 +163,21 @@ def test_package_resource_is_found():
     assert fetched.path.name == "digits.csv.gz" and fetched.size > 10_000
     with pytest.raises(DownloadError, match="not found in package"):
         fetch(FileSource(resource="sklearn.datasets.data:nope.csv"), [], None, FAST)
+    for package, reason in (("no_such_package_here", "is not installed"),
+                            ("sklearn.no_such_subpackage", "is not installed"),
+                            ("json.decoder", "is a module, not a package")):
+        with pytest.raises(DownloadError, match=reason):
+            fetch(FileSource(resource=f"{package}:x.csv"), [], None, FAST)
+
+
+def test_a_package_resource_is_found_without_importing_the_package():
+    """Importing sklearn to find digits.csv.gz took half of the download stage."""
+    script = ("import sys; from pipeline.sources import FileSource, _resource_path; "
+              "path = _resource_path('sklearn.datasets.data:digits.csv.gz'); "
+              "print(path.is_file(), 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]
 
 
 def test_real_idx_label_file_is_read():

@@ -34,7 +34,7 @@ import torch
 from benchmarks import roofline, tutorial
 from benchmarks.peers import PEER_SETTINGS, PEERS
 from benchmarks.synthetic import write_csv
-from pipeline.cli import PROFILE_ENV
+from pipeline.cli import PROFILE_ENV, keep_freed_memory
 from pipeline.cores import usable_cores
 from pipeline.engine import Training, native_bf16, select_device
 from pipeline.ingest import CsvLayout, read_image_csv
@@ -67,6 +67,9 @@ def status_mb(key):  # VmRSS now, VmHWM the peak since the last reset (Linux)
         return next(int(line.split()[1]) / 1024 for line in status if line.startswith(key))
 
 path, reader = sys.argv[1], sys.argv[2]
+if reader == "pipeline":  # as every stage process does (pipeline/cli.py); pandas as users run it
+    from pipeline.cli import keep_freed_memory
+    keep_freed_memory()
 with open("/proc/self/clear_refs", "w") as reset:  # start the peak from here, not from imports
     reset.write("5")
 before = status_mb("VmRSS")
@@ -444,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
+    keep_freed_memory()  # as in the stage processes; every loop below runs with it
     device = select_device(params.train.device)
     if params.train.threads:
         torch.set_num_threads(params.train.threads)

@@ -8,6 +8,7 @@ of any named `phase` (the benchmark's first-run breakdown reads it).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -43,6 +44,22 @@ def _write_profile(path: str, imported: float) -> None:
         log.write(json.dumps(record) + "\n")
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for the next allocation instead of handing it
+    back to the OS and faulting it in again, zeroed, moments later: the stages allocate and free
+    arrays of 0.1-2 MB per block or batch. Reading the 60,000-row benchmark CSV in a fresh
+    process took 0.29 s with glibc's defaults and 0.17 s with this (pandas: 0.73 s and 0.62 s);
+    LinearNet's epoch 7 % less. Arrays over 32 MB still get their own mapping. False where the
+    C library has no mallopt (not glibc)."""
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 2**30))
+
+
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage (DVC runs it from the project root): first remove what killed runs of any
     stage left half-written, then run it and print an expected failure as one line."""
@@ -52,6 +69,7 @@ def run_stage(main: Callable[[], None]) -> None:
     # whatever is not: with torch imported that took 0.5-0.9 s of each stage process, measured
     # from a stage's last line to its exit (0.14 s frozen).
     gc.freeze()
+    keep_freed_memory()
     if Path("dvc.yaml").is_file():
         sweep_stale_staging(Path.cwd())
     try:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import multiprocessing
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 import matplotlib
@@ -45,32 +44,18 @@ class FigureQueue:
 
     def draw(self, workers: int | None = None) -> None:
         """Draw every queued figure; `workers` processes (default: one per usable core)."""
-        with self.drawing(workers) as wait:
-            wait()
-
-    @contextlib.contextmanager
-    def drawing(self, workers: int | None = None) -> Iterator[Callable[[], None]]:
-        """Start drawing every queued figure on `workers` processes (default: one per usable
-        core) and yield `wait`, which fills the figures in; the caller works meanwhile."""
         workers = min(usable_cores() if workers is None else workers, len(self.jobs))
         calls = [(draw, args) for _, _, draw, args in self.jobs]
-        jobs, self.jobs = self.jobs, []
-
-        def fill(figures: Iterable[str | None]) -> None:
-            for (target, key, _, _), figure in zip(jobs, figures, strict=True):
-                target[key] = figure
-
-        if workers <= 1:
-            yield lambda: fill(_draw(call) for call in calls)
-            return
-        # fork where it is safe (Linux): the workers start with matplotlib imported
-        context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
-        pool = ProcessPoolExecutor(workers, mp_context=context)
-        try:
-            pending = pool.map(_draw, calls)
-            yield lambda: fill(list(pending))
-        finally:  # after an error, drop the figures not started yet
-            pool.shutdown(wait=True, cancel_futures=True)
+        if workers > 1:
+            # fork where it is safe (Linux): the workers start with matplotlib imported
+            context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                figures = list(pool.map(_draw, calls))
+        else:
+            figures = [_draw(call) for call in calls]
+        for (target, key, _, _), figure in zip(self.jobs, figures, strict=True):
+            target[key] = figure
+        self.jobs.clear()
 
 
 def _draw(call: tuple[Callable[..., str | None], tuple]) -> str | None:

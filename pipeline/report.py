@@ -392,20 +392,18 @@ def build_report(params: Params, inputs: Inputs, out: Path, run_script: Path,
         queue_figures(section, inputs.prepared / name / "train.pkl",
                       params.report.samples_per_class, queue)
         sections.append(section)
-    # the queued figures draw on every core while this process compares the experiments
-    with queue.drawing() as wait_for_figures:
-        comparison = compare_experiments(sections, params, inputs.live, inputs.evaluation,
-                                         repo_root)
-        fragments = run_fragments(sections, params, comparison)
-        fragments["commit"] = str(markupsafe.escape(git_commit(repo_root)))
-        with phase("figures"):  # what is left to wait for
-            wait_for_figures()
+    with phase("figures"):
+        queue.draw()
     environment = {
         "packages": package_versions(),
         "platform": f"{platform.system()} {platform.machine()}",
     }
     script_src = Path(os.path.relpath(run_script.resolve(), out.resolve().parent)).as_posix()
     html = render(sections, environment, script_src)
+    comparison = compare_experiments(sections, params, inputs.live, inputs.evaluation,
+                                     repo_root)
+    fragments = run_fragments(sections, params, comparison)
+    fragments["commit"] = str(markupsafe.escape(git_commit(repo_root)))
     with atomic_write(run_script, "w") as handle:
         handle.write("// Written by the report stage: what differs between runs and machines.\n"
                      f"window.REPORT_RUN = {json.dumps(fragments, indent=1)};\n")

@@ -33,22 +33,3 @@ def test_a_pool_draws_the_same_bytes_as_one_process_and_keeps_the_order():
     assert pooled_section["balance"] != pooled_section["params"]
     assert pooled_model == {"misclassified": None}
     assert pooled.jobs == [] and alone.jobs == []
-
-
-def test_figures_draw_while_the_caller_works_and_fill_in_when_waited_for():
-    queue = plots.FigureQueue()
-    section, model = queue_some(queue)
-    with queue.drawing(workers=2) as wait:
-        assert section == {} and queue.jobs == []  # started, not yet filled in
-        wait()
-        assert set(section) == {"balance", "params"} and model == {"misclassified": None}
-    failing = plots.FigureQueue()
-    section, _ = queue_some(failing)
-    try:
-        with failing.drawing(workers=2):
-            raise KeyError("the caller's own error")
-    except KeyError as error:
-        assert "the caller's own error" in str(error)
-    else:
-        raise AssertionError("the caller's error was swallowed")
-    assert section == {}

@@ -51,7 +51,7 @@ def keep_freed_memory() -> bool:
     back to the OS and faulting it in again, zeroed, moments later: the stages allocate and free
     arrays of 0.1-2 MB per block or batch. Reading the 60,000-row benchmark CSV in a fresh
     process took 0.29 s with glibc's defaults and 0.17 s with this (pandas: 0.73 s and 0.62 s),
-    and LinearNet's per-batch input conversion 140-230 us instead of 45-65 us. Arrays over 32 MB
+    and LinearNet's per-batch input conversion 45-65 us instead of 140-230 us. Arrays over 32 MB
     still get their own mapping. False where the C library has no mallopt (not glibc)."""
     m_trim_threshold, m_mmap_threshold = -1, -3
     try:

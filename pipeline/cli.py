@@ -54,9 +54,9 @@ def keep_freed_memory() -> bool:
     and LinearNet's per-batch input conversion 45-65 us instead of 140-230 us. Arrays over 32 MB
     still get their own mapping. False where the C library has no mallopt (not glibc)."""
     m_trim_threshold, m_mmap_threshold = -1, -3
-    try:
+    try:  # the process's own C library; Windows has no such handle (TypeError)
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 2**30))

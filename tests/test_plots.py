@@ -33,3 +33,30 @@ def test_a_pool_draws_the_same_bytes_as_one_process_and_keeps_the_order():
     assert pooled_section["balance"] != pooled_section["params"]
     assert pooled_model == {"misclassified": None}
     assert pooled.jobs == [] and alone.jobs == []
+
+
+def _decode(uri: str) -> np.ndarray:
+    import base64
+    import io
+
+    from matplotlib.image import imread
+
+    return imread(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])), format="png")[..., :3]
+
+
+def test_a_sample_grid_shows_each_class_s_images_in_its_own_row():
+    """The galleries draw every image into one axes (pipeline/plots.py, _ImageGrid): each
+    image lands in its cell, classes top to bottom, as many as the split holds (up to
+    `per_class`)."""
+    colours = np.array([[255, 0, 0], [0, 160, 0], [0, 0, 255]], np.uint8)
+    labels = np.array([0, 0, 1, 2, 1, 0])  # class 0 has 3 images, shown 2; class 2 has 1
+    images = np.stack([np.broadcast_to(colours[k][:, None, None], (3, 6, 6)) for k in labels])
+    pixels = _decode(plots.sample_grid(images, labels, ["red", "green", "blue"], 2, "samples"))
+    rows, areas = [], []
+    for colour in colours / 255:
+        hit = np.all(np.abs(pixels - colour) < 0.02, axis=-1)
+        areas.append(int(hit.sum()))
+        rows.append(np.flatnonzero(hit.any(axis=1)).mean())
+    assert rows == sorted(rows)  # red above green above blue
+    assert min(areas) > 1000  # drawn at a visible size
+    assert [round(area / areas[2], 2) for area in areas] == [2.0, 2.0, 1.0], areas

@@ -4,6 +4,11 @@ models: the start-up (Python, torch, scikit-learn) was most of a per-model stage
 
 from __future__ import annotations
 
+import gc
+
+if __name__ == "__main__":  # DVC's process: no collections while importing (see run_stage)
+    gc.disable()
+
 import argparse
 from pathlib import Path
 

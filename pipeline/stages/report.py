@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+
+if __name__ == "__main__":  # DVC's process: no collections while importing (see run_stage)
+    gc.disable()
+
 import argparse
 from pathlib import Path
 

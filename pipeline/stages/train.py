@@ -11,6 +11,11 @@ itself under torchrun and only global rank 0 writes.
 
 from __future__ import annotations
 
+import gc
+
+if __name__ == "__main__":  # DVC's process: no collections while importing (see run_stage)
+    gc.disable()
+
 import argparse
 import contextlib
 import platform

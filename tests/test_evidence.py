@@ -94,6 +94,36 @@ def test_class_curves_agree_with_scikit_learn():
     assert np.isnan(missing.roc_auc[1]) and np.isnan(missing.roc_tpr[1]).all()
 
 
+@pytest.mark.parametrize("decimals", [None, 2, 1])  # untied scores, and scores with ties
+def test_class_curves_are_scikit_learn_s_curves_step_for_step(decimals):
+    """evidence.class_curves writes out scikit-learn's arithmetic (its import was 0.7 s of the
+    evaluate stage): the curves on the grid and both areas come out the same, ties included."""
+    from sklearn.metrics import (
+        average_precision_score,
+        precision_recall_curve,
+        roc_auc_score,
+        roc_curve,
+    )
+
+    rng = np.random.default_rng(5)
+    labels = rng.choice(4, 500, p=[0.6, 0.3, 0.08, 0.02])  # from common to rare
+    probabilities = rng.dirichlet(np.ones(4), 500)
+    probabilities[np.arange(500), labels] += rng.uniform(0, 0.6, 500)
+    probabilities /= probabilities.sum(1, keepdims=True)
+    if decimals is not None:
+        probabilities = probabilities.round(decimals)
+    curves = evidence.class_curves(probabilities, labels)
+    for k in range(4):
+        positive, scores = labels == k, probabilities[:, k]
+        fpr, tpr, _ = roc_curve(positive, scores)
+        precision, recall, _ = precision_recall_curve(positive, scores)
+        np.testing.assert_array_equal(curves.roc_tpr[k], np.interp(evidence.CURVE_GRID, fpr, tpr))
+        np.testing.assert_array_equal(curves.pr_precision[k],
+                                      evidence._interpolated_precision(recall, precision))
+        assert curves.roc_auc[k] == roc_auc_score(positive, scores)
+        assert curves.average_precision[k] == average_precision_score(positive, scores)
+
+
 def test_label_issues_find_flipped_labels():
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 4, 400)

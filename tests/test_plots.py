@@ -59,4 +59,30 @@ def test_a_sample_grid_shows_each_class_s_images_in_its_own_row():
         rows.append(np.flatnonzero(hit.any(axis=1)).mean())
     assert rows == sorted(rows)  # red above green above blue
     assert min(areas) > 1000  # drawn at a visible size
-    assert [round(area / areas[2], 2) for area in areas] == [2.0, 2.0, 1.0], areas
+    assert [round(area / areas[2], 1) for area in areas] == [2.0, 2.0, 1.0], areas
+
+
+def test_a_figure_is_cut_to_what_it_draws_and_keeps_what_it_draws_past_its_edges():
+    """to_data_uri draws once and trims the pixels to what was drawn, plus savefig's padding
+    in the background colour; a figure drawing past its canvas goes through savefig's tight
+    box, which widens the picture to take it in."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    pad = round(plt.rcParams["savefig.pad_inches"] * plots.DPI)
+    figure = plt.figure(figsize=(4, 3))
+    figure.add_artist(Rectangle((0.25, 0.25), 0.5, 0.5, transform=figure.transFigure,
+                                color="black"))
+    pixels = _decode(plots.to_data_uri(figure))
+    square = 0.5 * np.array([3, 4]) * plots.DPI  # the rectangle, in pixels
+    assert np.allclose(pixels.shape[:2], square + 2 * pad, atol=4), pixels.shape
+    assert (pixels[:pad] == 1).all() and (pixels[-pad:] == 1).all()  # white padding around
+    assert (pixels[:, :pad] == 1).all() and (pixels[:, -pad:] == 1).all()
+    assert (pixels[pixels.shape[0] // 2, pixels.shape[1] // 2] == 0).all()
+
+    figure = plt.figure(figsize=(4, 3))
+    figure.text(-0.3, 0.5, "a label left of the canvas", fontsize=12)
+    figure.text(0.5, 0.5, "inside")
+    pixels = _decode(plots.to_data_uri(figure))
+    assert pixels.shape[1] > 0.3 * 4 * plots.DPI + 100  # the outside label is in the picture
+    assert (pixels[:, : pad - 2] == 1).all()  # and padded like the rest

@@ -118,7 +118,6 @@ def collect_dataset(name: str, params: Params, inputs: Inputs) -> DatasetSection
     section.ensemble = analysis.ensemble({m.name: m.logits for m in results}, test.labels)
     section.pareto = analysis.pareto_front(
         {m.name: (m.summary.params, m.summary.test_accuracy) for m in results})
-    section.evidence = dataset_evidence(results, test.labels)
     section.draw = draw_data(section, params)
     return section
 
@@ -183,7 +182,8 @@ def _encode_layer(layer: dict) -> dict:
 
 def queue_figures(section: DatasetSection, train_split_path: Path, per_class: int,
                   queue: plots.FigureQueue) -> None:
-    """Queue every figure of one dataset's section; `queue.draw()` fills them in."""
+    """Queue the figures of one dataset's section that need no evidence (those follow in
+    `queue_evidence_figures`); `queue.draw()` fills them in."""
     train = load_split(train_split_path)
     ds = section.name
     queue.add(section.figures, "samples", plots.sample_grid,
@@ -202,22 +202,12 @@ def queue_figures(section: DatasetSection, train_split_path: Path, per_class: in
               {m.name: (m.summary.params, m.summary.test_accuracy) for m in section.models},
               section.pareto, f"{ds}: test accuracy vs parameters")
     test = section.test
-    found = section.evidence
-    queue.add(section.figures, "intervals", plots.accuracy_intervals,
-              found["intervals"], f"{ds}: test accuracy with bootstrap 95 % intervals")
     queue.add(section.figures, "reliability", plots.reliability_diagrams,
               {m.name: m.evaluation.calibration for m in section.models},
               f"{ds}: reliability (accuracy against confidence, test set)")
     queue.add(section.figures, "class_curves", plots.class_curves,
               {m.name: m.evaluation.class_curves for m in section.models}, section.classes,
               f"{ds}: one-vs-rest curves per class (test set)")
-    issues = found["label_issues"][:LABEL_ISSUES_SHOWN]
-    if issues:
-        queue.add(section.figures, "label_issues", plots.label_issue_gallery,
-                  test.images[[i.index for i in issues]],
-                  [section.classes[i.given] for i in issues],
-                  [section.classes[i.suggested] for i in issues], [i.confidence for i in issues],
-                  f"{ds}: test images whose label the models doubt")
     for model in section.models:
         title = f"{ds} / {model.name}"
         evaluation = model.evaluation
@@ -244,6 +234,20 @@ def queue_figures(section: DatasetSection, train_split_path: Path, per_class: in
         queue.add(model.figures, "weights", plots.weight_histograms,
                   evaluation.weight_histograms,
               f"{title}: weights at initialisation vs after training")
+
+
+def queue_evidence_figures(section: DatasetSection, queue: plots.FigureQueue) -> None:
+    """The figures drawn from `section.evidence` (bootstrap intervals, suspected labels)."""
+    ds, found = section.name, section.evidence
+    queue.add(section.figures, "intervals", plots.accuracy_intervals,
+              found["intervals"], f"{ds}: test accuracy with bootstrap 95 % intervals")
+    issues = found["label_issues"][:LABEL_ISSUES_SHOWN]
+    if issues:
+        queue.add(section.figures, "label_issues", plots.label_issue_gallery,
+                  section.test.images[[i.index for i in issues]],
+                  [section.classes[i.given] for i in issues],
+                  [section.classes[i.suggested] for i in issues], [i.confidence for i in issues],
+                  f"{ds}: test images whose label the models doubt")
 
 
 def git_commit(cwd: Path) -> str:
@@ -386,24 +390,30 @@ def time_to_accuracy_fragments(section: DatasetSection) -> dict[str, str]:
 def build_report(params: Params, inputs: Inputs, out: Path, run_script: Path,
                  repo_root: Path) -> list[DatasetSection]:
     sections = []
-    queue = plots.FigureQueue()
-    for name in params.run.datasets:
-        section = collect_dataset(name, params, inputs)
-        queue_figures(section, inputs.prepared / name / "train.pkl",
-                      params.report.samples_per_class, queue)
-        sections.append(section)
-    with phase("figures"):
-        queue.draw()
-    environment = {
-        "packages": package_versions(),
-        "platform": f"{platform.system()} {platform.machine()}",
-    }
+    with plots.FigureQueue() as queue:
+        # the figures are drawn in other processes from the moment they are queued, while
+        # this one works out the evidence and the experiments (the figures needing neither
+        # first)
+        for name in params.run.datasets:
+            section = collect_dataset(name, params, inputs)
+            queue_figures(section, inputs.prepared / name / "train.pkl",
+                          params.report.samples_per_class, queue)
+            sections.append(section)
+        for section in sections:
+            section.evidence = dataset_evidence(section.models, section.test.labels)
+            queue_evidence_figures(section, queue)
+        comparison = compare_experiments(sections, params, inputs.live, inputs.evaluation,
+                                         repo_root)
+        fragments = run_fragments(sections, params, comparison)
+        fragments["commit"] = str(markupsafe.escape(git_commit(repo_root)))
+        environment = {
+            "packages": package_versions(),
+            "platform": f"{platform.system()} {platform.machine()}",
+        }
+        with phase("figures"):
+            queue.draw()
     script_src = Path(os.path.relpath(run_script.resolve(), out.resolve().parent)).as_posix()
     html = render(sections, environment, script_src)
-    comparison = compare_experiments(sections, params, inputs.live, inputs.evaluation,
-                                     repo_root)
-    fragments = run_fragments(sections, params, comparison)
-    fragments["commit"] = str(markupsafe.escape(git_commit(repo_root)))
     with atomic_write(run_script, "w") as handle:
         handle.write("// Written by the report stage: what differs between runs and machines.\n"
                      f"window.REPORT_RUN = {json.dumps(fragments, indent=1)};\n")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from pipeline import plots
 
@@ -22,17 +25,37 @@ def queue_some(queue: plots.FigureQueue) -> tuple[dict, dict]:
 
 
 def test_a_pool_draws_the_same_bytes_as_one_process_and_keeps_the_order():
-    pooled, alone = plots.FigureQueue(), plots.FigureQueue()
-    pooled_section, pooled_model = queue_some(pooled)
-    alone_section, alone_model = queue_some(alone)
-    pooled.draw(workers=2)
-    alone.draw(workers=1)
+    with plots.FigureQueue(workers=2) as pooled, plots.FigureQueue(workers=1) as alone:
+        pooled_section, pooled_model = queue_some(pooled)
+        alone_section, alone_model = queue_some(alone)
+        assert pooled_section == {}  # filled in by draw(), whatever is drawn by then
+        pooled.draw()
+        alone.draw()
     assert pooled_section == alone_section and pooled_model == alone_model
     assert set(pooled_section) == {"balance", "params"}
     assert all(uri.startswith("data:image/png;base64,") for uri in pooled_section.values())
     assert pooled_section["balance"] != pooled_section["params"]
     assert pooled_model == {"misclassified": None}
     assert pooled.jobs == [] and alone.jobs == []
+
+
+def _mark(path: str) -> None:
+    Path(path).write_text("drawn")
+
+
+def test_figures_start_drawing_when_queued_and_leaving_the_block_stops_the_pool(tmp_path):
+    """The report works out its evidence while the queued figures are drawn."""
+    import time
+
+    marker = tmp_path / "drawn"
+    with pytest.raises(RuntimeError), plots.FigureQueue(workers=2) as queue:
+        queue.add({}, "mark", _mark, str(marker))
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:  # no draw() called yet
+            time.sleep(0.01)
+        assert marker.read_text() == "drawn"
+        raise RuntimeError("the report failed before draw()")
+    assert queue._pool is None
 
 
 def _decode(uri: str) -> np.ndarray:

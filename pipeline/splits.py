@@ -64,13 +64,51 @@ def stratified_split(
             f"{held_out} rows and leave {len(labels) - held_out}, but each side needs one row "
             f"of each of the {len(present)} classes: add rows or change the split fraction "
             "(prepare.valid_fraction / prepare.test_fraction)")
-    # imported here: the train and evaluate stages load splits and never split (1.2 s saved each)
-    from sklearn.model_selection import train_test_split
+    rest, held = stratified_indices(labels, held_out, seed)
+    return images[rest], labels[rest], images[held], labels[held]
 
-    rest_x, x, rest_y, y = train_test_split(
-        images, labels, test_size=fraction, random_state=seed, stratify=labels, shuffle=True
-    )
-    return rest_x, rest_y, x, y
+
+def stratified_indices(labels: np.ndarray, held_out: int, seed: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (rest, held out) of scikit-learn's `train_test_split(..., test_size=
+    held_out, random_state=seed, stratify=labels)`, the tutorials' split, drawn the same way
+    from the same random stream (its StratifiedShuffleSplit: each class's share rounded by
+    `_approximate_mode`, each class shuffled, then both sides). Written out because importing
+    scikit-learn was 0.5 s of the prepare stage's 0.9 s on digits; tests/test_prepare.py
+    checks the indices against scikit-learn's over many sizes, fractions, seeds and class
+    balances."""
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    by_class = np.split(np.argsort(inverse.ravel(), kind="stable"), np.cumsum(counts)[:-1])
+    rng = np.random.RandomState(seed)
+    kept = _approximate_mode(counts, len(labels) - held_out, rng)
+    held = _approximate_mode(counts - kept, held_out, rng)
+    rest_rows: list[int] = []
+    held_rows: list[int] = []
+    for rows, count, keep, hold in zip(by_class, counts, kept, held, strict=True):
+        shuffled = rows.take(rng.permutation(count), mode="clip")
+        rest_rows.extend(shuffled[:keep])
+        held_rows.extend(shuffled[keep:keep + hold])
+    return rng.permutation(rest_rows), rng.permutation(held_rows)
+
+
+def _approximate_mode(class_counts: np.ndarray, draws: int, rng: np.random.RandomState
+                      ) -> np.ndarray:
+    """How many of `draws` rows each class gets: its share rounded down, the rows left over
+    going to the largest remainders, ties broken at random (scikit-learn's
+    `utils.extmath._approximate_mode`)."""
+    continuous = class_counts / class_counts.sum() * draws
+    floored = np.floor(continuous)
+    missing = int(draws - floored.sum())
+    if missing > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (tied,) = np.where(remainder == value)
+            added = min(len(tied), missing)
+            floored[rng.choice(tied, size=added, replace=False)] += 1
+            missing -= added
+            if missing == 0:
+                break
+    return floored.astype(int)
 
 
 def split_dataset(

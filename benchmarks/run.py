@@ -10,7 +10,8 @@
    accuracy at the end;
 3. scaling: ingest and one training epoch at 6k, 20k and 60k rows (time per row should be flat);
 4. end to end: `dvc repro` of the default pipeline in a fresh copy of the repository, with the
-   time of every stage split into start-up and imports, work and figures (PIPELINE_PROFILE).
+   time of every stage split into start-up and imports, work, and waiting for the figures
+   drawn meanwhile in other processes (PIPELINE_PROFILE).
 
 Writes benchmarks/results/<device>.json and .md and prints the table. Runs on CUDA when present.
 """
@@ -297,8 +298,8 @@ def bench_dvc_repro(workdir: Path) -> dict:
 
 
 def stage_breakdown(records: list[dict]) -> dict[str, dict]:
-    """Per kind of stage: processes, and seconds from process start to imports done, of work
-    (figures apart), summed over the stage's processes."""
+    """Per kind of stage: processes, and seconds from process start to imports done, of work,
+    and of waiting for figures (its `figures` phase), summed over the stage's processes."""
     kinds: dict[str, dict] = {}
     for record in records:
         kind = kinds.setdefault(record["stage"], {"processes": 0, "seconds": 0.0,
@@ -399,7 +400,8 @@ def markdown(results: dict) -> str:
         in_stages = sum(kind["seconds"] for kind in stages.values())
         lines += ["", f"First run, `dvc repro` on {', '.join(repro['datasets'])}: where the "
                   f"{repro['seconds']:.1f} s go (seconds summed over each stage's processes).", "",
-                  "| stage | processes | total | start-up and imports | work | figures |",
+                  "| stage | processes | total | start-up and imports | work "
+                  "| waiting for figures |",
                   "|---|---|---|---|---|---|"]
         for kind_name, kind in stages.items():
             figures = f"{kind['figures']:.1f}" if kind["figures"] else ""

@@ -159,10 +159,7 @@ class _ImageGrid:
         """`pixels`: H x W (drawn with `imshow`'s colour map and limits) or a uint8 C x H x W
         image (grey for one channel, RGB for three); `frame`: a thin black border."""
         if pixels.ndim == 3:
-            if pixels.shape[0] == 1:
-                pixels, imshow = pixels[0], {"cmap": "gray_r", "vmin": 0, "vmax": 255}
-            else:
-                pixels = np.transpose(pixels[:3], (1, 2, 0))
+            pixels, imshow = _image_pixels(pixels)
         left = column * self.cell[0] + (self.cell[0] - self.image_size) / 2
         bottom = (row + 1) * self.cell[1] - 0.05
         top = bottom - self.image_size
@@ -272,12 +269,16 @@ def class_balance(counts: dict[str, list[int]], classes: list[str], title: str) 
     return to_data_uri(figure)
 
 
-def _show_image(ax, image: np.ndarray) -> None:
-    """A uint8 C x H x W image: grey for one channel, RGB for three."""
+def _image_pixels(image: np.ndarray) -> tuple[np.ndarray, dict]:
+    """What `imshow` takes for a uint8 C x H x W image: grey for one channel, RGB for three."""
     if image.shape[0] == 1:
-        ax.imshow(image[0], cmap="gray_r", vmin=0, vmax=255)
-    else:
-        ax.imshow(np.transpose(image[:3], (1, 2, 0)))
+        return image[0], {"cmap": "gray_r", "vmin": 0, "vmax": 255}
+    return np.transpose(image[:3], (1, 2, 0)), {}
+
+
+def _show_image(ax, image: np.ndarray) -> None:
+    pixels, style = _image_pixels(image)
+    ax.imshow(pixels, **style)
     ax.set_xticks([])
     ax.set_yticks([])
 

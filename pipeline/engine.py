@@ -13,14 +13,20 @@ replayed CUDA graph (`GraphedStep`).
 
 Where a CPU epoch goes (torch.profiler, 48,000 Fashion-shaped images, batch 512, the 2-core
 AVX512-BF16 benchmark machine): `cnn` 1.2 s, of it convolution backward 28 %, forward 24 %,
-max-pool forward 18 % and backward 15 % (its zero-fill 6 %), Adam 3 %; LinearNet 0.13 s, of it
-the matmuls 53 % (630 GFLOP/s, about 70 % of this CPU's bf16 matmul peak), autocast's weight
-casts 9 %, Adam 9 %, and a fixed cost per operator (the same loop on a 4-pixel model: 450 us a
-step). The loop is bound by oneDNN's kernels; what was tried beyond them measured slower:
-torch.compile (inductor) 3.3 s for the cnn epoch and 0.21 s for LinearNet's, fp32 1.45 s for the
-cnn's, a max-pool from strided maxima (same gradients; forward 2.7x faster, backward 5x slower),
+max-pool forward 18 % and backward 15 % (its zero-fill 6 %), Adam 3 %; LinearNet 0.13 s, of it the
+matmuls 53 % (630 GFLOP/s, about 70 % of this CPU's bf16 matmul peak), autocast's weight casts 9 %,
+Adam 9 %, and a fixed cost per operator (the same loop on a 4-pixel model: 450 us a step). The loop
+is bound by oneDNN's kernels; what was tried beyond them measured slower: torch.compile (inductor)
+3.3 s for the cnn epoch and 0.21 s for LinearNet's (0.15 s against 0.107 s with only the forward
+and loss compiled), fp32 1.45 s for the cnn's (1.49 s against 1.12 s with oneDNN's bf16 math mode
+for fp32 convolutions), a max-pool from strided maxima (same gradients; forward 2.7x faster,
+backward 5x slower: bf16 comparisons run 2-4x and torch.where 10-20x slower than torch.maximum),
 the split converted to bf16 up front (twice the bytes to move), and LinearNet at batch 1024 took
-0.10 s but ended 1.3 points less accurate after 5 epochs.
+0.10 s but ended 1.3 points less accurate after 5 epochs. The profiler's shares overstate the
+max-pools: replacing the first by a strided copy, a floor for any faster pool, saved 10 % of the
+cnn epoch (0.98 s -> 0.88 s). LinearNet's layers run as one autograd Function with a hand-written
+backward gave bit-identical weights and the same epoch time, so its per-operator cost is in the
+operators, not in autograd's bookkeeping.
 """
 
 from __future__ import annotations

@@ -202,18 +202,24 @@ def load_arrays(path: str | Path) -> dict[str, Any]:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing; run the stage that writes it (dvc repro)") from None
+    return parse_arrays(data, str(path))
+
+
+def parse_arrays(data: bytes, source: str) -> dict[str, Any]:
+    """`load_arrays` on bytes already read (e.g. another revision's file); `source` names them."""
     try:
-        payload = _ArrayOnlyUnpickler(io.BytesIO(data), path).load()
+        payload = _ArrayOnlyUnpickler(io.BytesIO(data), source).load()
     except ArtifactError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as error:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
+            AttributeError, MemoryError, RecursionError) as error:
         raise ArtifactError(
-            f"{path}: corrupt or truncated pickle ({type(error).__name__}: {error}); "
+            f"{source}: corrupt or truncated pickle ({type(error).__name__}: {error}); "
             "delete it and run `dvc repro` again"
         ) from None
     if not isinstance(payload, dict):
-        raise ArtifactError(f"{path}: expected a dict of arrays, found {type(payload).__name__}")
+        raise ArtifactError(f"{source}: expected a dict of arrays, found {type(payload).__name__}")
     for key, value in payload.items():
         if isinstance(value, np.ndarray) and value.dtype.hasobject:
-            raise ArtifactError(f"{path}: array {key!r} has object dtype; refusing to use it")
+            raise ArtifactError(f"{source}: array {key!r} has object dtype; refusing to use it")
     return payload

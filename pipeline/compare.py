@@ -17,16 +17,21 @@ from pathlib import Path
 
 from pipeline import experiments
 from pipeline.params import load_params
+from pipeline.revisions import dvc_yaml_paths
 
 MARKS = {"better": "+", "worse": "-", None: "="}
 
 
-def rows(repo: Path, runs: list[tuple[str, str]], live: str, evaluation: str
-         ) -> list[list[str]]:
+def read_runs(repo: Path, runs: list[tuple[str, str]], live: str, evaluation: str
+              ) -> list[experiments.Experiment]:
+    """The commit, every finished experiment and the workspace, in that order."""
     found = experiments.list_experiments(repo, runs, live, limit=1000, evaluation_dir=evaluation)
     workspace = experiments.read_revision(repo, None, "workspace", runs, live, evaluation)
-    every = [*found, *([workspace] if workspace is not None else [])]
-    committed = next((e for e in found if e.committed), None)
+    return [*found, *([workspace] if workspace is not None else [])]
+
+
+def rows(every: list[experiments.Experiment], runs: list[tuple[str, str]]) -> list[list[str]]:
+    committed = next((e for e in every if e.committed), None)
     reference = committed.params if committed else {}
     table = [["run", "changed from the commit", *(f"{d}/{m}" for d, m in runs)]]
     for run in every:
@@ -59,11 +64,17 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args.params)
     repo = args.params.resolve().parent
-    live, evaluation = experiments.dvc_yaml_paths(repo, "live", "evaluation")
+    live, evaluation = dvc_yaml_paths(repo, "live", "evaluation")
     runs = [(d, m) for d in params.run.datasets for m in params.run.models]
-    print(render(rows(repo, runs, live, evaluation)))
+    every = read_runs(repo, runs, live, evaluation)
+    print(render(rows(every, runs)))
     print("\n+ / - : significantly better / worse than the commit's model on the same test "
           "images (McNemar's exact test, p < 0.05); = : no significant difference")
+    missing = experiments.missing_comparisons(every)
+    if missing:
+        print("\nNot compared image by image (no mark; accuracies are from git):")
+        for line in missing:
+            print(f"  {line}")
 
 
 def cli() -> None:

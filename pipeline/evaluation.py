@@ -10,12 +10,12 @@ checkpoint and runs no model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import ArtifactError, load_arrays, save_arrays
+from pipeline.artifacts import ArtifactError, load_arrays, parse_arrays, save_arrays
 
 
 @dataclass
@@ -43,6 +43,9 @@ class Evaluation:
     # PyTorch's fp32 probabilities of the first test images for the page's selftest
     web_layers: list[dict] | None
     selftest_probabilities: np.ndarray
+    # what made it (pipeline/machine.py): `evaluated` here, `trained` from the checkpoint (None
+    # for checkpoints from before it was recorded; empty in records from before either was)
+    made_on: dict = field(default_factory=dict)
 
 
 def save_evaluation(path: Path, evaluation: Evaluation) -> None:
@@ -50,12 +53,26 @@ def save_evaluation(path: Path, evaluation: Evaluation) -> None:
 
 
 def load_evaluation(path: Path) -> Evaluation:
-    payload = load_arrays(path)
+    return _checked(load_arrays(path), str(path))
+
+
+def parse_evaluation(data: bytes, source: str) -> Evaluation:
+    """An evaluation record from bytes (another revision's, read through DVC); anything that
+    is not a complete record raises ArtifactError naming `source`."""
+    return _checked(parse_arrays(data, source), source)
+
+
+def _checked(payload: dict, source: str) -> Evaluation:
     try:
         evaluation = Evaluation(**payload)
     except TypeError as error:
-        raise ArtifactError(f"{path}: not an evaluation written by the evaluate stage ({error}); "
-                            "re-run it (dvc repro)") from None
-    if evaluation.logits.ndim != 3 or evaluation.logits.shape[1] != len(evaluation.labels):
-        raise ArtifactError(f"{path}: logits do not match the labels; re-run the evaluate stage")
+        raise ArtifactError(f"{source}: not an evaluation written by the evaluate stage "
+                            f"({error}); re-run it (dvc repro)") from None
+    logits, labels = evaluation.logits, evaluation.labels
+    if not (isinstance(logits, np.ndarray) and isinstance(labels, np.ndarray)
+            and logits.dtype.kind == "f" and labels.dtype.kind in "iu"
+            and logits.ndim == 3 and labels.ndim == 1 and logits.shape[1] == len(labels)
+            and logits.shape[0] >= 1):
+        raise ArtifactError(f"{source}: logits do not match the labels; re-run the evaluate "
+                            "stage (dvc repro)")
     return evaluation

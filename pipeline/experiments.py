@@ -1,13 +1,15 @@
-"""The experiments DVC knows, read for the report's comparison section.
+"""The experiments DVC knows, read for the report's comparison section and `pipeline-compare`.
 
 `dvc.api.exp_show` lists the committed baseline and the `dvc exp run` experiments derived from it;
 each one's params.yaml and dvclive files (committed to git, see dvc.yaml) are then read at its
-revision through `dvc.api.DVCFileSystem`. DVC releases its repository lock while a stage's command
-runs, so the report stage can call its API.
+revision, and its evaluation records (DVC outputs) where this clone's cache has them, through
+`pipeline.revisions` (the one place another revision's file is read). DVC releases its repository
+lock while a stage's command runs, so the report stage can call its API.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,40 +17,31 @@ import numpy as np
 import yaml
 
 from pipeline import tracking
-from pipeline.artifacts import ArtifactError, load_foreign_arrays
-from pipeline.errors import PipelineError
-from pipeline.params import ParamsError, parse_params
+from pipeline.artifacts import ArtifactError
+from pipeline.evaluation import parse_evaluation
+from pipeline.params import ParamsError, parse_params, upgrade
+from pipeline.revisions import RevisionFiles, list_revisions
 
-FINISHED = (None, "Success")  # exp_show's State of a usable row; queued/running/failed are not
+Run = tuple[str, str]  # (dataset, model)
 
 
 @dataclass
 class Experiment:
     name: str
     params: dict[str, object]  # flattened: "train.lr" -> 0.02
-    accuracy: dict[tuple[str, str], float] = field(default_factory=dict)  # (dataset, model)
-    histories: dict[tuple[str, str], list[tracking.EpochRow]] = field(default_factory=dict)
-    # per (dataset, model): which test images the model got right, from its evaluation
-    correct: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    accuracy: dict[Run, float] = field(default_factory=dict)
+    histories: dict[Run, list[tracking.EpochRow]] = field(default_factory=dict)
+    # per run: which test images the model got right, from its evaluation record
+    correct: dict[Run, np.ndarray] = field(default_factory=dict)
+    # per run whose evaluation record could not be read: why (not in the cache, damaged, ...)
+    missing: dict[Run, str] = field(default_factory=dict)
+    made_on: dict[Run, dict] = field(default_factory=dict)  # the run's machine.json
+    summaries: dict[Run, tracking.Summary] = field(default_factory=dict)  # metrics.json
+    # per run, from dvclive's confusion file in git: the test images' (actual, predicted) classes
+    predictions: dict[Run, tuple[list[str], list[str]]] = field(default_factory=dict)
+    prepared: dict[str, str] = field(default_factory=dict)  # dataset -> its prepared data's hash
     committed: bool = False  # the baseline commit, not an experiment
     revision: str = ""       # the git revision it was read at (a branch name for the baseline)
-
-
-def dvc_yaml_paths(repo: Path, *names: str) -> list[str]:
-    """Entries of dvc.yaml's `vars` (where the project's paths are set)."""
-    try:
-        document = yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise PipelineError(f"{repo / 'dvc.yaml'}: cannot be read ({error}); run this from "
-                            "the project root") from error
-    found: dict[str, object] = {}
-    for entry in document.get("vars") or []:
-        if isinstance(entry, dict):
-            found.update(entry)
-    missing = [n for n in names if not isinstance(found.get(n), str)]
-    if missing:
-        raise PipelineError(f"{repo / 'dvc.yaml'}: `vars` has no path for {', '.join(missing)}")
-    return [str(found[n]) for n in names]
 
 
 def param_text(value: object) -> str:
@@ -71,102 +64,99 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 def normalised_params(raw: dict) -> dict[str, object]:
     """Flattened params with the schema's defaults filled in, so revisions compare fairly."""
+    raw = upgrade(raw)
     try:
         return flatten(parse_params(raw).model_dump(mode="json"))
     except ParamsError:  # written under an older schema: compare what is there
         return flatten(raw)
 
 
-def read_revision(repo: Path, revision: str, name: str, runs: list[tuple[str, str]],
-                  live_dir: str, evaluation_dir: str | None = None) -> Experiment | None:
-    """One revision's params, test accuracies and curves; None if it has no usable run."""
-    from dvc.api import DVCFileSystem
-
-    fs = DVCFileSystem(str(repo), rev=revision)
-
-    def read(path: str) -> str | None:
-        try:
-            return fs.read_text(path, encoding="utf-8")
-        except (FileNotFoundError, IsADirectoryError):
-            return None
-
-    params_text = read("params.yaml")
-    if params_text is None:
+def read_revision(repo: Path, revision: str | None, name: str, runs: list[Run],
+                  live_dir: str, evaluation_dir: str | None = None,
+                  prepared_dir: str | None = None) -> Experiment | None:
+    """One revision's params, test accuracies, curves, per-image predictions and machine
+    records from git, the hash of each dataset's prepared data from its dvc.lock, and which
+    test images each model got right from its evaluation record where this clone has it
+    (else the reason in `missing`); None if it has no usable run. `revision` None: the
+    workspace."""
+    files = RevisionFiles(repo, revision)
+    params_text = files.read_text("params.yaml")
+    try:
+        raw = yaml.safe_load(params_text) if params_text is not None else None
+    except yaml.YAMLError:
+        raw = None
+    if not isinstance(raw, dict):
         return None
-    experiment = Experiment(name, normalised_params(yaml.safe_load(params_text) or {}))
+    experiment = Experiment(name, normalised_params(raw))
+    where = files.label
     for dataset, model in runs:
         run_dir = f"{live_dir}/{dataset}/{model}"
-        summary = read(f"{run_dir}/{tracking.METRICS_FILE}")
+        summary = files.read_text(f"{run_dir}/{tracking.METRICS_FILE}")
         try:
-            source = f"{revision}:{run_dir}"
-            accuracy = (tracking.parse_summary(summary, source).test_accuracy
-                        if summary else None)
-            history = tracking.parse_history(lambda rel, d=run_dir: read(f"{d}/{rel}"),
-                                             source)
-        except (ValueError, KeyError, TypeError, ArtifactError):  # older layout or damaged
+            parsed = tracking.parse_summary(summary, f"{where}: {run_dir}") if summary else None
+            history = tracking.parse_history(lambda rel, d=run_dir: files.read_text(f"{d}/{rel}"),
+                                             f"{where}: {run_dir}")
+        except ArtifactError:  # an older layout, or damaged
             continue
-        if isinstance(accuracy, (int, float)):
-            experiment.accuracy[(dataset, model)] = accuracy
-            experiment.histories[(dataset, model)] = history
+        if parsed is None:
+            continue
+        experiment.accuracy[(dataset, model)] = parsed.test_accuracy
+        experiment.summaries[(dataset, model)] = parsed
+        experiment.histories[(dataset, model)] = history
+        confusion = files.read_text(f"{run_dir}/{tracking.CONFUSION_PATH}")
+        if confusion is not None:
+            with contextlib.suppress(ArtifactError):  # damaged: compared by accuracy only
+                experiment.predictions[(dataset, model)] = tracking.parse_predictions(
+                    confusion, f"{where}: {run_dir}/{tracking.CONFUSION_PATH}")
+        made_on = tracking.parse_machine(files.read_text(f"{run_dir}/{tracking.MACHINE_FILE}"))
+        if made_on is not None:
+            experiment.made_on[(dataset, model)] = made_on
         if evaluation_dir is not None:
-            correct = _read_correct(fs, f"{evaluation_dir}/{dataset}/{model}.pkl",
-                                    f"{revision}:{evaluation_dir}")
-            if correct is not None:
-                experiment.correct[(dataset, model)] = correct
+            path = f"{evaluation_dir}/{dataset}/{model}.pkl"
+            data = files.read_bytes(path)
+            if data is None:
+                experiment.missing[(dataset, model)] = files.missing[path]
+                continue
+            try:
+                record = parse_evaluation(data, f"{path} of {where}")
+            except ArtifactError as error:
+                experiment.missing[(dataset, model)] = \
+                    f"damaged ({str(error).removeprefix(f'{path} of {where}: ')})"
+                continue
+            experiment.correct[(dataset, model)] = record.logits[0].argmax(1) == record.labels
+    if prepared_dir is not None and experiment.accuracy:
+        experiment.prepared = _output_hashes(files, prepared_dir, {d for d, _ in runs})
     return experiment if experiment.accuracy else None
 
 
-@dataclass(frozen=True)
-class Revision:
-    name: str      # as the report and TensorBoard show it
-    rev: str       # what git and `dvc.api.DVCFileSystem` resolve
-    committed: bool
-
-
-def list_revisions(repo: Path, limit: int | None = None) -> list[Revision]:
-    """The committed baseline and up to `limit` finished experiments derived from it, as
-    `dvc exp show` lists them; empty outside a git/DVC repository or before the first commit."""
-    import dvc.api
-    from dvc.exceptions import DvcException
-    from scmrepo.exceptions import SCMError
-
+def _output_hashes(files: RevisionFiles, folder: str, datasets: set[str]) -> dict[str, str]:
+    """The hash dvc.lock records for `<folder>/<dataset>` of each dataset (what the revision's
+    stages made of it); datasets the lock does not name are left out."""
+    text = files.read_text("dvc.lock")
     try:
-        rows = dvc.api.exp_show(repo=str(repo))
-    except (DvcException, SCMError, OSError):
-        return []
-    baselines = [r for r in rows if r["typ"] == "baseline" and r["rev"] != "workspace"]
-    children = [r for r in rows if r["typ"] != "baseline" and r.get("Experiment")
-                and r.get("State") in FINISHED][:limit]
-    return ([Revision(f"{r['rev']} (committed)", r["rev"], True) for r in baselines[:1]]
-            + [Revision(r["Experiment"], r["rev"], False) for r in children])
+        lock = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        return {}
+    found = {}
+    stages = lock.get("stages") if isinstance(lock, dict) else None
+    for stage in (stages or {}).values():
+        for out in (stage.get("outs") or []) if isinstance(stage, dict) else []:
+            if not isinstance(out, dict):
+                continue
+            dataset = str(out.get("path", "")).removeprefix(folder.rstrip("/") + "/")
+            if dataset in datasets and out.get("md5"):
+                found[dataset] = str(out["md5"])
+    return found
 
 
-def _read_correct(fs, path: str, source: str) -> np.ndarray | None:
-    """Which test images a revision's model got right, from its evaluation record (a DVC
-    output, read from the cache); None when it is not there (not pulled, older layout)."""
-    from dvc.exceptions import DvcException
-
-    try:
-        record = load_foreign_arrays(fs.read_bytes(path), source)
-        return np.asarray(record["logits"][0]).argmax(1) == np.asarray(record["labels"])
-    except (FileNotFoundError, IsADirectoryError, DvcException, ArtifactError, KeyError,
-            IndexError, TypeError, ValueError, OSError):
-        return None
-
-
-def list_experiments(repo: Path, runs: list[tuple[str, str]], live_dir: str,
-                     limit: int = 8, evaluation_dir: str | None = None) -> list[Experiment]:
+def list_experiments(repo: Path, runs: list[Run], live_dir: str,
+                     limit: int = 8, evaluation_dir: str | None = None,
+                     prepared_dir: str | None = None) -> list[Experiment]:
     """The committed baseline and up to `limit` finished experiments with their results."""
-    from dvc.exceptions import DvcException
-    from scmrepo.exceptions import SCMError
-
     found = []
     for revision in list_revisions(repo, limit):
-        try:
-            experiment = read_revision(repo, revision.rev, revision.name, runs, live_dir,
-                                       evaluation_dir)
-        except (DvcException, SCMError, OSError):
-            continue
+        experiment = read_revision(repo, revision.rev, revision.name, runs, live_dir,
+                                   evaluation_dir, prepared_dir)
         if experiment is not None:
             experiment.committed, experiment.revision = revision.committed, revision.rev
             found.append(experiment)
@@ -218,3 +208,16 @@ def against_baseline(experiment: Experiment, committed: Experiment | None, run: 
     if p_value < ALPHA and only_mine != only_theirs:
         verdict = "better" if only_mine > only_theirs else "worse"
     return {"wins": (only_mine, only_theirs), "p_value": p_value, "verdict": verdict}
+
+
+def missing_comparisons(experiments: list[Experiment]) -> list[str]:
+    """One line per experiment and reason: which runs could not be compared image by image (their
+    evaluation records missing or damaged) and why; their accuracies and curves come from git."""
+    lines = []
+    for experiment in experiments:
+        by_reason: dict[str, list[str]] = {}
+        for (dataset, model), reason in experiment.missing.items():
+            by_reason.setdefault(reason, []).append(f"{dataset}/{model}")
+        for reason, runs in by_reason.items():
+            lines.append(f"{experiment.name}: evaluation records of {', '.join(runs)} {reason}")
+    return lines

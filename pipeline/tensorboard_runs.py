@@ -2,7 +2,7 @@
 
     pipeline-tensorboard            # then: tensorboard --logdir reports/tensorboard-runs
 
-With `train.tensorboard: true` the train stage writes `<dataset>/<model>/seed<k>/` event logs
+With `execution.tensorboard: true` the train stage writes `<dataset>/<model>/seed<k>/` event logs
 into its TensorBoard folder, a DVC output: every `dvc exp run` (in the workspace or queued) keeps
 its own copy in DVC's cache, and the workspace holds only the latest. This gathers the
 workspace's logs, the committed baseline's and those of every finished experiment
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pipeline.artifacts import fresh_directory
 from pipeline.errors import PipelineError
-from pipeline.experiments import dvc_yaml_paths, list_revisions
+from pipeline.revisions import RevisionFiles, dvc_yaml_paths, list_revisions
 
 WORKSPACE = "workspace"
 NOTE_FILE = "README.txt"  # the train stage's note in every model folder; not a log
@@ -43,21 +43,24 @@ def _copy_workspace(source: Path, target: Path) -> int:
     return copied
 
 
-def _copy_revision(repo: Path, rev: str, source: str, target: Path) -> int:
-    """The event logs of one revision, read from DVC's cache through its file system."""
-    from dvc.api import DVCFileSystem
-
-    fs = DVCFileSystem(str(repo), rev=rev)
-    if not fs.isdir(source):
-        return 0
+def _copy_revision(repo: Path, rev: str, source: str, target: Path) -> int | str:
+    """The event logs of one revision, read from DVC's cache: how many were copied, or why
+    they could not be read."""
+    files = RevisionFiles(repo, rev)
+    found = files.find(source)
+    if found is None:
+        return f"not readable: {files.missing[source]}"
     copied = 0
-    for path in sorted(fs.find(source)):
+    for path in found:
         relative = path[len(source):].lstrip("/")
         if not relative or relative.rsplit("/", 1)[-1] == NOTE_FILE:
             continue
+        data = files.read_bytes(path)
+        if data is None:
+            return f"not readable: {relative} {files.missing[path]}"
         destination = target / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
-        destination.write_bytes(fs.read_bytes(path))
+        destination.write_bytes(data)
         copied += 1
     return copied
 
@@ -65,19 +68,14 @@ def _copy_revision(repo: Path, rev: str, source: str, target: Path) -> int:
 def gather(repo: Path, source: str, out: Path) -> dict[str, int | str]:
     """Rebuild `out` with one folder per revision; returns the event files copied per run
     name, or why a revision's logs could not be read."""
-    from dvc.exceptions import DvcException
-    from scmrepo.exceptions import SCMError
-
     result: dict[str, int | str] = {}
     with fresh_directory(out) as staging:
         result[WORKSPACE] = _copy_workspace(repo / source, staging / WORKSPACE)
         for revision in list_revisions(repo):
             name = _run_name(revision.name)
-            try:
-                result[name] = _copy_revision(repo, revision.rev, source, staging / name)
-            except (DvcException, SCMError, OSError) as error:  # e.g. not in the local cache
+            result[name] = _copy_revision(repo, revision.rev, source, staging / name)
+            if isinstance(result[name], str):
                 shutil.rmtree(staging / name, ignore_errors=True)
-                result[name] = f"not readable ({type(error).__name__}: {error}); `dvc pull` it"
     return result
 
 
@@ -92,8 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: " + (f"{copied} event files" if isinstance(copied, int) else copied))
     if not any(isinstance(c, int) and c for c in result.values()):
         raise PipelineError("no TensorBoard logs in the workspace or any experiment: they are "
-                            "written when train.tensorboard is true, e.g. "
-                            "`dvc exp run -S train.tensorboard=true`")
+                            "written by trainings run with execution.tensorboard true, e.g. "
+                            "`dvc exp run --force -S execution.tensorboard=true`")
     print(f"tensorboard --logdir {out}")
 
 

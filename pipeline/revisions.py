@@ -1,0 +1,163 @@
+"""Reading other revisions of the project: the committed baseline, `dvc exp run` experiments, a
+tag of a published result.
+
+A revision's git files (params.yaml, dvclive's metrics and curves) are always there; its DVC
+outputs (evaluation records, checkpoints, TensorBoard logs) are only where this clone's cache has
+them, and a clone on another machine, a garbage-collected cache or an older layout lacks them.
+`RevisionFiles.read_bytes` is the one place any other revision's file is read: whatever DVC,
+dvc-data, scmrepo or the file system raise there, the file counts as missing, with a one-line
+reason the readers show ("not in this clone's DVC cache: `dvc fetch` ..."), and the caller goes on
+with what git has. Nothing that reads another revision can fail a stage.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import PipelineError
+
+FINISHED = (None, "Success")  # exp_show's State of a usable row; queued/running/failed are not
+FETCH_HINT = ("`dvc fetch --all-branches` (or `dvc exp pull <remote> <experiment>`) from a "
+              "remote that has them")
+
+
+def dvc_yaml_paths(repo: Path, *names: str) -> list[str]:
+    """Entries of dvc.yaml's `vars` (where the project's paths are set)."""
+    try:
+        document = yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise PipelineError(f"{repo / 'dvc.yaml'}: cannot be read ({error}); run this from "
+                            "the project root") from error
+    found: dict[str, object] = {}
+    for entry in document.get("vars") or []:
+        if isinstance(entry, dict):
+            found.update(entry)
+    missing = [n for n in names if not isinstance(found.get(n), str)]
+    if missing:
+        raise PipelineError(f"{repo / 'dvc.yaml'}: `vars` has no path for {', '.join(missing)}")
+    return [str(found[n]) for n in names]
+
+
+def _one_line(error: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class RevisionFiles:
+    """The files of one revision (`rev` None: the workspace), read through DVC's file system.
+    `missing` collects, per path asked for, why it could not be read (one line, no path)."""
+
+    repo: Path
+    rev: str | None
+    missing: dict[str, str] = field(default_factory=dict)
+    _fs: Any = None
+    _outputs: list[str] | None = None
+
+    @property
+    def label(self) -> str:
+        return "the workspace" if self.rev is None else f"revision {self.rev[:12]}"
+
+    def read_bytes(self, path: str) -> bytes | None:
+        """The file's bytes, or None with the reason in `missing[path]`."""
+        try:
+            if self._fs is None:
+                from dvc.api import DVCFileSystem
+
+                self._fs = DVCFileSystem(str(self.repo), rev=self.rev)
+            return self._fs.read_bytes(path)
+        except Exception as error:  # noqa: BLE001 (the boundary: DVC and its libraries raise
+            # many types for an absent cache entry, a damaged index or an unreadable commit)
+            self.missing[path] = self._why_missing(path, error)
+            return None
+
+    def read_text(self, path: str) -> str | None:
+        data = self.read_bytes(path)
+        if data is None:
+            return None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            self.missing[path] = f"not UTF-8 text ({error.reason})"
+            return None
+
+    def find(self, folder: str) -> list[str] | None:
+        """Every file under `folder` (paths relative to the project), or None with the reason."""
+        try:
+            if self._fs is None:
+                from dvc.api import DVCFileSystem
+
+                self._fs = DVCFileSystem(str(self.repo), rev=self.rev)
+            if not self._fs.isdir(folder):
+                return []
+            return sorted(str(p).lstrip("/") for p in self._fs.find(folder))
+        except Exception as error:  # noqa: BLE001 (see read_bytes)
+            self.missing[folder] = self._why_missing(folder, error)
+            return None
+
+    def _why_missing(self, path: str, error: BaseException) -> str:
+        """Why a file could not be read, without its path (callers group files by reason)."""
+        if self.is_output(path):
+            return (f"not in this clone's DVC cache (made on another machine, not pulled, or "
+                    f"garbage-collected); to compare them, {FETCH_HINT}")
+        if isinstance(error, FileNotFoundError):
+            return f"not in {self.label} (an older layout, or never written)"
+        return f"cannot be read at {self.label} ({type(error).__name__}: {_one_line(error)})"
+
+    def is_output(self, path: str) -> bool:
+        """Whether `path` lies in, or holds, an output that the revision's dvc.lock stores in
+        DVC's cache."""
+        if self._outputs is None:
+            self._outputs = []
+            try:
+                lock = yaml.safe_load(self._fs.read_text("dvc.lock", encoding="utf-8")) or {}
+                for stage in (lock.get("stages") or {}).values():
+                    self._outputs += [str(o["path"]) for o in stage.get("outs") or []
+                                      if isinstance(o, dict) and "path" in o]
+            except Exception:  # noqa: BLE001, S110 (no readable lock: no known outputs)
+                pass
+        path = path.rstrip("/")
+        return any(path == out or path.startswith(out.rstrip("/") + "/")
+                   or out.startswith(path + "/") for out in self._outputs)
+
+
+@dataclass(frozen=True)
+class Revision:
+    name: str      # as the report and TensorBoard show it
+    rev: str       # what git and `dvc.api.DVCFileSystem` resolve
+    committed: bool
+
+
+def list_revisions(repo: Path, limit: int | None = None) -> list[Revision]:
+    """The committed baseline and up to `limit` finished experiments derived from it, as
+    `dvc exp show` lists them; empty outside a git/DVC repository, before the first commit, or
+    where DVC cannot list them (nothing to compare is never an error)."""
+    try:
+        import dvc.api
+
+        rows = dvc.api.exp_show(repo=str(repo))
+    except Exception:  # noqa: BLE001 (the boundary, as in RevisionFiles.read_bytes)
+        return []
+    baselines = [r for r in rows if r.get("typ") == "baseline" and r.get("rev") != "workspace"]
+    children = [r for r in rows if r.get("typ") != "baseline" and r.get("Experiment")
+                and r.get("State") in FINISHED][:limit]
+    return ([Revision(f"{r['rev']} (committed)", r["rev"], True) for r in baselines[:1]]
+            + [Revision(r["Experiment"], r["rev"], False) for r in children])
+
+
+def commit_of(repo: Path, rev: str) -> str:
+    """The commit a revision names, or a one-line refusal."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                              cwd=repo, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as error:
+        raise PipelineError(f"cannot run git to find revision {rev!r} ({error})") from None
+    if done.returncode != 0:
+        raise PipelineError(f"{rev!r} is not a revision of the git repository at {repo}; give "
+                            "a commit, branch or tag (`git log --oneline`, `git tag`)")
+    return done.stdout.strip()

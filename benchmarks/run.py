@@ -178,7 +178,7 @@ def pipeline_training(model_name: str, train: Split, held: Split, epochs: int,
     splits = {"train": train, "valid": held, "test": held}
     return Training(params.model(model_name).architecture(), settings, splits, device, seed,
                     params.train.amp, params.train.channels_last,
-                    cuda_graphs=params.train.cuda_graphs)
+                    cuda_graphs=params.execution.cuda_graphs)
 
 
 def timed_epoch(training: Training) -> float:
@@ -450,9 +450,9 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params(args.params)
     keep_freed_memory()  # as in the stage processes; every loop below runs with it
-    device = select_device(params.train.device)
-    if params.train.threads:
-        torch.set_num_threads(params.train.threads)
+    device = select_device(params.execution.device)
+    if params.execution.threads != "auto":
+        torch.set_num_threads(params.execution.threads)
     seed = params.train.seed
     results: dict = {
         "date": time.strftime("%Y-%m-%d"),

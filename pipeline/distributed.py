@@ -1,6 +1,6 @@
 """Data-parallel training on torch.distributed, started by its own launcher (torchrun).
 
-The train stage stays one command. With `train.processes: N` (or several machines) it runs
+The train stage stays one command. With `execution.processes: N` (or several machines) it runs
 `python -m torch.distributed.run` on itself and waits: N worker processes per machine, NCCL and
 one GPU each on CUDA, gloo on CPU. Every worker holds the whole uint8 split, draws the same
 seeded permutation each epoch and trains on its own contiguous slice of every global batch
@@ -183,11 +183,11 @@ def run_workers(launcher: list[str], module: str, argv: list[str], processes: in
 def check_devices(device: torch.device, processes: int) -> None:
     """Refuse, before launching, what the workers could not do on this machine."""
     if device.type not in ("cpu", "cuda"):
-        raise DistributedError(f"train.processes={processes} needs train.device cpu or cuda "
-                               f"(torch.distributed has no {device.type} backend); set "
-                               "train.processes: 1")
+        raise DistributedError(f"execution.processes={processes} needs execution.device cpu or "
+                               f"cuda (torch.distributed has no {device.type} backend); set "
+                               "execution.processes: 1")
     if device.type == "cuda" and processes > torch.cuda.device_count():
-        raise DistributedError(f"train.processes={processes} but this machine has "
+        raise DistributedError(f"execution.processes={processes} but this machine has "
                                f"{torch.cuda.device_count()} CUDA devices: one process per GPU")
 
 
@@ -197,8 +197,8 @@ def init_worker(world: World, device: torch.device) -> torch.device:
     if device.type == "cuda":
         if world.local_rank >= torch.cuda.device_count():
             raise DistributedError(
-                f"train.processes asks for GPU {world.local_rank} but this machine has "
-                f"{torch.cuda.device_count()}; set train.processes to at most that")
+                f"execution.processes asks for GPU {world.local_rank} but this machine has "
+                f"{torch.cuda.device_count()}; set execution.processes to at most that")
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

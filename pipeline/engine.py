@@ -60,9 +60,9 @@ def select_device(requested: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ParamsError("train.device is 'cuda' but no CUDA device is available; use 'auto'")
+        raise ParamsError("execution.device is 'cuda' but no CUDA device is available; use 'auto'")
     if requested == "mps" and not torch.backends.mps.is_available():
-        raise ParamsError("train.device is 'mps' but MPS is not available; use 'auto'")
+        raise ParamsError("execution.device is 'mps' but MPS is not available; use 'auto'")
     return torch.device(requested)
 
 
@@ -187,12 +187,13 @@ class GraphedStep:
 
 
 class Runner:
-    """Runs batches of one model on one device with the chosen precision and memory format."""
+    """Runs batches of one model on one device with the chosen precision (`bf16`: autocast,
+    emulated where the hardware lacks it) and memory format."""
 
-    def __init__(self, model: nn.Module, device: torch.device, amp: bool, channels_last: bool,
+    def __init__(self, model: nn.Module, device: torch.device, bf16: bool, channels_last: bool,
                  world: World = SINGLE_PROCESS):
         self.device = device
-        self.amp = amp and native_bf16(device)
+        self.amp = bf16
         self.channels_last = channels_last
         self.world = world
         self.model = model.to(device)
@@ -310,7 +311,9 @@ class Training:
         self.initial_state = cpu_copy(model.state_dict())
         if world.distributed:  # but each worker its own dropout masks
             torch.manual_seed(seed + 7919 * world.rank)
-        self.runner = Runner(model, device, amp, channels_last and architecture.convolutional,
+        # bf16 only where the hardware runs it natively: emulated it is several times slower
+        self.runner = Runner(model, device, amp and native_bf16(device),
+                             channels_last and architecture.convolutional,
                              world)
         # Adam's capturable step reads its learning rate from the device; SGD's foreach step
         # reads it on the host, which a capture cannot do, so SGD runs eagerly

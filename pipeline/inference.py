@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import numpy as np
+import torch
 
-from pipeline import analysis, evidence, web_model
+from pipeline import analysis, evidence, machine, web_model
 from pipeline.checkpoint import Checkpoint
-from pipeline.engine import DeviceData, Runner, select_device
+from pipeline.engine import DeviceData, Runner
 from pipeline.evaluation import Evaluation
 from pipeline.models import count_params, layer_summary
 from pipeline.splits import Split
@@ -19,16 +20,20 @@ TRAINING_KEYS = ("optimizer", "lr", "schedule", "batch_size", "epochs", "weight_
                  "momentum", "bf16")
 
 
-def evaluate(checkpoint: Checkpoint, test: Split) -> Evaluation:
+def evaluate(checkpoint: Checkpoint, test: Split, threads: int) -> Evaluation:
     """Run every seed copy of a checkpoint on the test split and compute what the report draws.
-    The logits come from the training device and precision; the rest from the model on CPU."""
-    device = select_device("auto")
-    amp = bool(checkpoint.run.get("bf16", False))
+
+    Always on the CPU, at the precision and memory format the checkpoint was trained with (bf16
+    autocast when it trained in bf16, emulated on a CPU without native bf16): the record depends
+    on the checkpoint and the kind of CPU, never on which GPUs this machine has; `made_on`
+    records where it ran."""
+    device = torch.device("cpu")
+    bf16 = bool(checkpoint.run.get("bf16", False))
     channels_last = bool(checkpoint.run.get("channels_last", False))
     data = DeviceData.from_split(test, device)
     logits = []
     for model in checkpoint.seed_models():
-        runner = Runner(model, device, amp, channels_last)
+        runner = Runner(model, device, bf16, channels_last)
         logits.append(runner.evaluate(data)[2].float().cpu().numpy())
     model = checkpoint.build()
     predicted = logits[0].argmax(1)
@@ -61,6 +66,8 @@ def evaluate(checkpoint: Checkpoint, test: Split) -> Evaluation:
         web_layers=web_model.export(model),
         selftest_probabilities=web_model.reference_probabilities(
             model, test.images[: web_model.SELFTEST_IMAGES]),
+        made_on={"evaluated": machine.record("cpu", bf16, threads),
+                 "trained": checkpoint.run.get("machine")},
     )
 
 

@@ -73,15 +73,27 @@ TrainOverrides = create_model(
 
 class TrainParams(TrainSettings):
     seed: Seed = 0
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     amp: bool = Field(True, description="bf16 autocast where the hardware has native bf16")
     channels_last: bool = True
-    cuda_graphs: bool = Field(True, description="on CUDA, replay each full batch's training "
-                              "step as one captured CUDA graph")
-    threads: Annotated[int, Field(ge=0, le=1024)] = Field(0, description="0: torch's default")
-    tensorboard: bool = Field(False, description="also write TensorBoard event logs")
+
+
+class ExecutionParams(Strict):
+    """How and where the pipeline runs, not what it computes. No stage lists this section in
+    its DVC params, so changing it re-runs nothing; the next training uses it. Like another
+    machine, these settings can move results in their last bits (the threads and the device
+    decide the order of float sums), so each run records them (`machine.json`) and
+    `pipeline-verify` treats a change as another machine."""
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="auto: cuda, then mps, then cpu")
+    threads: Literal["auto"] | Annotated[int, Field(ge=1, le=1024)] = Field(
+        "auto", description="CPU threads per training process; auto: the usable cores that "
+                            "other work is not using when the stage starts")
     processes: Annotated[int, Field(ge=1, le=64)] = Field(
         1, description="data-parallel worker processes on this machine (torchrun; one per GPU)")
+    cuda_graphs: bool = Field(True, description="on CUDA, replay each full batch's training "
+                              "step as one captured CUDA graph")
+    tensorboard: bool = Field(False, description="also write TensorBoard event logs")
 
 
 class ModelRun(Strict):
@@ -113,6 +125,16 @@ class ReportParams(Strict):
                              "ones are left out so the page stays small")
 
 
+class VerifyParams(Strict):
+    """What `pipeline-verify` (and the report's first screen) count as reproduced."""
+
+    margin: Annotated[float, Field(gt=0, le=100)] = Field(
+        1.0, description="accuracy points a result may move and still count as reproduced")
+    seed_coverage: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.95, description="for a model trained with seeds > 1, the margin widens to cover this "
+                          "share of the differences between two of its seeds (0: never)")
+
+
 class RunSelection(Strict):
     datasets: list[str] = Field(min_length=1)
     models: list[str] = Field(min_length=1)
@@ -125,7 +147,9 @@ class Params(Strict):
     download: DownloadParams = DownloadParams()
     prepare: PrepareParams = PrepareParams()
     train: TrainParams = TrainParams()
+    execution: ExecutionParams = ExecutionParams()
     report: ReportParams = ReportParams()
+    verify: VerifyParams = VerifyParams()
 
     @model_validator(mode="after")
     def _selection_is_defined(self) -> Params:
@@ -222,6 +246,11 @@ def _format_errors(error: ValidationError, source: str) -> str:
         loc = _untagged(tuple(item["loc"]))
         key = ".".join(str(p) for p in loc) or "(top level)"
         value = item.get("input")
+        if item["type"] == "extra_forbidden" and loc[:1] == ("train",) and len(loc) == 2 \
+                and loc[1] in ExecutionParams.model_fields:
+            lines.append(f"  - {key}: moved to execution.{loc[1]} (how the pipeline runs is "
+                         "kept apart from the experiment, so changing it retrains nothing)")
+            continue
         if item["type"] == "extra_forbidden":
             allowed = [k for k in _allowed_keys(item["loc"]) if k != loc[-1]]
             hint = _did_you_mean(str(loc[-1]), allowed)
@@ -240,6 +269,20 @@ def _format_errors(error: ValidationError, source: str) -> str:
 def _short(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def upgrade(raw: dict) -> dict:
+    """An older revision's params tree in today's layout (to compare revisions): the execution
+    settings that lived under `train:` moved to `execution:` (`threads: 0` is today's `auto`)."""
+    train = raw.get("train")
+    if not isinstance(train, dict) or not set(train) & set(ExecutionParams.model_fields):
+        return raw
+    moved = {k: v for k, v in train.items() if k in ExecutionParams.model_fields}
+    if moved.get("threads") == 0:
+        moved["threads"] = "auto"
+    execution = raw.get("execution") if isinstance(raw.get("execution"), dict) else {}
+    return {**raw, "train": {k: v for k, v in train.items() if k not in moved},
+            "execution": {**moved, **execution}}
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:

@@ -6,6 +6,7 @@ Metrics go through dvclive, DVC's own logger, so `dvc exp show`, `dvc metrics di
     metrics.json                          the summary (latest epoch, test, best epoch, seeds)
     plots/metrics/{train,valid}/{loss,accuracy}.tsv, lr.tsv   one row per epoch
     plots/sklearn/confusion_matrix.json   test (actual, predicted) pairs, with class names
+    machine.json                          the machine and software that trained it
 
 These files are committed to git, so they hold only what a re-run reproduces bit for bit; the
 run's timings (seconds, samples/s) go to a separate, git-ignored timing file (`write_timing`).
@@ -13,7 +14,7 @@ This module owns the metric names both ways: `EpochRow` and `Summary` are what t
 logs and what the report and the experiments section read back.
 
 TensorBoard event logs (scalars, weight histograms, hyper-parameters) are written as well when
-`train.tensorboard` is on, one run per seed copy; `pipeline-tensorboard` gathers them from the
+`execution.tensorboard` is on, one run per seed copy; `pipeline-tensorboard` gathers them from the
 workspace and every experiment so TensorBoard shows them side by side.
 """
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.json"
+CONFUSION_PATH = f"plots/sklearn/{CONFUSION_FILE}"  # relative to the run folder
+MACHINE_FILE = "machine.json"  # what made the run (pipeline/machine.py), in git beside metrics
 
 
 @dataclass(frozen=True)
@@ -206,8 +209,8 @@ class RunTracker:
 
 def describe_tensorboard_folder(folder: Path, run: str, enabled: bool) -> None:
     """A note in the (DVC-tracked, so never missing) TensorBoard folder saying what it holds."""
-    off = ("None are written: train.tensorboard is false in params.yaml; set it to true to get "
-           "them.\n")
+    off = ("None are written: execution.tensorboard is false in params.yaml; set it to true to "
+           "get them with the next training.\n")
     (folder / "README.txt").write_text(
         f"TensorBoard event logs of the run {run}, one folder per seed copy.\n"
         f"{'' if enabled else off}"
@@ -268,6 +271,33 @@ def parse_summary(text: str, source: str) -> Summary:
     if not isinstance(data, dict):
         raise ArtifactError(f"{source}: expected a JSON object")
     return Summary.from_json(data, source)
+
+
+def write_machine(run_dir: Path, made_on: dict) -> None:
+    write_json(run_dir / MACHINE_FILE, made_on)
+
+
+def parse_machine(text: str | None) -> dict | None:
+    """A run's machine record, or None where it is missing or unreadable (older runs)."""
+    try:
+        found = json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def parse_predictions(text: str, source: str) -> tuple[list[str], list[str]]:
+    """dvclive's confusion file: the test images' (actual, predicted) class names, in test
+    order, so two runs' predictions can be compared image by image from git alone."""
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ArtifactError(f"{source}: not valid JSON ({error})") from None
+    if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("actual"), str)
+            and isinstance(r.get("predicted"), str) for r in rows):
+        raise ArtifactError(f"{source}: expected a list of {{actual, predicted}} rows")
+    return [r["actual"] for r in rows], [r["predicted"] for r in rows]
 
 
 @dataclass(frozen=True)

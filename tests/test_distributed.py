@@ -39,8 +39,8 @@ def stage_args(tmp_path: Path, processes: int, arch: dict, epochs: int = 3, seed
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["models"]["net"] = {**arch, "seeds": seeds}
     # fp32: bf16 rounds each worker's partial gradients, so only fp32 runs agree to float noise
-    params["train"].update(epochs=epochs, batch_size=50, lr=0.05, processes=processes,
-                           amp=False, tensorboard=True)
+    params["train"].update(epochs=epochs, batch_size=50, lr=0.05, amp=False)
+    params["execution"].update(processes=processes, tensorboard=True)
     path = tmp_path / f"params-{processes}.yaml"
     path.write_text(yaml.safe_dump(params))
     folder = tmp_path / out
@@ -195,7 +195,8 @@ def test_dvc_repro_trains_on_two_processes(tmp_path):
     copy_repository(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["run"]["models"] = ["cnn"]
-    params["train"].update(epochs=20, processes=2)
+    params["train"].update(epochs=20)
+    params["execution"].update(processes=2)
     params["models"]["cnn"]["seeds"] = 1
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     printed = sh(["dvc", "repro"], repo)

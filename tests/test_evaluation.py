@@ -33,8 +33,12 @@ def toy_checkpoint(seeds=(0, 1)) -> tuple[Checkpoint, list]:
 def test_evaluation_holds_what_training_measured_for_every_seed_copy():
     checkpoint, results = toy_checkpoint()
     test = toy_splits()["test"]
-    evaluation = evaluate(checkpoint, test)
+    evaluation = evaluate(checkpoint, test, threads=1)
     assert evaluation.logits.shape == (2, 64, 2) and evaluation.seeds == [0, 1]
+    # where it ran is recorded, on the CPU at the checkpoint's precision
+    evaluated = evaluation.made_on["evaluated"]
+    assert evaluated["device"] == "cpu" and evaluated["bf16"] is False
+    assert evaluated["torch"] == torch.__version__ and evaluated["threads"] == 1
     for logits, result in zip(evaluation.logits, results, strict=True):
         np.testing.assert_allclose(logits, result.test_logits, rtol=1e-5, atol=1e-6)
     predicted = evaluation.logits[0].argmax(1)
@@ -52,7 +56,7 @@ def test_evaluation_holds_what_training_measured_for_every_seed_copy():
 
 def test_an_evaluation_round_trips_and_a_foreign_file_is_refused(tmp_path):
     checkpoint, _ = toy_checkpoint(seeds=(0,))
-    evaluation = evaluate(checkpoint, toy_splits()["test"])
+    evaluation = evaluate(checkpoint, toy_splits()["test"], threads=1)
     save_evaluation(tmp_path / "e.pkl", evaluation)
     loaded = load_evaluation(tmp_path / "e.pkl")
     np.testing.assert_array_equal(loaded.logits, evaluation.logits)
@@ -107,3 +111,14 @@ def test_the_evaluate_stage_runs_as_dvc_runs_it(tmp_path):
     assert "linear.pt: missing; run the train stage" in missing.stderr
     assert not (tmp_path / "x").exists()
     assert not [path for path in tmp_path.iterdir() if path.name.endswith(".tmp")]
+
+
+def test_a_checkpoint_trained_in_bf16_is_evaluated_in_bf16_whatever_the_cpu():
+    checkpoint, _ = toy_checkpoint(seeds=(0,))
+    test = toy_splits()["test"]
+    fp32 = evaluate(checkpoint, test, threads=1)
+    checkpoint.run["bf16"] = True  # as if trained with train.amp on a bf16 machine
+    bf16 = evaluate(checkpoint, test, threads=1)
+    assert bf16.made_on["evaluated"]["bf16"] is True
+    assert not np.array_equal(bf16.logits, fp32.logits)  # bf16 rounding, emulated if need be
+    assert (bf16.logits.argmax(-1) == fp32.logits.argmax(-1)).mean() > 0.9

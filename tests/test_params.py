@@ -54,7 +54,7 @@ def test_unknown_keys_get_a_did_you_mean():
         ({"train__batch_size": "big"}, "train.batch_size = 'big'"),
         ({"prepare__valid_fraction": 1.0}, "prepare.valid_fraction = 1.0"),
         ({"prepare__valid_fraction": 0}, "prepare.valid_fraction = 0"),
-        ({"train__device": "tpu"}, "train.device = 'tpu'"),
+        ({"execution__device": "tpu"}, "execution.device = 'tpu'"),
         ({"models__cnn__kernel_size": 4}, "kernel_size must be odd"),
         ({"datasets__digits__shape": [8, 8]},
          "datasets.digits.shape = [8, 8]: expected [channels, height, width]"),
@@ -65,7 +65,7 @@ def test_unknown_keys_get_a_did_you_mean():
         ({"train__schedule": "cosine"}, "train.schedule = 'cosine'"),
         ({"models__cnn__seeds": 0}, "models.cnn.seeds = 0: Input should be greater than or equal"),
         ({"models__cnn__seeds": 17}, "models.cnn.seeds = 17"),
-        ({"train__tensorboard": "sometimes"}, "train.tensorboard = 'sometimes'"),
+        ({"execution__tensorboard": "sometimes"}, "execution.tensorboard = 'sometimes'"),
     ],
 )
 def test_bad_values_name_the_key_and_value(change, expected):

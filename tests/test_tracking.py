@@ -34,7 +34,8 @@ def write_prepared(folder):
 def write_params(path, tensorboard: bool, seeds: int = 1):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["models"]["tiny"] = {"arch": "linear", "seeds": seeds}
-    params["train"].update(epochs=3, batch_size=32, lr=0.05, tensorboard=tensorboard)
+    params["train"].update(epochs=3, batch_size=32, lr=0.05)
+    params["execution"].update(tensorboard=tensorboard)
     path.write_text(yaml.safe_dump(params))
     return path
 
@@ -101,7 +102,7 @@ def test_the_train_stage_logs_through_dvclive_and_tensorboard(tmp_path):
 def test_with_tensorboard_off_its_folder_only_says_so(tmp_path):
     _, tb = run_train(tmp_path, tensorboard=False)
     assert [p.name for p in tb.iterdir()] == ["README.txt"]
-    assert "train.tensorboard is false" in (tb / "README.txt").read_text()
+    assert "execution.tensorboard is false" in (tb / "README.txt").read_text()
 
 
 def test_a_failed_run_leaves_no_half_written_logs(tmp_path, monkeypatch):

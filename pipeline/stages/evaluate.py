@@ -12,9 +12,12 @@ if __name__ == "__main__":  # DVC's process: no collections while importing (see
 import argparse
 from pathlib import Path
 
+import torch
+
 from pipeline.artifacts import fresh_directory
 from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import run_stage
+from pipeline.cores import threads_for
 from pipeline.evaluation import save_evaluation
 from pipeline.inference import evaluate
 from pipeline.params import load_params
@@ -31,12 +34,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="the dataset's evaluation folder: <model>.pkl for each model")
     args = parser.parse_args(argv)
 
-    models = load_params(args.params).run.models
+    params = load_params(args.params)
+    models = params.run.models
+    torch.set_num_threads(threads_for(params.execution.threads))
     test = load_split(args.test)
     with fresh_directory(args.out) as staging:
         for model in models:
             checkpoint = load_checkpoint(args.checkpoints / f"{model}.pt")
-            evaluation = evaluate(checkpoint, test)
+            evaluation = evaluate(checkpoint, test, torch.get_num_threads())
             save_evaluation(staging / f"{model}.pkl", evaluation)
             accuracy = float((evaluation.logits[0].argmax(1) == evaluation.labels).mean())
             copies = len(evaluation.logits)

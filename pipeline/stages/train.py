@@ -3,9 +3,9 @@
 With `seeds: N` on a model, N copies are trained from seeds train.seed, train.seed+1, ...; the
 first is the model, the others make its seed ensemble (mean of logits), kept in the checkpoint.
 Writes the checkpoint (pipeline/checkpoint.py), logs through dvclive (pipeline/tracking.py), and
-TensorBoard event logs too when `train.tensorboard` is on. The run's timings go to a separate
+TensorBoard event logs too when `execution.tensorboard` is on. The run's timings go to a separate
 timing file, so the checkpoint and the committed metrics are the same bytes on every re-run.
-With `train.processes: N` (or several machines, see pipeline/distributed.py) the stage runs
+With `execution.processes: N` (or several machines, see pipeline/distributed.py) the stage runs
 itself under torchrun and only global rank 0 writes.
 """
 
@@ -24,9 +24,11 @@ from pathlib import Path
 
 import torch
 
+from pipeline import machine
 from pipeline.artifacts import fresh_directory
 from pipeline.checkpoint import Checkpoint
 from pipeline.cli import run_stage
+from pipeline.cores import threads_for
 from pipeline.distributed import (
     World,
     check_devices,
@@ -40,7 +42,13 @@ from pipeline.engine import fit, native_bf16, select_device, summarise
 from pipeline.models import count_params
 from pipeline.params import Params, load_params
 from pipeline.splits import SPLITS, load_split
-from pipeline.tracking import RunTracker, Timing, describe_tensorboard_folder, write_timing
+from pipeline.tracking import (
+    RunTracker,
+    Timing,
+    describe_tensorboard_folder,
+    write_machine,
+    write_timing,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="folder for dvclive's metrics.json and plots")
     parser.add_argument("--tensorboard", required=True, type=Path,
                         help="folder for TensorBoard event logs (only a README unless "
-                             "train.tensorboard is on)")
+                             "execution.tensorboard is on)")
     parser.add_argument("--timing", required=True, type=Path,
                         help="file for the run's timings (kept out of DVC's hashes)")
     args = parser.parse_args(argv)
@@ -63,13 +71,14 @@ def main(argv: list[str] | None = None) -> None:
     params.dataset(args.dataset)
     params.model(args.model)
     world = current_world()
-    device = select_device(params.train.device)
+    execution = params.execution
+    device = select_device(execution.device)
     if not world.distributed:
-        launcher = launcher_arguments(params.train.processes)
+        launcher = launcher_arguments(execution.processes)
         if launcher:  # this process only launches the workers and waits for them
-            check_devices(device, params.train.processes)
+            check_devices(device, execution.processes)
             run_workers(launcher, __spec__.name, sys.argv[1:] if argv is None else argv,
-                        params.train.processes)
+                        execution.processes)
             return
     if world.distributed:
         device = init_worker(world, device)
@@ -82,10 +91,10 @@ def main(argv: list[str] | None = None) -> None:
 def train(args: argparse.Namespace, params: Params, device: torch.device, world: World) -> None:
     spec = params.model(args.model)
     architecture = spec.architecture()
-    train_params = params.train
+    train_params, execution = params.train, params.execution
     settings = params.training_for(args.model)
-    if train_params.threads:
-        torch.set_num_threads(train_params.threads)
+    if execution.threads != "auto" or not world.distributed:  # else the launcher gave each
+        torch.set_num_threads(threads_for(execution.threads))  # worker its share of the cores
     say = print if world.main else (lambda *_: None)
 
     splits = {name: load_split(args.data / f"{name}.pkl") for name in SPLITS}
@@ -95,14 +104,14 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
     bf16 = train_params.amp and native_bf16(device)
     channels_last = train_params.channels_last and architecture.convolutional
     seeds = [train_params.seed + k for k in range(spec.seeds)]
-    workers = (f" x {world.size} processes" + (f" on {world.size // train_params.processes} "
-               "machines" if world.size > train_params.processes else "")
+    workers = (f" x {world.size} processes" + (f" on {world.size // execution.processes} "
+               "machines" if world.size > execution.processes else "")
                if world.distributed else "")
     say(f"{args.dataset}/{args.model}: {architecture.arch}, {n_params:,} parameters, on "
         f"{device.type}{workers}, {settings.epochs} epochs, batch {settings.batch_size}, "
         f"{settings.optimizer} lr {settings.lr:g} ({settings.schedule}), "
-        f"bf16 {'on' if bf16 else 'off'}"
-        + (", CUDA graphs" if train_params.cuda_graphs and device.type == "cuda"
+        f"bf16 {'on' if bf16 else 'off'}, {torch.get_num_threads()} threads"
+        + (", CUDA graphs" if execution.cuda_graphs and device.type == "cuda"
            and not world.distributed else "")
         + (f", seeds {seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else ""))
 
@@ -115,7 +124,7 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
                 train_params.channels_last, show_progress=world.main and sys.stderr.isatty(),
                 log=lambda line, prefix=prefix: say(prefix + line),
                 on_epoch=on_epoch and (lambda row, model, seed=seed: on_epoch(row, model, seed)),
-                world=world, cuda_graphs=train_params.cuda_graphs))
+                world=world, cuda_graphs=execution.cuda_graphs))
         return results
 
     if not world.main:  # the other workers train and write nothing
@@ -126,8 +135,8 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
         live_dir = stack.enter_context(fresh_directory(args.live))
         tensorboard_dir = stack.enter_context(fresh_directory(args.tensorboard))
         describe_tensorboard_folder(tensorboard_dir, f"{args.dataset}/{args.model}",
-                                    train_params.tensorboard)
-        tracker = RunTracker(live_dir, tensorboard_dir if train_params.tensorboard else None,
+                                    execution.tensorboard)
+        tracker = RunTracker(live_dir, tensorboard_dir if execution.tensorboard else None,
                              seeds)
         results = train_copies(tracker.log_epoch)
         labels = splits["test"].labels
@@ -143,9 +152,12 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
         tracker.close()
         device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
                        else platform.processor() or platform.machine())
+        made_on = machine.record(str(device), bool(bf16), torch.get_num_threads(), world.size)
+        write_machine(live_dir, made_on)
         run_info = {"seeds": seeds, "bf16": bool(bf16), "channels_last": channels_last,
                     "device": str(device), "world_size": world.size,
-                    "torch_version": str(torch.__version__), **settings.model_dump()}
+                    "torch_version": str(torch.__version__), "machine": made_on,
+                    **settings.model_dump()}
         Checkpoint(architecture, input_shape, classes, [r.state_dict for r in results],
                    results[0].initial_state_dict, args.dataset, args.model,
                    run_info).save(args.checkpoint)

@@ -32,9 +32,10 @@ import markupsafe
 import numpy as np
 import yaml
 
-from pipeline import analysis, evidence, experiments, plots, tracking
+from pipeline import analysis, evidence, experiments, plots, reproduction, revisions, tracking
 from pipeline.artifacts import atomic_write, read_json
 from pipeline.cli import phase
+from pipeline.errors import PipelineError
 from pipeline.evaluation import Evaluation, load_evaluation
 from pipeline.params import Params
 from pipeline.splits import Split, load_split
@@ -279,21 +280,28 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def compare_experiments(sections: list[DatasetSection], params: Params, live: Path,
-                        evaluation: Path, repo_root: Path) -> dict:
+def compare_experiments(sections: list[DatasetSection], params: Params, inputs: Inputs,
+                        repo_root: Path) -> dict:
     """The workspace next to the committed baseline and the experiments `dvc exp show` lists,
-    each with the parameters it changed from the commit. `drift` holds the workspace's own
+    each with the parameters it changed from the commit; which runs could not be compared image
+    by image, and why; and, when the workspace's results differ from the commit's, whether each
+    model reproduced them (pipeline/reproduction.py). `drift` holds the workspace's own
     changes: `dvc exp run` starts from the workspace, so values set by an earlier
     `dvc exp run -S` carry into the next run unless params.yaml is restored."""
     runs = [(s.name, m.name) for s in sections for m in s.models]
-    found = experiments.list_experiments(repo_root, runs, _relative(live, repo_root),
-                                         evaluation_dir=_relative(evaluation, repo_root))
-    workspace = experiments.Experiment(
-        "workspace", experiments.flatten(params.model_dump(mode="json")),
-        {(s.name, m.name): m.summary.test_accuracy for s in sections for m in s.models},
-        {(s.name, m.name): m.history for s in sections for m in s.models},
-        {(s.name, m.name): m.logits.argmax(1) == s.test.labels
-         for s in sections for m in s.models})
+    live, evaluation, prepared = (_relative(path, repo_root) for path in
+                                  (inputs.live, inputs.evaluation, inputs.prepared))
+    found = experiments.list_experiments(repo_root, runs, live, evaluation_dir=evaluation,
+                                         prepared_dir=prepared)
+    workspace = experiments.read_revision(repo_root, None, "workspace", runs, live, evaluation,
+                                          prepared)
+    if workspace is None or set(workspace.accuracy) != set(runs):  # not a DVC project
+        workspace = experiments.Experiment(
+            "workspace", experiments.flatten(params.model_dump(mode="json")),
+            {(s.name, m.name): m.summary.test_accuracy for s in sections for m in s.models},
+            {(s.name, m.name): m.history for s in sections for m in s.models},
+            {(s.name, m.name): m.logits.argmax(1) == s.test.labels
+             for s in sections for m in s.models})
     committed = next((e for e in found if e.committed), None)
     reference = committed.params if committed else workspace.params
     rows = [{"name": e.name, "changed": experiments.changed_params(e, reference),
@@ -309,9 +317,20 @@ def compare_experiments(sections: list[DatasetSection], params: Params, live: Pa
                                in e.histories} for m in section.models}
             figures[section.name] = plots.experiment_overlay(
                 curves, f"{section.name}: validation accuracy, workspace vs experiments")
+    reproduced = None
+    if committed is not None and not reproduction.identical(workspace, committed, runs):
+        verdicts = reproduction.compare(workspace, committed, runs, params.verify)
+        try:
+            reference = f"commit {revisions.commit_of(repo_root, committed.revision)[:7]}"
+        except PipelineError:
+            reference = committed.name
+        reproduced = {"headline": reproduction.headline(verdicts, reference, committed),
+                      "verdicts": verdicts}
     return {"runs": runs, "rows": rows, "figures": figures, "count": len(found),
             "committed": committed.name if committed else None,
-            "baseline": committed.revision if committed else None, "drift": drift}
+            "baseline": committed.revision if committed else None, "drift": drift,
+            "missing": experiments.missing_comparisons([workspace, *found]),
+            "reproduced": reproduced}
 
 
 def _environment() -> jinja2.Environment:
@@ -346,6 +365,8 @@ def run_fragments(sections: list[DatasetSection], params: Params,
         "experiments": _environment().get_template("experiments.html.j2").render(
             comparison=comparison),
         "drift": _environment().get_template("drift.html.j2").render(comparison=comparison),
+        "reproduction": _environment().get_template("reproduction.html.j2").render(
+            comparison=comparison),
     }
     devices = set()
     for section in sections:
@@ -402,8 +423,7 @@ def build_report(params: Params, inputs: Inputs, out: Path, run_script: Path,
         for section in sections:
             section.evidence = dataset_evidence(section.models, section.test.labels)
             queue_evidence_figures(section, queue)
-        comparison = compare_experiments(sections, params, inputs.live, inputs.evaluation,
-                                         repo_root)
+        comparison = compare_experiments(sections, params, inputs, repo_root)
         fragments = run_fragments(sections, params, comparison)
         fragments["commit"] = str(markupsafe.escape(git_commit(repo_root)))
         environment = {

@@ -84,7 +84,7 @@ def test_pipeline_tensorboard_gathers_the_workspace_logs_or_says_how_to_get_some
     (tmp_path / "tb/digits/cnn/README.txt").write_text("a note, not a log")
     done = run_module("pipeline.tensorboard_runs", cwd=tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "dvc exp run -S train.tensorboard=true" in done.stderr
+    assert "execution.tensorboard=true" in done.stderr
 
     (tmp_path / "tb/digits/cnn/seed0").mkdir()
     (tmp_path / "tb/digits/cnn/seed0/events.out.tfevents.1").write_bytes(b"events")

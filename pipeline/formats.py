@@ -37,6 +37,7 @@ from pipeline.sources import (
     DownloadParams,
     Fetched,
     FileSource,
+    PinMismatch,
     fetch,
     local_origin,
     url_record,
@@ -332,11 +333,12 @@ def _record(fetched: Fetched) -> dict:
 def record_sources(dataset: AnyDataset, fetched: dict[str, Fetched], folder: Path) -> None:
     """Fill the download stage's `sources/<dataset>` folder, a DVC output kept out of the cache
     and committed to git, so that DVC notices when a source changes:
-    - an unpinned local file gets a symlink (DVC hashes it through the link, so replacing or
-      editing the file marks the stage changed);
-    - a pinned one (sha256 given, e.g. the built-in digits) gets a record of its pin instead:
-      the download stage verifies it, so it cannot change unnoticed, and the record reads the
-      same on every machine, so a clone that pulls the data is in sync without re-running;
+    - a local file (`path:`), pinned or not, gets a symlink: DVC hashes it through the link,
+      so replacing or editing the file shows in `dvc status` and `dvc repro` re-runs the stage
+      (which refuses a pinned file that changed, and says how to re-pin it);
+    - a pinned file inside an installed package (`resource:`, e.g. the built-in digits) gets a
+      record of its pin instead: the download stage verifies it, and the record reads the same
+      on every machine (a link would name each machine's site-packages);
     - every downloaded file gets a record of its version (`<label>.url.json`), which
       `pipeline-check-sources` compares with the server's."""
     lines = ["What this dataset is read from. DVC hashes these files (through the links), so a",
@@ -350,7 +352,7 @@ def record_sources(dataset: AnyDataset, fetched: dict[str, Fetched], folder: Pat
             continue
         given = f"path: {source.path}" if source.path is not None else \
             f"resource: {source.resource}"
-        if source.sha256 is not None:
+        if source.sha256 is not None and source.resource is not None:
             write_json(folder / f"{label}.local.json",
                        {"source": given, "sha256": source.sha256, "pinned": True})
             lines.append(f"{label}: {label}.local.json, the sha256 pin of `{given}`")
@@ -378,8 +380,16 @@ def materialise(
     fetched_by_label: dict[str, Fetched] = {}
 
     def get(source: FileSource) -> Fetched:
-        fetched = fetch(source, dataset.mirrors, cache_dir, settings, show_progress)
         label = labels[id(source)]
+        try:
+            fetched = fetch(source, dataset.mirrors, cache_dir, settings, show_progress)
+        except PinMismatch as error:
+            repin = (f"re-pin with sha256 {error.actual_sha256} "
+                     f"(`datasets.{name}.{label}.sha256: {error.actual_sha256}` in params.yaml)"
+                     if error.actual_sha256 else
+                     f"re-pin its size (datasets.{name}.{label}.size in params.yaml)")
+            raise DownloadError(f"{error}: if the change is yours, {repin}; otherwise restore "
+                                f"the file. {out_dir} was left as it was") from None
         fetched_by_label[label] = fetched
         if source.sha256 is None:
             print(f"{name}.{label}: sha256 {fetched.sha256} "

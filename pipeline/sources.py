@@ -45,6 +45,16 @@ class DownloadError(PipelineError):
     """No source produced a file that passed every check."""
 
 
+class PinMismatch(DownloadError):
+    """A local file's bytes are not the ones its sha256 (or size) pin names."""
+
+    def __init__(self, origin: Path, actual_sha256: str | None, problem: str):
+        self.origin, self.actual_sha256, self.problem = origin, actual_sha256, problem
+        super().__init__(f"{origin}: the file changed since you pinned it ({problem})" if
+                         actual_sha256 is None else
+                         f"{origin}: the file changed since you pinned it (its {problem})")
+
+
 class _RetryableError(Exception):
     """A failure worth retrying on the same mirror (timeout, reset, 5xx, truncated body)."""
 
@@ -329,9 +339,8 @@ def fetch(
         try:
             digest = verify(origin, source.sha256, source.size)
         except _MirrorRejected as error:
-            raise DownloadError(
-                f"{origin}: {error}; the file changed since its sha256 was pinned"
-            ) from None
+            actual = sha256_of(origin) if source.sha256 is not None else None
+            raise PinMismatch(origin, actual, str(error)) from None
         except OSError as error:
             raise DownloadError(f"{origin}: cannot read it ({error.strerror})") from None
         label = str(origin) if source.path is not None else f"resource:{source.resource}"

@@ -153,7 +153,7 @@ def test_names_are_joined_to_the_mirrors(http_server, tmp_path):
 def test_local_path_with_a_changed_file_is_refused(tmp_path):
     path = tmp_path / "data.csv"
     path.write_text("label,p1\n0,1\n")
-    with pytest.raises(DownloadError, match="changed since its sha256 was pinned"):
+    with pytest.raises(DownloadError, match="changed since you pinned it"):
         fetch(FileSource(path=str(path), sha256="0" * 64), [], tmp_path, FAST)
 
 
@@ -386,9 +386,9 @@ def test_local_sources_are_linked_for_dvc_to_hash(tmp_path):
         f"train: train.csv, a link to the file of `path: {local}`")
 
 
-def test_a_pinned_local_file_is_recorded_by_its_pin_not_linked(tmp_path):
-    """The same record on every machine: a clone that pulls the data is in sync with no
-    re-run (the download stage verifies the pin, so the file cannot change unnoticed)."""
+def test_a_pinned_local_file_is_linked_so_an_edit_shows_in_dvc_status(tmp_path):
+    """Pinned or not, a user's file is linked from the sources folder: DVC hashes it through
+    the link, so fixing one label in it marks the download stage changed."""
     local = tmp_path / "mine.csv"
     local.write_bytes(FASHION_SAMPLE.read_bytes())
     dataset = CsvDataset(format="csv", train={"path": str(local), "sha256": sha(
@@ -396,9 +396,25 @@ def test_a_pinned_local_file_is_recorded_by_its_pin_not_linked(tmp_path):
         label_column="label")
     sources = tmp_path / "sources" / "user"
     materialise("user", dataset, tmp_path / "raw", tmp_path / "cache", FAST, sources)
-    assert sorted(p.name for p in sources.iterdir()) == ["README.txt", "train.local.json"]
-    assert read_json(sources / "train.local.json") == {
-        "source": f"path: {local}", "sha256": sha(FASHION_SAMPLE.read_bytes()), "pinned": True}
+    assert sorted(p.name for p in sources.iterdir()) == ["README.txt", "train.csv"]
+    assert (sources / "train.csv").resolve() == local.resolve()
+
+
+def test_a_pinned_local_file_that_changed_is_refused_with_its_new_pin(tmp_path):
+    local = tmp_path / "mine.csv"
+    local.write_bytes(FASHION_SAMPLE.read_bytes())
+    dataset = CsvDataset(format="csv", train={"path": str(local), "sha256": sha(
+        FASHION_SAMPLE.read_bytes())}, shape=(1, 28, 28), classes=FASHION_CLASSES,
+        label_column="label")
+    edited = FASHION_SAMPLE.read_bytes().replace(b"\n0,", b"\n1,", 1)
+    local.write_bytes(edited)
+    with pytest.raises(DownloadError) as refused:
+        materialise("user", dataset, tmp_path / "raw", tmp_path / "cache", FAST,
+                    tmp_path / "sources" / "user")
+    message = str(refused.value)
+    assert "the file changed since you pinned it" in message and "\n" not in message
+    assert f"re-pin with sha256 {sha(edited)}" in message
+    assert f"datasets.user.train.sha256: {sha(edited)}" in message
 
 
 def test_a_pinned_download_is_recorded_by_its_pin_whether_cached_or_not(http_server, tmp_path):

@@ -4,3 +4,7 @@ Each is a leaf: it parses its arguments, loads params.yaml once, calls the libra
 its outputs. Nothing imports a stage module, so a stage's code is exactly its import closure,
 which dvc.yaml lists as its deps (tests/test_dvc_graph.py keeps the two equal).
 """
+
+from pipeline.interpreter import run_with_dvcs_python
+
+run_with_dvcs_python()

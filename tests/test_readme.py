@@ -64,7 +64,7 @@ def test_the_experiments_section_runs_as_written(tmp_path):
     assert changes == sorted([
         {"train.epochs": 3},
         {"models.cnn.train.lr": 0.003, "train.batch_size": 64},
-        *({"models.cnn.train.lr": lr, "train.tensorboard": True} for lr in (0.01, 0.02, 0.1)),
+        *({"models.cnn.train.lr": lr, "execution.tensorboard": True} for lr in (0.01, 0.02, 0.1)),
     ], key=str)
 
     # the terminal comparison: a row per run, accuracy with a McNemar mark against the commit
@@ -74,7 +74,7 @@ def test_the_experiments_section_runs_as_written(tmp_path):
         assert re.search(r"\d+\.\d\d% [+=-]$", row), row
 
     # every experiment's TensorBoard logs side by side, one run per experiment and seed
-    sweep = [e.name for e in experiments if e.params["train.tensorboard"]]
+    sweep = [e.name for e in experiments if e.params.get("execution.tensorboard")]
     gathered = repo / "reports" / "tensorboard-runs"
     shown = next(out for line, out in outputs.items() if line.startswith("pipeline-tensorboard"))
     assert "tensorboard --logdir reports/tensorboard-runs" in shown

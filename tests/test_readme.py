@@ -59,13 +59,16 @@ def test_the_experiments_section_runs_as_written(tmp_path):
     found = list_experiments(repo, RUNS, "reports/live", limit=100)
     committed, experiments = found[0], found[1:]
     assert committed.committed and committed.params["train.epochs"] == 1
-    changes = sorted((changed_params(e, committed.params) for e in experiments), key=str)
+    def canonical(change: dict) -> str:
+        return str(sorted(change.items()))
+
+    changes = sorted((changed_params(e, committed.params) for e in experiments), key=canonical)
     # each experiment changed only what its command set: no value leaked from the one before
     assert changes == sorted([
         {"train.epochs": 3},
         {"models.cnn.train.lr": 0.003, "train.batch_size": 64},
         *({"models.cnn.train.lr": lr, "execution.tensorboard": True} for lr in (0.01, 0.02, 0.1)),
-    ], key=str)
+    ], key=canonical)
 
     # the terminal comparison: a row per run, accuracy with a McNemar mark against the commit
     compared = next(out for line, out in outputs.items() if line.startswith("pipeline-compare"))

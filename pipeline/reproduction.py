@@ -37,7 +37,7 @@ import numpy as np
 from scipy.stats import norm, t
 
 from pipeline.evidence import ALPHA, BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED
-from pipeline.experiments import Experiment, Run, changed_params
+from pipeline.experiments import Experiment, Run, changed_params, param_text
 from pipeline.machine import describe, differences
 from pipeline.params import VerifyParams
 
@@ -245,7 +245,7 @@ def compare_run(ours: Experiment, theirs: Experiment, run: Run, settings: Verify
 
 
 def _short(value: object, limit: int = 40) -> str:
-    text = str(value)
+    text = param_text(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -30,7 +30,7 @@ browser:
 	       apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; }; } \
 	  || echo "chromium could not be installed: the browser test will be skipped"
 
-test: setup browser $(VENV)/.bench-installed
+test: lint browser $(VENV)/.bench-installed
 	$(BIN)/python -m pytest
 
 bench: setup $(VENV)/.bench-installed
@@ -42,6 +42,7 @@ $(VENV)/.bench-installed: benchmarks/requirements.txt
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Everything the pipeline and the set-up made that git does not track (reports/live is in git).
 clean:

@@ -93,7 +93,8 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     _remove_leftovers(path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=staging_prefix(path), suffix=".tmp")
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+        with (os.fdopen(fd, mode) if "b" in mode else
+              os.fdopen(fd, mode, encoding="utf-8")) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

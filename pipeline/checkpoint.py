@@ -13,11 +13,11 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pipeline.artifacts import ArtifactError, atomic_write
 from pipeline.errors import PipelineError
-from pipeline.models import Architecture, architecture_from_dict
+from pipeline.models import Architecture, Shape, architecture_from_dict
 
 if TYPE_CHECKING:
     from torch import nn
@@ -84,7 +84,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         checkpoint = Checkpoint(
             architecture=architecture_from_dict(payload["architecture"]),
-            input_shape=tuple(int(v) for v in payload["input_shape"]),
+            input_shape=cast(Shape, tuple(int(v) for v in payload["input_shape"])),
             classes=[str(c) for c in payload["classes"]],
             state_dicts=list(payload["state_dicts"]),
             initial_state_dict=payload["initial_state_dict"],

@@ -128,6 +128,18 @@ class DeviceData:
         return len(self.labels)
 
 
+def reset_optimizer_state(optimizer: Optimizer) -> None:
+    """Zero every tensor of the optimizer's state in place (Adam's moments and step count back
+    to a fresh start, where a captured CUDA graph reads them): torch.optim keeps a dict per
+    parameter, pipeline.optim's fused Adam a tuple."""
+    with torch.no_grad():
+        for state in optimizer.state.values():
+            values = state.values() if isinstance(state, dict) else state
+            for value in values:
+                if isinstance(value, torch.Tensor):
+                    value.zero_()
+
+
 class GraphedStep:
     """One whole training step (forward, loss, backward, optimizer step, the epoch's sums)
     captured as a CUDA graph for full batches and replayed with no per-layer Python or kernel
@@ -160,10 +172,7 @@ class GraphedStep:
         with torch.no_grad():
             for name, value in runner.model.state_dict().items():
                 value.copy_(weights[name])
-            for state in optimizer.state.values():
-                for value in state.values():
-                    if isinstance(value, torch.Tensor):
-                        value.zero_()
+        reset_optimizer_state(optimizer)
         self.totals.zero_()
 
     def _step(self, runner: Runner, optimizer: Optimizer) -> None:
@@ -198,7 +207,8 @@ class Runner:
         self.world = world
         self.model = model.to(device)
         if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            # torch's stubs lack Module.to's memory_format overload, which it accepts
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         # what training calls: the model itself, or its DDP wrapper that averages gradients
         self.trainable: nn.Module = self.model
         if world.distributed:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,7 @@ def read_revision(repo: Path, revision: str | None, name: str, runs: list[Run],
         summary = files.read_text(f"{run_dir}/{tracking.METRICS_FILE}")
         try:
             parsed = tracking.parse_summary(summary, f"{where}: {run_dir}") if summary else None
-            history = tracking.parse_history(lambda rel, d=run_dir: files.read_text(f"{d}/{rel}"),
+            history = tracking.parse_history(partial(_read_in, files, run_dir),
                                              f"{where}: {run_dir}")
         except ArtifactError:  # an older layout, or damaged
             continue
@@ -127,6 +128,10 @@ def read_revision(repo: Path, revision: str | None, name: str, runs: list[Run],
     if prepared_dir is not None and experiment.accuracy:
         experiment.prepared = _output_hashes(files, prepared_dir, {d for d, _ in runs})
     return experiment if experiment.accuracy else None
+
+
+def _read_in(files: RevisionFiles, folder: str, relative: str) -> str | None:
+    return files.read_text(f"{folder}/{relative}")
 
 
 def _output_hashes(files: RevisionFiles, folder: str, datasets: set[str]) -> dict[str, str]:

@@ -17,7 +17,7 @@ import tarfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -219,7 +219,7 @@ class CifarDataset(_DatasetBase):
 
 
 FORMATS: dict[str, type[_DatasetBase]] = {
-    cls.model_fields["format"].annotation.__args__[0]: cls
+    get_args(cls.model_fields["format"].annotation)[0]: cls
     for cls in (CsvDataset, IdxDataset, CifarDataset)
 }
 AnyDataset = CsvDataset | IdxDataset | CifarDataset
@@ -306,7 +306,10 @@ def read_cifar_batches(archive: Path, names: list[str], shape: tuple[int, int, i
                     raise DownloadError(
                         f"{where}: {members[name].size:,} bytes, more than a batch can be "
                         f"({MAX_BATCH_BYTES:,}; CIFAR's are ~31 MB); refusing to read it")
-                batch = load_foreign_arrays(tar.extractfile(members[name]).read(), where)
+                extracted = tar.extractfile(members[name])
+                if extracted is None:
+                    raise DownloadError(f"{where}: not a regular file in the archive")
+                batch = load_foreign_arrays(extracted.read(), where)
                 data = batch.get(b"data") if isinstance(batch, dict) else None
                 targets = batch.get(b"labels", batch.get(b"fine_labels")) \
                     if isinstance(batch, dict) else None

@@ -39,6 +39,7 @@ def evaluate(checkpoint: Checkpoint, test: Split, threads: int) -> Evaluation:
     predicted = logits[0].argmax(1)
     confusion = analysis.confusion_matrix(test.labels, predicted, len(checkpoint.classes))
     conv = analysis.first_conv(model)
+    maps = None if conv is None else analysis.first_block_maps(model, test.images[0])
     initial = checkpoint.build(checkpoint.initial_state_dict)
     seeds = list(checkpoint.run.get("seeds") or range(len(logits)))
     return Evaluation(
@@ -56,8 +57,7 @@ def evaluate(checkpoint: Checkpoint, test: Split, threads: int) -> Evaluation:
                  "params": r.params} for r in layer_summary(model, checkpoint.input_shape)],
         filters=None if conv is None else
         conv.weight.detach().float().mean(dim=1).numpy().astype(np.float32),
-        feature_maps=None if conv is None else
-        analysis.first_block_maps(model, test.images[0]).astype(np.float32),
+        feature_maps=None if maps is None else maps.astype(np.float32),
         weight_histograms=weight_histograms(
             {k: v.detach().float().numpy() for k, v in initial.named_parameters()},
             {k: v.detach().float().numpy() for k, v in model.named_parameters()}),

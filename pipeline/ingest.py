@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
 
@@ -113,7 +113,9 @@ class _BadRow(Exception):
 def _open_bytes(path: Path) -> BinaryIO:
     with open(path, "rb") as probe:
         magic = probe.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+    if magic == b"\x1f\x8b":
+        return cast(BinaryIO, gzip.open(path, "rb"))
+    return open(path, "rb")
 
 
 class _LineTooLong(Exception):
@@ -271,7 +273,7 @@ def _resolve_label_index(layout: CsvLayout, header: list[str] | None, path: Path
     return header.index(spec)
 
 
-def _column_names(header: list[str] | None, label_index: int, ncols: int) -> list[str]:
+def _column_names(header: list[str] | None, label_index: int | None, ncols: int) -> list[str]:
     if header is not None:
         return header
     names, pixel = [], 0

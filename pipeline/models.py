@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, cast
 
 from pydantic import Field, field_validator
 
@@ -58,7 +58,8 @@ class Architecture(Strict):
             raise ModelError(f"input shape must be (C, H, W) with sizes >= 1, got {input_shape}")
         if num_classes < 2:
             raise ModelError(f"a classifier needs at least 2 classes, got {num_classes}")
-        return nn.Sequential(OrderedDict(self.layers(tuple(input_shape), num_classes)))
+        return nn.Sequential(OrderedDict(self.layers(cast(Shape, tuple(input_shape)),
+                                                     num_classes)))
 
 
 class _SameConvStack(Architecture):

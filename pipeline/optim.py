@@ -45,7 +45,8 @@ class FusedAdam:
     @torch.no_grad()
     def step(self) -> None:
         group = self.param_groups[0]
-        params, grads, averages, squares, steps = [], [], [], [], []
+        params: list[torch.Tensor] = []
+        grads, averages, squares, steps = [], [], [], []
         for p in self.params:
             if p.grad is None:
                 continue

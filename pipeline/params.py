@@ -112,7 +112,10 @@ class ModelRun(Strict):
 # One params class per registered architecture: its own fields plus `seeds` and `train`.
 _MODEL_SPECS = tuple(type(f"{cls.__name__}Spec", (cls, ModelRun), {"__module__": __name__})
                      for cls in ARCHITECTURES.values())
-ModelSpec = Annotated[Union[_MODEL_SPECS], Field(discriminator="arch")]  # noqa: UP007
+if typing.TYPE_CHECKING:  # a union built at import time; to a type checker, each is a ModelRun
+    ModelSpec = ModelRun
+else:
+    ModelSpec = Annotated[Union[_MODEL_SPECS], Field(discriminator="arch")]  # noqa: UP007
 # Where pydantic puts a union member's tag in an error location: datasets.<name>.<format>...
 _TAGGED_SECTIONS = {"datasets": FORMATS, "models": {
     name: spec for name, spec in zip(ARCHITECTURES, _MODEL_SPECS, strict=True)}}
@@ -280,7 +283,7 @@ def upgrade(raw: dict) -> dict:
     moved = {k: v for k, v in train.items() if k in ExecutionParams.model_fields}
     if moved.get("threads") == 0:
         moved["threads"] = "auto"
-    execution = raw.get("execution") if isinstance(raw.get("execution"), dict) else {}
+    execution: dict = raw["execution"] if isinstance(raw.get("execution"), dict) else {}
     return {**raw, "train": {k: v for k, v in train.items() if k not in moved},
             "execution": {**moved, **execution}}
 

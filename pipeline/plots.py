@@ -8,6 +8,7 @@ import multiprocessing
 import sys
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any, cast
 
 import matplotlib
 
@@ -15,6 +16,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.colors import to_rgba_array  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
@@ -35,7 +37,7 @@ def to_data_uri(figure: Figure) -> str:
     its canvas (a label that may go on past it) is saved by savefig, which widens the canvas."""
     figure.set_dpi(DPI)
     figure.canvas.draw()
-    canvas = np.asarray(figure.canvas.buffer_rgba())
+    canvas = np.asarray(cast(FigureCanvasAgg, figure.canvas).buffer_rgba())
     background = np.asarray(to_rgba_array(figure.get_facecolor())[0] * 255, np.uint8)
     drawn = np.any(canvas != background, axis=2)
     rows, columns = np.flatnonzero(drawn.any(axis=1)), np.flatnonzero(drawn.any(axis=0))
@@ -359,7 +361,7 @@ def _tile(maps: np.ndarray, title: str, cmap: str, limit: int = 32, symmetric: b
     grid = _ImageGrid(-(-count // columns), columns, (1.0, 1.1), 0.85, title)
     for index in range(count):
         data = maps[index]
-        limits = {}
+        limits: dict[str, Any] = {}
         if symmetric:
             bound = float(np.abs(data).max()) or 1.0
             limits = {"vmin": -bound, "vmax": bound}

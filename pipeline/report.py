@@ -321,10 +321,10 @@ def compare_experiments(sections: list[DatasetSection], params: Params, inputs: 
     if committed is not None and not reproduction.identical(workspace, committed, runs):
         verdicts = reproduction.compare(workspace, committed, runs, params.verify)
         try:
-            reference = f"commit {revisions.commit_of(repo_root, committed.revision)[:7]}"
+            commit = f"commit {revisions.commit_of(repo_root, committed.revision)[:7]}"
         except PipelineError:
-            reference = committed.name
-        reproduced = {"headline": reproduction.headline(verdicts, reference, committed),
+            commit = committed.name
+        reproduced = {"headline": reproduction.headline(verdicts, commit, committed),
                       "verdicts": verdicts}
     return {"runs": runs, "rows": rows, "figures": figures, "count": len(found),
             "committed": committed.name if committed else None,

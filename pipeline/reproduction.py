@@ -228,7 +228,7 @@ def compare_run(ours: Experiment, theirs: Experiment, run: Run, settings: Verify
     points = 100 * found["difference"]
     text = (f"{points:+.2f} pts [{100 * low:+.2f}, {100 * high:+.2f}] ({level:.0%}) against "
             f"±{100 * margin:.2f}")
-    if from_seeds > settings.margin / 100:
+    if spread is not None and from_seeds > settings.margin / 100:
         text += f" (seed spread {100 * spread:.2f} pts)"
     if "figures" in found:
         text += f"; {found['figures']}"

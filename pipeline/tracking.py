@@ -108,11 +108,12 @@ class Summary:
 
         seeds = None
         if isinstance(data.get("seeds"), dict):
-            seeds = SeedSummary(number("seeds.count", int), number("seeds.test_accuracy_mean"),
+            seeds = SeedSummary(int(number("seeds.count", int)), number("seeds.test_accuracy_mean"),
                                 number("seeds.test_accuracy_std"),
                                 number("seeds.ensemble_test_accuracy"))
-        return cls(number("test.accuracy"), number("test.loss"), number("best.epoch", int, 0),
-                   number("best.valid_accuracy", float, 0.0), number("params", int), seeds)
+        return cls(number("test.accuracy"), number("test.loss"),
+                   int(number("best.epoch", int, 0)), number("best.valid_accuracy", float, 0.0),
+                   int(number("params", int)), seeds)
 
 
 def curve_path(column: str) -> str:

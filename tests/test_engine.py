@@ -10,6 +10,7 @@ from pipeline.engine import (
     make_optimizer,
     make_schedule,
     native_bf16,
+    reset_optimizer_state,
     select_device,
     summarise,
 )
@@ -171,3 +172,28 @@ def test_sgd_trains_eagerly_on_cuda_even_with_graphs_on():
                         cuda_graphs=True)
     assert training.runner.graphed is None
     assert training.run_epoch().train_loss > 0
+
+
+@pytest.mark.parametrize("kind", ["torch.optim.Adam", "FusedAdam"])
+def test_resetting_the_optimizer_state_starts_adam_afresh_in_place(kind):
+    """What the CUDA graph path does after its warm-up steps, on CPU: torch.optim keeps a dict
+    per parameter, FusedAdam a tuple; both must come back to a fresh start, in place."""
+    def stepped(optimizer_class):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 2)
+        optimizer = optimizer_class(model.parameters())
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(torch.randn(8, 4)).square().sum().backward()
+            optimizer.step()
+        return model, optimizer
+
+    make = (lambda params: torch.optim.Adam(params, lr=0.01)) if kind == "torch.optim.Adam" \
+        else (lambda params: FusedAdam(params, 0.01, 0.0, False))
+    model, optimizer = stepped(make)
+    tensors = [v for state in optimizer.state.values()
+               for v in (state.values() if isinstance(state, dict) else state)
+               if isinstance(v, torch.Tensor)]
+    assert tensors and any(bool(t.abs().sum()) for t in tensors)
+    reset_optimizer_state(optimizer)
+    assert all(not bool(t.abs().sum()) for t in tensors)  # the same tensors, zeroed

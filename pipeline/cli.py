@@ -63,9 +63,10 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 2**30))
 
 
-def run_stage(main: Callable[[], None]) -> None:
+def run_stage(main: Callable[[], None], error_status: int = 1) -> None:
     """Run a stage (DVC runs it from the project root): first remove what killed runs of any
-    stage left half-written, then run it and print an expected failure as one line."""
+    stage left half-written, then run it and print an expected failure as one line (exit
+    status `error_status`)."""
     imported = time.time()
     # Each stage module turns the collector off before its imports: they build hundreds of
     # thousands of objects that live until exit, and walking them again and again took
@@ -88,7 +89,10 @@ def run_stage(main: Callable[[], None]) -> None:
         gc.freeze()
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(error_status)
     except KeyboardInterrupt:
         print("interrupted; no partial outputs were kept", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # the reader went away (`pipeline-verify | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -22,11 +22,13 @@ from pipeline.revisions import dvc_yaml_paths
 MARKS = {"better": "+", "worse": "-", None: "="}
 
 
-def read_runs(repo: Path, runs: list[tuple[str, str]], live: str, evaluation: str
-              ) -> list[experiments.Experiment]:
+def read_runs(repo: Path, runs: list[tuple[str, str]], live: str, evaluation: str,
+              prepared: str) -> list[experiments.Experiment]:
     """The commit, every finished experiment and the workspace, in that order."""
-    found = experiments.list_experiments(repo, runs, live, limit=1000, evaluation_dir=evaluation)
-    workspace = experiments.read_revision(repo, None, "workspace", runs, live, evaluation)
+    found = experiments.list_experiments(repo, runs, live, limit=1000, evaluation_dir=evaluation,
+                                         prepared_dir=prepared)
+    workspace = experiments.read_revision(repo, None, "workspace", runs, live, evaluation,
+                                          prepared)
     return [*found, *([workspace] if workspace is not None else [])]
 
 
@@ -64,15 +66,16 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args.params)
     repo = args.params.resolve().parent
-    live, evaluation = dvc_yaml_paths(repo, "live", "evaluation")
+    live, evaluation, prepared = dvc_yaml_paths(repo, "live", "evaluation", "prepared")
     runs = [(d, m) for d in params.run.datasets for m in params.run.models]
-    every = read_runs(repo, runs, live, evaluation)
+    every = read_runs(repo, runs, live, evaluation, prepared)
     print(render(rows(every, runs)))
     print("\n+ / - : significantly better / worse than the commit's model on the same test "
           "images (McNemar's exact test, p < 0.05); = : no significant difference")
     missing = experiments.missing_comparisons(every)
     if missing:
-        print("\nNot compared image by image (no mark; accuracies are from git):")
+        print("\nEvaluation records missing (the marks then come from dvclive's per-image "
+              "predictions in git):")
         for line in missing:
             print(f"  {line}")
 

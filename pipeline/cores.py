@@ -4,7 +4,7 @@
 fewer than the machine has), capped by a cgroup CPU quota (`docker run --cpus 2`), else the
 machine's count. `free_cores`: of those, the ones other work is not using now, sampled from
 /proc/stat; the train stage runs that many threads (docs/performance.md, "Threads": OpenMP
-threads that share a busy core spin against it, 15x slower than one thread).
+threads that share a busy core spin against it, 14x slower than one thread).
 """
 
 from __future__ import annotations

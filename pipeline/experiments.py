@@ -196,18 +196,44 @@ def drift(workspace: Experiment, committed: Experiment) -> dict[str, tuple[objec
     return changes
 
 
+def paired_correct(ours: Experiment, theirs: Experiment, run: Run
+                   ) -> tuple[np.ndarray, np.ndarray, str] | str | None:
+    """Which test images each of two runs got right, image by image: from both evaluation
+    records, else from dvclive's per-image predictions in git, with the evidence's name; or
+    why the two cannot be paired; None when a side has neither."""
+    dataset = run[0]
+    if dataset in ours.prepared and dataset in theirs.prepared \
+            and ours.prepared[dataset] != theirs.prepared[dataset]:
+        return "the prepared data differ (dvc.lock), so images are not compared one by one"
+    mine, other = ours.correct.get(run), theirs.correct.get(run)
+    if mine is not None and other is not None and mine.shape == other.shape:
+        return mine, other, "evaluation records"
+    mine_predicted, other_predicted = ours.predictions.get(run), theirs.predictions.get(run)
+    if mine_predicted and other_predicted:
+        if mine_predicted[0] != other_predicted[0]:
+            return "their test labels differ, so images are not compared one by one"
+        return (_right(mine_predicted), _right(other_predicted), "dvclive predictions")
+    return None
+
+
+def _right(predictions: tuple[list[str], list[str]]) -> np.ndarray:
+    actual, predicted = predictions
+    return np.array([a == p for a, p in zip(actual, predicted, strict=True)], bool)
+
+
 def against_baseline(experiment: Experiment, committed: Experiment | None, run: tuple[str, str]
                      ) -> dict | None:
     """McNemar's exact test of an experiment's model against the committed one on the same test
-    images: images only it / only the baseline got right, the p-value, and "better" / "worse"
-    when p < 0.05. None when either side's predictions are missing or differ in test set."""
+    images (`paired_correct`): images only it / only the baseline got right, the p-value, and
+    "better" / "worse" when p < 0.05. None when the two cannot be paired."""
     from pipeline.evidence import ALPHA, mcnemar
 
     if committed is None or experiment is committed:
         return None
-    mine, theirs = experiment.correct.get(run), committed.correct.get(run)
-    if mine is None or theirs is None or mine.shape != theirs.shape:
+    paired = paired_correct(experiment, committed, run)
+    if not isinstance(paired, tuple):
         return None
+    mine, theirs, _ = paired
     only_mine, only_theirs, p_value = mcnemar(mine, theirs)
     verdict = None
     if p_value < ALPHA and only_mine != only_theirs:

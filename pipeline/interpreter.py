@@ -1,19 +1,20 @@
-"""Stages run with the Python that DVC runs with, whatever `python` is first on PATH.
+"""Stages run with the Python that DVC runs with, whatever `python3` is first on PATH.
 
-dvc.yaml's commands say `python -m pipeline.stages.X`, and DVC runs them through the shell, so
+dvc.yaml's commands say `python3 -m pipeline.stages.X`, and DVC runs them through the shell, so
 `.venv/bin/dvc repro` typed without activating `.venv` would run the stages with another
 interpreter (one without torch, or with other versions of everything). The stage package calls
 `run_with_dvcs_python()` before anything else: run by DVC (`DVC_STAGE` is set) under another
 environment than DVC's own, it replaces the process with DVC's interpreter running the same
-command; where that interpreter cannot be found (no /proc, a standalone DVC binary) and this one
-lacks the pipeline's packages, it stops with one line saying what to do. Standard library only:
-it runs before any dependency is imported.
+command, if that one has the pipeline's packages (DVC installed with pipx or system-wide has
+not: then an activated `.venv` runs the stage). Where neither has them, it stops with one line
+saying what to do. Standard library only: it runs before any dependency is imported.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -62,11 +63,25 @@ def environment_root(python: str) -> Path:
     return Path(os.path.realpath(path)).parent.parent
 
 
+def has_pipeline_packages(python: str) -> bool:
+    """Whether an interpreter can import what the stages need (torch stands for them all)."""
+    try:
+        done = subprocess.run(
+            [python, "-c", "import importlib.util, sys; "
+             "sys.exit(importlib.util.find_spec('torch') is None)"],
+            capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
 def run_with_dvcs_python() -> None:
     if "DVC_STAGE" not in os.environ or os.environ.get(REEXEC_ENV):
         return
+    here_ok = importlib.util.find_spec("torch") is not None
     python = dvc_python()
-    if python is not None and environment_root(python) != Path(sys.prefix).resolve():
+    if python is not None and environment_root(python) != Path(sys.prefix).resolve() \
+            and has_pipeline_packages(python):
         try:
             own = _cmdline("self")
             command = own[own.index("-m"):]  # `-m pipeline.stages.X ...`, without this
@@ -74,11 +89,11 @@ def run_with_dvcs_python() -> None:
             command = None
         if command:
             print(f"note: running {command[1]} with {python}, the Python DVC runs with "
-                  f"(`python` here is {sys.executable})", file=sys.stderr)
+                  f"(`python3` here is {sys.executable})", file=sys.stderr)
             os.environ[REEXEC_ENV] = python
             os.execv(python, [python, *command])
-    if importlib.util.find_spec("torch") is None:
-        print(f"error: {sys.executable} is not the project's Python (it has no torch), and the "
-              "Python DVC runs with could not be found; activate the environment first "
+    if not here_ok:  # DVC's own Python (a pipx or system install) may lack torch: then this one
+        print(f"error: {sys.executable} is not the project's Python (it has no torch), and "
+              "neither is the one DVC runs with; activate the environment first "
               "(`source .venv/bin/activate`) or run `make repro`", file=sys.stderr)
         sys.exit(1)

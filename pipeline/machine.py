@@ -5,7 +5,8 @@ Training and evaluation give the same bytes on the same machine and software; on
 on or off, the float sums run in another order and the results move in their last bits, and
 training can drift by about a seed's spread. Each checkpoint, evaluation record and run folder
 records this (`record()`), so the report and `pipeline-verify` can say "made on another machine"
-instead of guessing. Nothing in it changes from run to run on one machine.
+instead of guessing. On one machine only the thread count can change from run to run
+(`execution.threads: auto` follows the load), and with it the last bits.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def record(device: str, bf16: bool, threads: int, processes: int = 1) -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
         found["cuda_device"] = torch.cuda.get_device_name(torch.device(device))
         found["cuda"] = str(torch.version.cuda)
+        found["cudnn"] = torch.backends.cudnn.version()
     return found
 
 

@@ -342,7 +342,15 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     environment.filters["param"] = experiments.param_text
+    environment.filters["code"] = _code_spans
     return environment
+
+
+def _code_spans(text: str) -> markupsafe.Markup:
+    """Plain text with `commands` in backticks, escaped, the commands set in <code>."""
+    parts = str(markupsafe.escape(text)).split("`")
+    return markupsafe.Markup("".join(f"<code>{part}</code>" if index % 2 else part
+                                     for index, part in enumerate(parts)))
 
 
 def render(sections: list[DatasetSection], environment: dict, run_script: str) -> str:

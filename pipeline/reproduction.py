@@ -37,7 +37,7 @@ import numpy as np
 from scipy.stats import norm, t
 
 from pipeline.evidence import ALPHA, BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED
-from pipeline.experiments import Experiment, Run, changed_params, param_text
+from pipeline.experiments import Experiment, Run, changed_params, paired_correct, param_text
 from pipeline.machine import describe, differences
 from pipeline.params import VerifyParams
 
@@ -166,11 +166,6 @@ def _welch(mean_a: float, sd_a: float, k_a: int, mean_b: float, sd_b: float, k_b
     return found
 
 
-def _correct(predictions: tuple[list[str], list[str]]) -> tuple[tuple[str, ...], np.ndarray]:
-    actual, predicted = predictions
-    return tuple(actual), np.array([a == p for a, p in zip(actual, predicted, strict=True)])
-
-
 def compare_run(ours: Experiment, theirs: Experiment, run: Run, settings: VerifyParams,
                 relevant_changes: dict[str, tuple[object, object]]) -> Verdict:
     """The verdict for one dataset x model, from the strongest evidence both runs have."""
@@ -182,24 +177,15 @@ def compare_run(ours: Experiment, theirs: Experiment, run: Run, settings: Verify
         and summary_b.seeds is not None and summary_b.seeds.count > 1 else None
     from_seeds = seed_margin(spread, settings)  # as a fraction, like the accuracies
     margin = max(settings.margin / 100, from_seeds)
-    same_data = (dataset not in ours.prepared or dataset not in theirs.prepared
-                 or ours.prepared[dataset] == theirs.prepared[dataset])
     notes: list[str] = []
     found: dict | None = None
     evidence = ""
-    if same_data and run in ours.correct and run in theirs.correct \
-            and ours.correct[run].shape == theirs.correct[run].shape:
-        evidence, found = "evaluation records", _paired(ours.correct[run], theirs.correct[run],
-                                                        margin)
-    elif same_data and run in ours.predictions and run in theirs.predictions:
-        labels_a, correct_a = _correct(ours.predictions[run])
-        labels_b, correct_b = _correct(theirs.predictions[run])
-        if labels_a == labels_b:
-            evidence, found = "dvclive predictions", _paired(correct_a, correct_b, margin)
-        else:
-            notes.append("their test labels differ, so images are not compared one by one")
-    elif not same_data:
-        notes.append("the prepared data differ (dvc.lock), so images are not compared one by one")
+    paired = paired_correct(ours, theirs, run)
+    if isinstance(paired, tuple):
+        mine, other, evidence = paired
+        found = _paired(mine, other, margin)
+    elif paired is not None:
+        notes.append(paired)
     if found is None and summary_a is not None and summary_b is not None:
         if summary_a.seeds is not None and summary_b.seeds is not None \
                 and summary_a.seeds.count > 1 and summary_b.seeds.count > 1:

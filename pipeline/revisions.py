@@ -150,14 +150,45 @@ def list_revisions(repo: Path, limit: int | None = None) -> list[Revision]:
             + [Revision(r["Experiment"], r["rev"], False) for r in children])
 
 
-def commit_of(repo: Path, rev: str) -> str:
-    """The commit a revision names, or a one-line refusal."""
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
     try:
-        done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
-                              cwd=repo, capture_output=True, text=True, timeout=30)
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                              timeout=30)
     except (OSError, subprocess.SubprocessError) as error:
-        raise PipelineError(f"cannot run git to find revision {rev!r} ({error})") from None
-    if done.returncode != 0:
-        raise PipelineError(f"{rev!r} is not a revision of the git repository at {repo}; give "
-                            "a commit, branch or tag (`git log --oneline`, `git tag`)")
-    return done.stdout.strip()
+        raise PipelineError(f"cannot run git in {repo} ({error})") from None
+
+
+def commit_of(repo: Path, rev: str) -> str:
+    """The commit a revision names (a commit, branch, tag, or a `dvc exp` experiment's
+    name), or a one-line refusal."""
+    done = _git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if done.returncode == 0:
+        return done.stdout.strip()
+    if _git(repo, "rev-parse", "--git-dir").returncode != 0:
+        raise PipelineError(f"{repo} is not in a git repository: run this in the project's "
+                            "clone")
+    for revision in list_revisions(repo):
+        if revision.name == rev and not revision.committed:
+            return commit_of(repo, revision.rev)
+    raise PipelineError(f"{rev!r} is not a commit, branch, tag or experiment of the "
+                        f"repository at {repo} (`git log --oneline`, `git tag`, `dvc exp list`)")
+
+
+def stale_stages(repo: Path) -> list[str] | None:
+    """The stages `dvc status` says are not up to date (their code, params or data changed,
+    or their outputs are missing or changed); an output merely absent from the cache (`dvc gc`,
+    a damaged cache file) leaves its stage current. None where DVC cannot tell."""
+    try:
+        from dvc.repo import Repo
+
+        with Repo(str(repo)) as dvc_repo:
+            status = dvc_repo.status()
+    except Exception:  # noqa: BLE001 (the boundary, as in RevisionFiles.read_bytes)
+        return None
+
+    def only_uncached(changes: object) -> bool:
+        return isinstance(changes, list) and all(
+            isinstance(change, dict) and set(change) == {"changed outs"}
+            and set(change["changed outs"].values()) == {"not in cache"} for change in changes)
+
+    return sorted(stage for stage, changes in status.items() if not only_uncached(changes))

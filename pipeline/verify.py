@@ -8,8 +8,10 @@ Each model is *reproduced* (its accuracy difference is shown to lie inside the m
 *differs* (shown to lie outside it) or *inconclusive* (the test set is too small to tell), from
 the strongest evidence both sides have (pipeline/reproduction.py): per-image predictions from
 the evaluation records or from dvclive's files in git, else the seed means or the accuracies.
-The margin is `verify.margin` in params.yaml, widened by the model's own seed spread. Exits 1
-when any model differs, so it can gate CI; 0 otherwise.
+The margin is `verify.margin` in params.yaml, widened by the reference model's seed spread.
+Exits 0 when no model differs, 1 when one does (a CI gate), 2 when it cannot tell: the
+workspace's results are stale (`dvc status` lists a stage; run `dvc repro` first), or the
+revision is unknown or has no results.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from pipeline import experiments, reproduction
 from pipeline.errors import PipelineError
 from pipeline.machine import describe
 from pipeline.params import load_params
-from pipeline.revisions import commit_of, dvc_yaml_paths
+from pipeline.revisions import commit_of, dvc_yaml_paths, stale_stages
+
+REPORT_STAGE = "report"  # reads the results; a stale report leaves them current
+EXIT_DIFFERS, EXIT_ERROR = 1, 2
 
 
 def table(verdicts: list[reproduction.Verdict]) -> str:
@@ -54,10 +59,16 @@ def main(argv: list[str] | None = None) -> None:
     live, evaluation, prepared = dvc_yaml_paths(repo, "live", "evaluation", "prepared")
     runs = [(d, m) for d in params.run.datasets for m in params.run.models]
     commit = commit_of(repo, args.rev)
+    stale = [s for s in stale_stages(repo) or [] if s != REPORT_STAGE]
+    if stale:
+        shown = ", ".join(stale[:4]) + (f" and {len(stale) - 4} more" if len(stale) > 4 else "")
+        raise PipelineError(f"the workspace's results are not those of its code, params and "
+                            f"data (`dvc status`: {shown} changed or not run); run `dvc repro` "
+                            "(or `dvc exp run`) first, then verify")
     ours = experiments.read_revision(repo, None, "workspace", runs, live, evaluation, prepared)
     if ours is None:
         raise PipelineError(f"the workspace has no results under {live}; run `dvc repro` first")
-    reference = f"{args.rev} ({commit[:7]})" if args.rev != commit else commit[:7]
+    reference = commit[:7] if commit.startswith(args.rev) else f"{args.rev} ({commit[:7]})"
     theirs = experiments.read_revision(repo, commit, reference, runs, live, evaluation,
                                        prepared)
     if theirs is None:
@@ -87,13 +98,13 @@ def main(argv: list[str] | None = None) -> None:
                   for name in reproduction.VERDICTS}
         print("\n" + ", ".join(f"{count} {name}" for name, count in counts.items()))
     if failed:
-        sys.exit(1)
+        sys.exit(EXIT_DIFFERS)
 
 
 def cli() -> None:
     from pipeline.cli import run_stage
 
-    run_stage(main)
+    run_stage(main, error_status=EXIT_ERROR)
 
 
 if __name__ == "__main__":

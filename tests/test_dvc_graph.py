@@ -68,7 +68,7 @@ def stage_definitions() -> dict[str, dict]:
 
 
 def stage_module(stage: dict) -> str:
-    match = re.search(r"python -m ([\w.]+)", stage["cmd"])
+    match = re.search(r"python3? -m ([\w.]+)", stage["cmd"])
     assert match, f"stage command does not run a module: {stage['cmd']}"
     return match.group(1)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline import interpreter
 from tests.conftest import ROOT, copy_repository, tool_env
 
 pytestmark = pytest.mark.e2e
@@ -19,9 +20,10 @@ def another_python(folder: Path) -> Path:
     """A `python` that is not the project's: the base interpreter without site-packages (so
     without torch), as a user's system Python would be."""
     folder.mkdir()
-    python = folder / "python"
-    python.write_text(f'#!/bin/sh\nexec "{sys._base_executable}" -S "$@"\n')
-    python.chmod(0o755)
+    for name in ("python", "python3"):
+        python = folder / name
+        python.write_text(f'#!/bin/sh\nexec "{sys._base_executable}" -S "$@"\n')
+        python.chmod(0o755)
     return python
 
 
@@ -40,7 +42,7 @@ def test_dvc_repro_runs_the_stages_with_dvcs_python_whatever_python_is_on_path(t
                           cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "note: running pipeline.stages.download with" in done.stderr
-    assert "(`python` here is" in done.stderr
+    assert "(`python3` here is" in done.stderr
     assert (repo / "data/prepared/digits/train.pkl").is_file()
 
 
@@ -54,3 +56,15 @@ def test_a_stage_outside_dvc_with_another_python_says_in_one_line_what_to_do(tmp
     [line] = done.stderr.splitlines()
     assert "is not the project's Python (it has no torch)" in line
     assert "source .venv/bin/activate" in line
+
+
+def test_a_dvc_without_torch_leaves_the_stage_to_the_activated_environment(monkeypatch):
+    """DVC installed with pipx or system-wide has no torch: an activated .venv runs the stage."""
+    other = str(Path(sys._base_executable))
+    monkeypatch.setenv("DVC_STAGE", "train@digits-cnn")
+    monkeypatch.delenv(interpreter.REEXEC_ENV, raising=False)
+    monkeypatch.setattr(interpreter, "dvc_python", lambda: other)
+    monkeypatch.setattr(os, "execv", lambda *args: pytest.fail(f"re-executed with {args[0]}"))
+    assert not interpreter.has_pipeline_packages(other + "-S-no-such-interpreter")
+    monkeypatch.setattr(interpreter, "has_pipeline_packages", lambda python: False)
+    interpreter.run_with_dvcs_python()  # returns: this Python has torch, so it runs the stage

@@ -110,7 +110,10 @@ def test_execution_settings_retrain_nothing(machines):
 def test_pipeline_compare_and_tensorboard_say_what_they_could_not_read(machines):
     _, clone, _ = machines
     compared = sh(["pipeline-compare"], clone)
-    assert "Not compared image by image" in compared
+    assert "Evaluation records missing" in compared
+    # the McNemar marks against the commit come from dvclive's predictions in git
+    workspace = next(line for line in compared.splitlines() if line.startswith("workspace"))
+    assert len(re.findall(r"\d+\.\d\d% [+=-]", workspace)) == len(MODELS), workspace
     assert "evaluation records of digits/linear, digits/cnn not in this clone's DVC cache" \
         in compared
     gathered = sh(["pipeline-tensorboard"], clone)
@@ -145,8 +148,28 @@ def test_a_model_trained_far_too_briefly_differs_and_verify_exits_1(machines):
                     if line.startswith("digits/cnn: differs: "))
         assert re.search(r"-\d+\.\d\d pts \[-\d+\.\d\d, -\d+\.\d\d\] \(95%\)", line), line
         assert re.search(r"params differ: .*models\.cnn\.train\.epochs \S+ → 1", line), line
+        # an experiment's name is a revision too
+        [name] = sh(["dvc", "exp", "list", "--name-only"], clone).split()
+        by_name = run(["pipeline-verify", "--rev", name], clone)
+        assert by_name.returncode == 0, by_name.stdout + by_name.stderr
+        assert "digits/cnn: reproduced: +0.00 pts" in by_name.stdout
     finally:
         sh(["git", "checkout", "--", "params.yaml", "dvc.lock"], clone)
+
+
+def test_verify_refuses_stale_results_and_unknown_revisions_with_exit_2(machines):
+    _, clone, _ = machines
+    write_params(clone, lambda p: p["models"]["cnn"]["train"].update(epochs=3))
+    try:  # params edited, nothing re-run: the workspace's results are not its params'
+        stale = run(["pipeline-verify"], clone)
+        assert stale.returncode == 2, stale.stdout + stale.stderr
+        [line] = stale.stderr.splitlines()
+        assert "train@digits-cnn" in line and "run `dvc repro`" in line
+    finally:
+        sh(["git", "checkout", "--", "params.yaml"], clone)
+    unknown = run(["pipeline-verify", "--rev", "no-such-revision"], clone)
+    assert unknown.returncode == 2
+    assert "not a commit, branch, tag or experiment" in unknown.stderr
 
 
 def test_a_damaged_evaluation_record_of_a_revision_is_named_not_raised(machines):
@@ -154,19 +177,21 @@ def test_a_damaged_evaluation_record_of_a_revision_is_named_not_raised(machines)
     damaged = origin.parent / "damaged"
     shutil.copytree(origin, damaged, symlinks=True)
     record = damaged / "reports/evaluation/digits/cnn.pkl"
-    lock = yaml.safe_load((damaged / "dvc.lock").read_text())
-    folder = next(out["md5"] for stage in lock["stages"].values()
-                  for out in stage.get("outs", [])
-                  if out["path"] == "reports/evaluation/digits")
-    listing = damaged / ".dvc/cache/files/md5" / folder[:2] / folder[2:]
-    entry = next(e for e in json.loads(listing.read_text()) if e["relpath"] == "cnn.pkl")
-    cached = damaged / ".dvc/cache/files/md5" / entry["md5"][:2] / entry["md5"][2:]
-    for path in {cached, record}:  # the committed revision's copy, and the workspace's
-        if path.exists():
-            path.unlink()
-        path.write_bytes(b"\x80\x04not a pickle at all")
+    good = record.read_bytes()
+
+    def replace(data: bytes) -> None:
+        record.unlink()  # DVC's hard link to its cache, read-only
+        record.write_bytes(data)
+
+    # a commit whose evaluation record (in the cache, hash intact) is not an evaluation
+    replace(b"\x80\x04not a pickle at all")
+    sh(["dvc", "commit", "--force", "evaluate@digits"], damaged)
+    sh(["git", "commit", "-qam", "a damaged evaluation record"], damaged)
+    replace(good)
+    sh(["dvc", "commit", "--force", "evaluate@digits"], damaged)
     done = run(["pipeline-verify"], damaged)
     assert "Traceback" not in done.stderr and done.returncode in (0, 1), done.stderr
-    assert re.search(r"evaluation records of digits/cnn damaged \(", done.stdout), done.stdout
+    assert re.search(r"^  \S+ \(\w+\): evaluation records of digits/cnn damaged \(", done.stdout,
+                     re.M), done.stdout
     compared = run(["pipeline-compare"], damaged)
-    assert compared.returncode == 0 and "damaged (" in compared.stdout, compared.stderr
+    assert compared.returncode == 0 and "digits/cnn damaged (" in compared.stdout, compared.stderr

@@ -4,7 +4,8 @@ With `seeds: N` on a model, N copies are trained from seeds train.seed, train.se
 first is the model, the others make its seed ensemble (mean of logits), kept in the checkpoint.
 Writes the checkpoint (pipeline/checkpoint.py), logs through dvclive (pipeline/tracking.py), and
 TensorBoard event logs too when `execution.tensorboard` is on. The run's timings go to a separate
-timing file, so the checkpoint and the committed metrics are the same bytes on every re-run.
+timing file, so the checkpoint and the committed metrics are the same bytes on every re-run on
+this machine with the same thread count.
 With `execution.processes: N` (or several machines, see pipeline/distributed.py) the stage runs
 itself under torchrun and only global rank 0 writes.
 """

@@ -34,8 +34,8 @@ from torch import nn
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # read when keras is first imported
 
-from pipeline.params import TrainSettings  # noqa: E402
-from pipeline.splits import Split  # noqa: E402
+from pipeline.params import TrainSettings
+from pipeline.splits import Split
 
 # The fastest of each choice, measured on the 2-core CPU (60,000-row benchmark, 4 epochs):
 # DataLoader workers 0 (2 workers: cnn epoch the same, 3.5 s; LinearNet 0.58 s instead of 0.39 s,

@@ -71,7 +71,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise ArtifactError(f"{path}: missing; run the train stage (dvc repro)") from None
     except IsADirectoryError:
         raise ArtifactError(f"{path}: is a folder, expected a checkpoint file (.pt)") from None
-    except Exception as error:  # torch raises many types for corrupt, foreign or unsafe files
+    except Exception as error:  # noqa: BLE001 (torch raises many types for corrupt, foreign or
+        # unsafe files)
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ArtifactError(
             f"{path}: not a checkpoint this pipeline can load ({type(error).__name__}: "

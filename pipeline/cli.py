@@ -50,10 +50,8 @@ def _write_profile(path: str, imported: float) -> None:
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for the next allocation instead of handing it
     back to the OS and faulting it in again, zeroed, moments later: the stages allocate and free
-    arrays of 0.1-2 MB per block or batch. Reading the 60,000-row benchmark CSV in a fresh
-    process took 0.29 s with glibc's defaults and 0.17 s with this (pandas: 0.73 s and 0.62 s),
-    and LinearNet's per-batch input conversion 45-65 us instead of 140-230 us. Arrays over 32 MB
-    still get their own mapping. False where the C library has no mallopt (not glibc)."""
+    arrays of 0.1-2 MB per block or batch (docs/performance.md, "Process set-up"). Arrays over
+    32 MB still get their own mapping. False where the C library has no mallopt (not glibc)."""
     m_trim_threshold, m_mmap_threshold = -1, -3
     try:  # the process's own C library; Windows has no such handle (TypeError)
         mallopt = ctypes.CDLL(None).mallopt
@@ -68,14 +66,11 @@ def run_stage(main: Callable[[], None], error_status: int = 1) -> None:
     stage left half-written, then run it and print an expected failure as one line (exit
     status `error_status`)."""
     imported = time.time()
-    # Each stage module turns the collector off before its imports: they build hundreds of
-    # thousands of objects that live until exit, and walking them again and again took
-    # 0.18 s of torch's import. What is alive now lives until the process ends, so it is frozen
-    # out of the collector's sight, which then runs on what the stage builds, every 10,000
-    # allocations instead of 700: matplotlib's figures churn through short-lived objects (the
-    # digits report: 4.45 s instead of 4.85 s; a train stage 0.2-0.3 s faster). Frozen again at
-    # the end, because interpreter shutdown collects whatever is not: with torch imported that
-    # took 0.5-0.9 s of each stage process, measured from its last line to its exit (0.14 s).
+    # Each stage module turns the collector off before its imports (they build hundreds of
+    # thousands of objects that live until exit). What is alive now is frozen out of the
+    # collector's sight, which then runs on what the stage builds, every 10,000 allocations
+    # instead of 700; frozen again at the end, because interpreter shutdown collects whatever
+    # is not. Measurements: docs/performance.md, "Process set-up".
     gc.freeze()
     gc.set_threshold(COLLECT_EVERY, *gc.get_threshold()[1:])
     gc.enable()

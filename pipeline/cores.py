@@ -3,8 +3,8 @@
 `usable_cores`: the process's affinity where the OS has one (a container or `taskset` can allow
 fewer than the machine has), capped by a cgroup CPU quota (`docker run --cpus 2`), else the
 machine's count. `free_cores`: of those, the ones other work is not using now, sampled from
-/proc/stat; the train stage runs that many threads (docs/performance.md, "Threads": OpenMP
-threads that share a busy core spin against it, 14x slower than one thread).
+/proc/stat; the train stage runs that many threads, because OpenMP threads that share a busy
+core spin against it (docs/performance.md, "Threads").
 """
 
 from __future__ import annotations

@@ -4,29 +4,12 @@ The whole split lives on the device as uint8 tensors and each batch gathers its 
 permutation: no per-sample Dataset, no DataLoader workers, no one-hot targets (the tutorials'
 loop spends most of its time there). Loss and accuracy are summed on the device and read once per
 epoch, so a CUDA run has no host sync per step. The forward pass runs under bf16 autocast where
-the hardware computes in bf16 natively (CUDA; CPUs with AVX512-BF16 or AMX, where it measured
-1.6-2x faster than fp32; on other CPUs it is emulated and several times slower, so it stays off).
-The learning rate follows a one-cycle schedule by default: with large batches it reaches the
-accuracy the tutorials' batch-32 constant-rate loop reaches in the same number of epochs
-(the README's Speed section has the measurements). On CUDA each full batch's step is one
-replayed CUDA graph (`GraphedStep`).
-
-Where a CPU epoch goes (torch.profiler, 48,000 Fashion-shaped images, batch 512, the 2-core
-AVX512-BF16 benchmark machine): `cnn` 1.2 s, of it convolution backward 28 %, forward 24 %,
-max-pool forward 18 % and backward 15 % (its zero-fill 6 %), Adam 3 %; LinearNet 0.13 s, of it the
-matmuls 53 % (630 GFLOP/s, about 70 % of this CPU's bf16 matmul peak), autocast's weight casts 9 %,
-Adam 9 %, and a fixed cost per operator (the same loop on a 4-pixel model: 450 us a step). The loop
-is bound by oneDNN's kernels; what was tried beyond them measured slower: torch.compile (inductor)
-3.3 s for the cnn epoch and 0.21 s for LinearNet's (0.15 s against 0.107 s with only the forward
-and loss compiled), fp32 1.45 s for the cnn's (1.49 s against 1.12 s with oneDNN's bf16 math mode
-for fp32 convolutions), a max-pool from strided maxima (same gradients; forward 2.7x faster,
-backward 5x slower: bf16 comparisons run 2-4x and torch.where 10-20x slower than torch.maximum),
-the split converted to bf16 up front (twice the bytes to move), and LinearNet at batch 1024 took
-0.10 s but ended 1.3 points less accurate after 5 epochs. The profiler's shares overstate the
-max-pools: replacing the first by a strided copy, a floor for any faster pool, saved 10 % of the
-cnn epoch (0.98 s -> 0.88 s). LinearNet's layers run as one autograd Function with a hand-written
-backward gave bit-identical weights and the same epoch time, so its per-operator cost is in the
-operators, not in autograd's bookkeeping.
+the hardware computes in bf16 natively (CUDA; CPUs with AVX512-BF16 or AMX; emulated elsewhere,
+where it is slower, so it stays off). The learning rate follows a one-cycle schedule by default:
+with large batches it reaches the accuracy the tutorials' batch-32 constant-rate loop reaches in
+the same number of epochs. On CUDA each full batch's step is one replayed CUDA graph
+(`GraphedStep`). Where an epoch's time goes, and what was tried to cut it: docs/performance.md,
+"A training epoch on the CPU".
 """
 
 from __future__ import annotations
@@ -92,8 +75,7 @@ def make_optimizer(settings: TrainSettings, model: nn.Module, device: torch.devi
                                weight_decay=settings.weight_decay)
     decoupled = settings.optimizer == "adamw"
     if device.type == "cpu":
-        # torch's fused kernel made LinearNet epochs 1.5x faster on CPU (its per-tensor Adam
-        # loop was 22 % of the step); FusedAdam calls it without importing torch._dynamo
+        # torch's fused kernel, called without importing torch._dynamo (docs/performance.md)
         return FusedAdam(params, settings.lr, settings.weight_decay, decoupled)
     optimizer = torch.optim.AdamW if decoupled else torch.optim.Adam
     if graphed:
@@ -143,12 +125,8 @@ def reset_optimizer_state(optimizer: Optimizer) -> None:
 class GraphedStep:
     """One whole training step (forward, loss, backward, optimizer step, the epoch's sums)
     captured as a CUDA graph for full batches and replayed with no per-layer Python or kernel
-    launches; the batch is copied into its fixed input buffers first.
-
-    On an H100 a small model's eager step is launch-bound: 10 `cnn` epochs of 48,000 images at
-    batch 512 took 5.99 s eager and 0.76 s replayed (LinearNet 2.67 s -> 0.23 s, keras_cnn with
-    dropout 3.08 s -> 1.05 s; capture 0.07 s). torch.compile measured slower for 10 epochs:
-    its compile took 10-25 s, and mode="reduce-overhead" graphs forward and backward only."""
+    launches; the batch is copied into its fixed input buffers first. A small model's eager
+    step is launch-bound (docs/performance.md, "Training loop details")."""
 
     def __init__(self, runner: Runner, optimizer: Optimizer, data: DeviceData,
                  batch_size: int):
@@ -235,9 +213,7 @@ class Runner:
         order = torch.randperm(len(data), generator=generator).to(self.device)
         labels = torch.index_select(data.labels, 0, order)
         # Each batch gathers its images just before use, so they are still in cache when they
-        # are converted: LinearNet's CPU epoch took 0.117 s with one gather of the whole split
-        # per epoch (the conversion then read every batch back from memory, 19 % of the epoch)
-        # and 0.108 s this way (index_select copies whole rows, 2.4x faster than indexing).
+        # are converted (docs/performance.md, "Training loop details").
         # [loss sum, correct count], summed on the device and read once per epoch (float32:
         # MPS has no float64; counts stay exact below 2**24 images)
         totals = torch.zeros(2, device=self.device)

@@ -174,8 +174,8 @@ def class_curves(probabilities: np.ndarray, labels: np.ndarray) -> ClassCurves:
 
     The same arithmetic as scikit-learn's roc_curve, roc_auc_score, precision_recall_curve and
     average_precision_score, step for step (tests/test_evidence.py compares them on tied and
-    untied scores), written out because importing sklearn.metrics was 0.7 s of the evaluate
-    stage's 1.7 s on digits."""
+    untied scores), written out to spare the evaluate stage sklearn.metrics' import
+    (docs/performance.md, "Hand-rolled replacements")."""
     classes = probabilities.shape[1]
     roc = np.full((classes, len(CURVE_GRID)), np.nan)
     pr = np.full((classes, len(CURVE_GRID)), np.nan)

@@ -17,7 +17,7 @@ import tarfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -65,8 +65,6 @@ class _DatasetBase(Strict):
     mirrors: list[str] = []
     drawing: Drawing | None = Field(
         None, description="how the images were made from drawings, for pipeline-predict")
-
-    converts_to_kaggle_csv: ClassVar[bool] = True
 
     @field_validator("shape", mode="before")
     @classmethod

@@ -5,8 +5,8 @@ stays at the final uint8 arrays plus a few block-sized buffers whatever the file
 goes down three paths until one accepts it:
 
 1. digits: numpy parses the bytes in place (fields of 1-3 digits, commas, newlines, the exact
-   field count per row, every value in range). This is what clean files take, ~5x faster than
-   pandas.read_csv and without its int64 frame.
+   field count per row, every value in range). This is what clean files take, faster than
+   pandas.read_csv and without its int64 frame (docs/performance.md, "CSV reading").
 2. pandas: the C parser with integer dtypes, for clean blocks with spaces or longer fields.
 3. exact: line by line in Python, which names the file, the 1-based line, the column, the value
    and what was expected (or drops the row, counted by reason).
@@ -38,12 +38,9 @@ import numpy as np
 from pipeline.cores import usable_cores
 from pipeline.errors import PipelineError
 
-# Blocks parse in this many threads (the cores, up to 4): on 2 cores the 60,000-row benchmark
-# file parsed 1.8x faster with 2 threads (0.43 s -> 0.23 s; cProfile: 4 gathers per field and
-# the separator checks are the time, all numpy calls that release the GIL). With blocks in
-# flight side by side, 256 KiB blocks keep each parse's index arrays (8 bytes per field) near
-# 1 MB: the read's peak was 56 MB with them, 63 MB with 512 KiB and 79 MB with 1 MiB, at the
-# same speed (benchmark file, 7 runs each).
+# Blocks parse in this many threads (the cores, up to 4; the parsing is numpy calls that release
+# the GIL), in blocks small enough to keep each parse's index arrays near 1 MB
+# (docs/performance.md, "CSV reading").
 BLOCK_BYTES = 1 << 18
 PARSE_THREADS = min(4, usable_cores())
 _PAD = b"\n\n\n\n"  # lets the digits path look 4 bytes back from the first field
@@ -148,8 +145,8 @@ def _blocks(handle: BinaryIO, block_bytes: int, max_line: int) -> Iterator[tuple
             continue
         data = carry + chunk[: cut + 1]
         carry = chunk[cut + 1 :]
-        # numpy counts them 3x faster than bytes.count (0.011 s against 0.032 s for the
-        # benchmark's 126 MB), time the reading thread otherwise takes from the parsing ones
+        # numpy counts them faster than bytes.count, time the reading thread otherwise takes
+        # from the parsing ones (docs/performance.md)
         lines = int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == _NEWLINE))
         if len(data) > max_line * lines:  # only then can one of its lines be too long
             start = 0
@@ -186,7 +183,7 @@ def _row_capacity(path: Path, block_bytes: int, layout: CsvLayout) -> int:
     field, so the text's bytes bound the rows, and np.empty's pages take memory only as rows fill
     them (a file of blank lines or one huge line costs nothing). A plain file's size is its text's;
     a gzip file's text is measured by decompressing it once. Sizing by bytes, not lines, spares a
-    pass over the file: 0.08 s of 0.42 s for the 60,000-row benchmark file."""
+    pass over the file."""
     with _open_bytes(path) as handle:
         if isinstance(handle, gzip.GzipFile):
             size = 0
@@ -437,7 +434,7 @@ class _Reader:
         its separator: value = ones + 10 tens + 100 hundreds, where a place counts only if it and
         every place after it are digits. Four bytes of padding in front keep the look-back
         inside the buffer, and one index array serves all 5 gathers (through views of the data
-        shifted by 0-3 bytes): 15 % less time than an index array per gather.
+        shifted by 0-3 bytes), less time than an index array per gather.
         """
         if b"\r" in block:
             block = block.replace(b"\r\n", b"\n")
@@ -478,7 +475,7 @@ class _Reader:
             return None
         if block.startswith((b"\n", b"\r\n")):
             return None
-        # imported here: the stages that only load params (train, evaluate) would pay 0.1-0.2 s
+        # imported here: the stages that only load params (train, evaluate) would pay its import
         import pandas as pd
 
         try:

@@ -17,7 +17,7 @@ Keras MNIST example; 60,362 at 3x32x32) and with [32, 64, 128] + hidden [625] 1,
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, cast
 
 from pydantic import Field, field_validator
@@ -272,7 +272,6 @@ class LayerRow:
     kind: str
     output_shape: tuple[int, ...]
     params: int
-    extra: dict = field(default_factory=dict)
 
 
 def layer_summary(model: nn.Module, input_shape: Shape) -> list[LayerRow]:
@@ -301,12 +300,3 @@ def layer_summary(model: nn.Module, input_shape: Shape) -> list[LayerRow]:
         for hook in hooks:
             hook.remove()
     return rows
-
-
-def format_summary(rows: list[LayerRow]) -> str:
-    lines = [f"{'Layer (type)':<32}{'Output Shape':<24}{'Param #':>12}", "=" * 68]
-    for row in rows:
-        shape = "[" + ", ".join(["-1", *map(str, row.output_shape[1:])]) + "]"
-        lines.append(f"{row.name + ' (' + row.kind + ')':<32}{shape:<24}{row.params:>12,}")
-    lines += ["=" * 68, f"Total params: {sum(r.params for r in rows):,}"]
-    return "\n".join(lines)

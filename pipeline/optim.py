@@ -1,8 +1,8 @@
 """Adam and AdamW on CPU, and the one-cycle schedule, without torch.optim's classes.
 
 torch.optim's `Optimizer` imports torch._dynamo the first time one is made and in every `step()`
-(both go through dynamo-disabling wrappers): 0.8 s of each train stage process on the 2-core
-benchmark machine, where a digits train stage takes 2-4 s in all. `FusedAdam` keeps the state
+(both go through dynamo-disabling wrappers), a large share of a short train stage
+(docs/performance.md, "Hand-rolled replacements"). `FusedAdam` keeps the state
 itself and calls the functional `torch.optim.adam.adam` with the fused kernel, as
 `torch.optim.Adam(fused=True)` does, so its updates are the same bits; `OneCycle` sets
 `OneCycleLR`'s learning rate (and SGD's cycled momentum) on any optimizer's `param_groups`,

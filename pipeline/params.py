@@ -306,7 +306,7 @@ class _ParamsLoader(yaml.SafeLoader):
     """YAML as params.yaml needs it: no aliases (a few nested `*a` references can expand to
     billions of values), and no key given twice in one mapping (YAML keeps the last silently)."""
 
-    def compose_node(self, parent, index):  # noqa: ANN001 (PyYAML's signature)
+    def compose_node(self, parent, index):  # PyYAML's signature
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise _YamlProblem(f"line {event.start_mark.line + 1}, column "
@@ -315,7 +315,7 @@ class _ParamsLoader(yaml.SafeLoader):
                                "write the values out")
         return super().compose_node(parent, index)
 
-    def construct_mapping(self, node, deep=False):  # noqa: ANN001
+    def construct_mapping(self, node, deep=False):
         seen: dict[object, int] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
@@ -353,7 +353,7 @@ def load_params(path: str | Path) -> Params:
         raise ParamsError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); "
                           "save it as UTF-8") from None
     try:
-        raw = yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader subclass)
+        raw = yaml.load(text, Loader=_ParamsLoader)  # a SafeLoader subclass
     except _YamlProblem as problem:
         raise ParamsError(f"{path}, {problem}") from None
     except yaml.YAMLError as error:

@@ -14,15 +14,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.colors import to_rgba_array  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgba_array
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from PIL import Image
 
-from pipeline.cores import usable_cores  # noqa: E402
+from pipeline.cores import usable_cores
 
 DPI = 96
 
@@ -31,8 +31,8 @@ def to_data_uri(figure: Figure) -> str:
     """The figure as a PNG data URI, trimmed to what it draws plus savefig's padding.
 
     `savefig(bbox_inches="tight")` lays the whole figure out once more just to find that box,
-    and asking the drawn figure for it walks every tick label again: 28 % and 22 % of the
-    digits report's figure time. Drawn once instead, the picture is cut from the pixels to the
+    and asking the drawn figure for it walks every tick label again (docs/performance.md,
+    "Figures"). Drawn once instead, the picture is cut from the pixels to the
     drawn ones, with the padding in the background colour. A figure that draws up to an edge of
     its canvas (a label that may go on past it) is saved by savefig, which widens the canvas."""
     figure.set_dpi(DPI)
@@ -62,8 +62,8 @@ class FigureQueue:
     `draw()` waits for them all and fills them in.
 
     Every figure is drawn from its own arguments alone, so a pool of processes draws them in
-    parallel with the same bytes. Drawing was 75 % of the report stage (41 figures, 8 s of its
-    11 s for the default digits run, measured with cProfile); each figure starts as soon as it
+    parallel with the same bytes. Drawing is most of the report stage (docs/performance.md,
+    "Figures"); each figure starts as soon as it
     is queued, so the report's own work (the evidence, the experiments) overlaps the drawing.
     Use it as a context manager: leaving the block stops the pool."""
 
@@ -118,9 +118,8 @@ def _spaced_subplots(rows: int, columns: int, axes_size: tuple[float, float],
                      height_ratios: list[float] | None = None) -> tuple[Figure, np.ndarray]:
     """Subplots of `axes_size` inches (the height of all rows together, before the gaps) with
     fixed gaps in inches between columns and rows, and margins (left, bottom, right, top) in
-    inches around them: room for tick labels, titles and the figure's title. Constrained
-    layout measured every label again for each figure: 0.05-0.12 s of each small-multiples
-    figure."""
+    inches around them: room for tick labels, titles and the figure's title. Not constrained
+    layout, which measures every label again for each figure (docs/performance.md, "Figures")."""
     left, bottom, right, top = margins
     width = left + columns * axes_size[0] + (columns - 1) * gaps[0] + right
     height = bottom + axes_size[1] + (rows - 1) * gaps[1] + top
@@ -137,9 +136,8 @@ TITLE_BAND = 0.35  # inches above a grid of images for the figure's title
 class _ImageGrid:
     """A grid of small images drawn into one axes whose data units are inches (x right, y down).
 
-    One axes per image made the galleries 5-7x slower (the digits sample grid: 0.67 s against
-    0.10 s to draw), nearly all of it building and laying out 80 sets of axes and ticks that
-    show nothing. Each cell is `cell` inches; its image, `image_size` inches square, sits at the
+    One axes per image made the galleries several times slower (docs/performance.md,
+    "Figures"). Each cell is `cell` inches; its image, `image_size` inches square, sits at the
     bottom, centred, with its title in the band above."""
 
     def __init__(self, rows: int, columns: int, cell: tuple[float, float], image_size: float,

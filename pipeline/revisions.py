@@ -119,7 +119,7 @@ class RevisionFiles:
                 for stage in (lock.get("stages") or {}).values():
                     self._outputs += [str(o["path"]) for o in stage.get("outs") or []
                                       if isinstance(o, dict) and "path" in o]
-            except Exception:  # noqa: BLE001, S110 (no readable lock: no known outputs)
+            except Exception:  # noqa: BLE001 (no readable lock: no known outputs)
                 pass
         path = path.rstrip("/")
         return any(path == out or path.startswith(out.rstrip("/") + "/")

@@ -265,8 +265,8 @@ def download(
 
 def _resource_path(resource: str) -> Path:
     package, _, name = resource.partition(":")
-    # found on disk without running the packages' code: importing sklearn.datasets.data to
-    # find digits.csv.gz took 0.5 s of the 1 s download stage
+    # found on disk without running the packages' code, whose import is most of the download
+    # stage's time (docs/performance.md, "Hand-rolled replacements")
     top, *inner = package.split(".")
     spec = importlib.util.find_spec(top)
     if spec is None:

@@ -73,8 +73,8 @@ def stratified_indices(labels: np.ndarray, held_out: int, seed: int
     """Row indices (rest, held out) of scikit-learn's `train_test_split(..., test_size=
     held_out, random_state=seed, stratify=labels)`, the tutorials' split, drawn the same way
     from the same random stream (its StratifiedShuffleSplit: each class's share rounded by
-    `_approximate_mode`, each class shuffled, then both sides). Written out because importing
-    scikit-learn was 0.5 s of the prepare stage's 0.9 s on digits; tests/test_prepare.py
+    `_approximate_mode`, each class shuffled, then both sides). Written out to spare the
+    prepare stage scikit-learn's import (docs/performance.md); tests/test_prepare.py
     checks the indices against scikit-learn's over many sizes, fractions, seeds and class
     balances."""
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)

@@ -122,7 +122,7 @@ class LocalServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             timeout = 10
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:  # http.server's naming
                 server.log.append(self.path)
                 script = server.routes.get(self.path)
                 if not script:
@@ -131,7 +131,7 @@ class LocalServer:
                 action = script.pop(0) if len(script) > 1 else script[0]
                 action(self)
 
-            do_HEAD = do_GET  # noqa: N815 (the client reads no body of a HEAD response)
+            do_HEAD = do_GET  # the client reads no body of a HEAD response
 
             def log_message(self, *args) -> None:
                 pass

@@ -17,6 +17,7 @@ import os
 import pickle
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,12 +34,19 @@ class ArtifactError(PipelineError, ValueError):
 
 # Staging names carry the writer's process id: `.<name>.<pid>.<random>.tmp`, so a later run can
 # tell a temporary left by a killed process (SIGKILL skips every cleanup) from one in use.
-_STAGING = re.compile(r"\..+\.(\d+)\.[^.]+\.tmp\Z")
+# `.<name>.pipeline-<host>-<pid>.<random>.tmp`: the marker tells this pipeline's temporaries
+# from a user's files, and the host tells whose process id it is (a project folder shared by
+# several machines holds other hosts' live writers, whose ids mean nothing here)
+_STAGING = re.compile(r"\..+\.pipeline-([A-Za-z0-9-]{1,64})-(\d+)\.[^.]+\.tmp\Z")
 _NOT_SWEPT = {".git", ".dvc", ".venv", "venv", "node_modules", "__pycache__"}
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
+
+
 def staging_prefix(path: Path) -> str:
-    return f".{path.name}.{os.getpid()}."
+    return f".{path.name}.pipeline-{_host()}-{os.getpid()}."
 
 
 def _remove(entry: Path) -> None:
@@ -58,25 +66,32 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _left_by_dead_writer(name: str) -> bool:
+    """Whether `name` is a temporary this pipeline wrote on this host, whose writer is gone."""
+    match = _STAGING.match(name)
+    return match is not None and match.group(1) == _host() \
+        and not _process_alive(int(match.group(2)))
+
+
 def _remove_leftovers(path: Path) -> None:
-    """Delete temporaries of `path` that an earlier, killed run left."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        match = _STAGING.match(stale.name)
-        if match is None or not _process_alive(int(match.group(1))):
+    """Delete temporaries of `path` that an earlier, killed run on this host left."""
+    for stale in path.parent.glob(f".{path.name}.pipeline-*.tmp"):
+        if _left_by_dead_writer(stale.name):
             _remove(stale)
 
 
 def sweep_stale_staging(root: Path, max_depth: int = 6) -> list[Path]:
-    """Remove every staging file or folder under `root` whose writer is gone: a stage killed
-    mid-write leaves one, and DVC will not re-run that stage while its old outputs are intact,
-    so every stage run sweeps the whole project (hidden folders and the venv excepted)."""
+    """Remove every staging file or folder under `root` that this pipeline wrote on this host
+    and whose writer is gone: a stage killed mid-write leaves one, and DVC will not re-run that
+    stage while its old outputs are intact, so every stage run sweeps the whole project (hidden
+    folders and the venv excepted). A user's file is never touched: only names with the
+    pipeline's marker and this host's name match."""
     removed = []
     root = Path(root)
     for folder, subfolders, files in os.walk(root):
         depth = len(Path(folder).relative_to(root).parts)
         for name in [*files, *subfolders]:
-            match = _STAGING.match(name)
-            if match and not _process_alive(int(match.group(1))):
+            if _left_by_dead_writer(name):
                 _remove(Path(folder) / name)
                 removed.append(Path(folder) / name)
         subfolders[:] = [] if depth >= max_depth else [

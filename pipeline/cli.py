@@ -61,10 +61,10 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 2**30))
 
 
-def run_stage(main: Callable[[], None], error_status: int = 1) -> None:
-    """Run a stage (DVC runs it from the project root): first remove what killed runs of any
-    stage left half-written, then run it and print an expected failure as one line (exit
-    status `error_status`)."""
+def run_stage(main: Callable[[], None], error_status: int = 1, sweep: bool = False) -> None:
+    """Run a stage or tool (DVC runs stages from the project root): for a stage (`sweep`),
+    first remove what killed runs of any stage left half-written; then run it and print an
+    expected failure as one line (exit status `error_status`)."""
     imported = time.time()
     # Each stage module turns the collector off before its imports (they build hundreds of
     # thousands of objects that live until exit). What is alive now is frozen out of the
@@ -75,7 +75,7 @@ def run_stage(main: Callable[[], None], error_status: int = 1) -> None:
     gc.set_threshold(COLLECT_EVERY, *gc.get_threshold()[1:])
     gc.enable()
     keep_freed_memory()
-    if Path("dvc.yaml").is_file():
+    if sweep and Path("dvc.yaml").is_file():
         sweep_stale_staging(Path.cwd())
     try:
         main()

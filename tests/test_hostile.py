@@ -343,22 +343,46 @@ def dead_pid() -> int:
 
 def test_every_stage_run_sweeps_what_killed_runs_left(tmp_path):
     """A killed stage's staging folder is removed by the next run of any stage, even when DVC
-    does not re-run the killed one; one a live process still writes is kept."""
+    does not re-run the killed one; one a live process still writes is kept, and so are a
+    user's files and another host's temporaries (a project folder shared by machines)."""
+    from pipeline.artifacts import staging_prefix
+
     project = tmp_path / "project"
     (project / "data/raw").mkdir(parents=True)
     (project / "dvc.yaml").write_text("stages: {}\n")
-    stale_dir = project / "data/raw" / f".toy.{dead_pid()}.abc123.tmp"
+    dead = dead_pid()
+    ours = staging_prefix(Path("toy")).replace(f"-{os.getpid()}.", f"-{dead}.")
+    stale_dir = project / "data/raw" / f"{ours}abc123.tmp"
     stale_dir.mkdir()
     (stale_dir / "train.csv").write_bytes(rows(100))
-    stale_part = project / "data" / f".train.csv.gz.{dead_pid()}.part.tmp"
+    stale_part = project / "data" / (staging_prefix(Path("train.csv.gz")).replace(
+        f"-{os.getpid()}.", f"-{dead}.") + "part.tmp")
     stale_part.write_bytes(b"partial")
-    live = project / "data/raw" / f".toy.{os.getpid()}.def456.tmp"
+    live = project / "data/raw" / f"{staging_prefix(Path('toy'))}def456.tmp"
     live.mkdir()
+    users = project / "data" / f".photos.{dead}.summer.tmp"  # fits the old pattern; a user's
+    users.mkdir()
+    elsewhere = project / "data" / f".toy.pipeline-another-host-{dead}.x.tmp"
+    elsewhere.mkdir()
     done = run_module("pipeline.stages.report", "--params", str(project / "missing.yaml"),
                       "--prepared", "p", "--evaluation", "e", "--live", "l", "--timing", "t",
                       "--out", "o.html", "--run-script", "r.js", cwd=project)
     refused(done, "missing.yaml: cannot read the parameters file")
     assert not stale_dir.exists() and not stale_part.exists() and live.exists()
+    assert users.exists() and elsewhere.exists()
+
+
+def test_a_read_only_tool_sweeps_nothing(tmp_path):
+    from pipeline.artifacts import staging_prefix
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    stale = project / staging_prefix(Path("x")).replace(f"-{os.getpid()}.", f"-{dead_pid()}.")
+    stale = stale.with_name(stale.name + "a.tmp")
+    stale.mkdir()
+    run_module("pipeline.compare", "--params", str(project / "missing.yaml"), cwd=project)
+    assert stale.exists()
 
 
 # --- predict: images ------------------------------------------------------------------------

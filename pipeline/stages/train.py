@@ -178,4 +178,4 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, sweep=True)

@@ -150,3 +150,19 @@ def test_the_prepare_stage_runs_as_dvc_runs_it(tmp_path):
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert failed.stderr.startswith(f"error: {raw / 'train.csv'}, line 1002, column 785")
     assert not (tmp_path / "again").exists()
+
+
+def test_test_images_also_in_train_are_counted_after_the_split(tmp_path):
+    """A dataset without a test file: the train file's duplicates can land on both sides of
+    the split, and the leakage count says how many test images the models also trained on."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = FASHION_SAMPLE.read_text().splitlines()
+    header, rows = lines[0], lines[1:201]
+    (raw / "train.csv").write_text("\n".join([header, *rows, *rows]) + "\n")  # every row twice
+    quality = prepare(raw, tmp_path / "out", fashion_dataset(), PrepareParams())
+    splits = {name: load_split(tmp_path / "out" / f"{name}.pkl") for name in ("train", "test")}
+    seen = {image.tobytes() for image in splits["train"].images}
+    expected = sum(image.tobytes() in seen for image in splits["test"].images)
+    assert quality["test_images_also_in_train"] == expected > 0
+    assert quality["duplicates_within"]["train"] == 200

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all setup browser repro test lint bench clean
+.PHONY: all setup browser repro test check lint bench clean
 
 all: repro
 
@@ -39,6 +39,10 @@ bench: setup $(VENV)/.bench-installed
 $(VENV)/.bench-installed: benchmarks/requirements.txt
 	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
 	touch $@
+
+# The edit loop: lint, types and the fast tests (about 2 minutes on 2 cores); `make test` runs all.
+check: lint
+	$(BIN)/python -m pytest -m "not e2e and not slow"
 
 lint: setup
 	$(BIN)/ruff check .

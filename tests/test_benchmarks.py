@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from benchmarks import run, tutorial
@@ -46,6 +47,7 @@ def test_the_tutorial_dataset_scales_reshapes_and_one_hot_encodes():
     assert target.tolist() == [0.0, 0.0, 1.0]
 
 
+@pytest.mark.slow
 def test_a_tiny_benchmark_run_writes_json_and_markdown(tmp_path, monkeypatch):
     # torch.compile takes a minute on 2 cores; the full benchmark measures it, not this test
     monkeypatch.setitem(PEER_SETTINGS, "jit_compile", False)

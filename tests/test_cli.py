@@ -43,7 +43,7 @@ def test_every_stage_imports_without_the_collector_and_runs_with_it(tmp_path):
         import pipeline.cli
         run_stage = pipeline.cli.run_stage
         after_imports = []  # what the stage's own run_stage call sees, its imports done
-        pipeline.cli.run_stage = lambda main: after_imports.append(gc.isenabled())
+        pipeline.cli.run_stage = lambda main, **_: after_imports.append(gc.isenabled())
         runpy.run_module(f"pipeline.stages.{sys.argv[1]}", run_name="__main__")
         during_work = []
         run_stage(lambda: during_work.append((gc.isenabled(), gc.get_threshold()[0])))

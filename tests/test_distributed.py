@@ -28,6 +28,8 @@ from pipeline.tracking import read_history, read_summary
 from tests.conftest import ROOT, copy_repository, free_port, run_module, sh
 from tests.test_tracking import write_prepared
 
+pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
+
 OUTPUTS = ["model.pt", "live", "tb", "timing.json"]
 
 

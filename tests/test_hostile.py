@@ -139,6 +139,7 @@ def test_one_50_mb_line_is_refused_in_bounded_memory(tmp_path):
     refused(done, "line 2: longer than", "bytes with no line break", "check `shape`")
 
 
+@pytest.mark.slow
 def test_200_mb_of_blank_lines_are_refused_in_bounded_memory(tmp_path):
     body = gzip.compress(HEADER + b"\n" * (200 << 20), compresslevel=1)
     done = prepare(tmp_path, body, name="train.csv.gz", limit_bytes=LIMIT)

@@ -10,6 +10,8 @@ from benchmarks.peers import EpochTurns, keras_copy, one_cycle
 from pipeline.models import Cnn, LinearNet
 from pipeline.params import TrainSettings
 
+pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
+
 
 @pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
 @pytest.mark.parametrize("architecture", [Cnn(), LinearNet()], ids=["cnn", "linearnet"])

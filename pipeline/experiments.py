@@ -20,7 +20,7 @@ import yaml
 from pipeline import tracking
 from pipeline.artifacts import ArtifactError
 from pipeline.evaluation import parse_evaluation
-from pipeline.params import ParamsError, parse_params, upgrade
+from pipeline.params import ParamsError, parse_params, read_params_yaml, upgrade
 from pipeline.revisions import RevisionFiles, list_revisions
 
 Run = tuple[str, str]  # (dataset, model)
@@ -83,9 +83,10 @@ def read_revision(repo: Path, revision: str | None, name: str, runs: list[Run],
     files = RevisionFiles(repo, revision)
     params_text = files.read_text("params.yaml")
     try:
-        raw = yaml.safe_load(params_text) if params_text is not None else None
-    except yaml.YAMLError:
-        raw = None
+        raw = read_params_yaml(params_text, f"params.yaml of {files.label}") \
+            if params_text is not None else None
+    except ParamsError:  # a revision's params are input too: unreadable, nothing to compare
+        return None
     if not isinstance(raw, dict):
         return None
     experiment = Experiment(name, normalised_params(raw))

@@ -352,13 +352,22 @@ def load_params(path: str | Path) -> Params:
     except UnicodeDecodeError as error:
         raise ParamsError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); "
                           "save it as UTF-8") from None
+    return parse_params(read_params_yaml(text, str(path)), str(path))
+
+
+def read_params_yaml(text: str, source: str) -> Any:
+    """params.yaml's YAML tree, read as strictly as the file itself is (no aliases, no key
+    twice, at most MAX_PARAMS_BYTES): also for another revision's params, which is input too."""
+    if len(text) > MAX_PARAMS_BYTES:
+        raise ParamsError(f"{source}: {len(text):,} characters; a parameters file is a few KB")
     try:
-        raw = yaml.load(text, Loader=_ParamsLoader)  # a SafeLoader subclass
+        return yaml.load(text, Loader=_ParamsLoader)  # a SafeLoader subclass
     except _YamlProblem as problem:
-        raise ParamsError(f"{path}, {problem}") from None
+        raise ParamsError(f"{source}, {problem}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         reason = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ParamsError(f"{path}: not valid YAML{where}: {reason}") from None
-    return parse_params(raw, str(path))
+        raise ParamsError(f"{source}: not valid YAML{where}: {reason}") from None
+    except RecursionError:
+        raise ParamsError(f"{source}: nested too deeply to be a parameters file") from None

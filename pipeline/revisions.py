@@ -102,6 +102,8 @@ class RevisionFiles:
 
     def _why_missing(self, path: str, error: BaseException) -> str:
         """Why a file could not be read, without its path (callers group files by reason)."""
+        if self.rev is None and isinstance(error, FileNotFoundError):
+            return "missing from the workspace; `dvc repro` (or `dvc checkout`) brings it back"
         if self.is_output(path):
             return (f"not in this clone's DVC cache (made on another machine, not pulled, or "
                     f"garbage-collected); to compare them, {FETCH_HINT}")

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.experiments import Experiment, changed_params, drift, flatten, list_experiments
+from pipeline.experiments import (
+    Experiment,
+    changed_params,
+    drift,
+    flatten,
+    list_experiments,
+    read_revision,
+)
 from pipeline.tracking import EpochRow, RunTracker, Summary
 from tests.conftest import ROOT, run_module, sh
 
@@ -104,3 +111,22 @@ def test_pipeline_compare_outside_the_project_says_where_to_run_it(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"{tmp_path / 'dvc.yaml'}: cannot be read" in done.stderr
     assert "run this from the project root" in done.stderr
+
+
+def test_a_revision_whose_params_are_a_yaml_bomb_is_skipped_not_expanded(tmp_path):
+    """Another revision's params.yaml is input too: read with params.yaml's own strict loader
+    (no aliases), a billion-laughs file is refused at once instead of eating the memory."""
+    repo = tmp_path
+    sh(["git", "init", "-q"], repo)
+    sh(["git", "config", "user.name", "t"], repo)
+    sh(["git", "config", "user.email", "t@example.org"], repo)
+    sh(["dvc", "init", "-q"], repo)
+    write_run(repo, lr=0.02, accuracy=0.9, epochs=3)
+    names = "abcdefghij"
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{new}: &{new} [{', '.join([f'*{old}'] * 10)}]\n"
+        for old, new in zip(names, names[1:], strict=False))  # 10**10 leaves
+    (repo / "params.yaml").write_text(bomb)
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "hostile params"], repo)
+    assert read_revision(repo, "HEAD", "hostile", RUNS, "reports/live") is None

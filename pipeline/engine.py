@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pipeline import forward
 from pipeline.distributed import SINGLE_PROCESS, DistributedError, World
 from pipeline.models import Architecture
 from pipeline.optim import FusedAdam, OneCycle
@@ -31,7 +32,6 @@ from pipeline.params import ParamsError, TrainSettings
 from pipeline.splits import Split
 from pipeline.tracking import EpochRow, SeedSummary, Summary
 
-EVAL_BATCH = 1024
 Optimizer = torch.optim.Optimizer | FusedAdam
 
 
@@ -197,13 +197,9 @@ class Runner:
         self.loss_fn = nn.CrossEntropyLoss(reduction="sum")
         self.graphed: GraphedStep | None = None
 
-    def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(torch.float32).div_(255.0)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
     def logits(self, images: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return (model or self.model)(self.inputs(images)).float()
+        return forward.logits(model or self.model, images, self.device.type, self.amp,
+                              self.channels_last)
 
     def train_epoch(self, data: DeviceData, optimizer: Optimizer, batch_size: int,
                     generator: torch.Generator, progress: tqdm | None = None,
@@ -256,9 +252,8 @@ class Runner:
         self.model.eval()
         part = self.world.shard(len(data))
         images, labels = data.images[part], data.labels[part]
-        chunks = [self.logits(images[s : s + EVAL_BATCH])  # an empty share still runs once
-                  for s in range(0, max(len(images), 1), EVAL_BATCH)]
-        logits = torch.cat(chunks)
+        logits = forward.batched_logits(self.model, images, self.device.type, self.amp,
+                                        self.channels_last)
         totals = torch.stack([self.loss_fn(logits, labels),
                               (logits.argmax(1) == labels).sum().float()])
         loss_sum, correct = self.world.all_sum(totals).tolist()

@@ -10,8 +10,8 @@ import torch
 
 from pipeline import analysis, evidence, machine, web_model
 from pipeline.checkpoint import Checkpoint
-from pipeline.engine import DeviceData, Runner
 from pipeline.evaluation import Evaluation
+from pipeline.forward import batched_logits
 from pipeline.models import count_params, layer_summary
 from pipeline.splits import Split
 
@@ -27,14 +27,15 @@ def evaluate(checkpoint: Checkpoint, test: Split, threads: int) -> Evaluation:
     autocast when it trained in bf16, emulated on a CPU without native bf16): the record depends
     on the checkpoint and the kind of CPU, never on which GPUs this machine has; `made_on`
     records where it ran."""
-    device = torch.device("cpu")
     bf16 = bool(checkpoint.run.get("bf16", False))
     channels_last = bool(checkpoint.run.get("channels_last", False))
-    data = DeviceData.from_split(test, device)
+    images = torch.from_numpy(test.images)
     logits = []
     for model in checkpoint.seed_models():
-        runner = Runner(model, device, bf16, channels_last)
-        logits.append(runner.evaluate(data)[2].float().cpu().numpy())
+        model.eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        logits.append(batched_logits(model, images, "cpu", bf16, channels_last).numpy())
     model = checkpoint.build()
     predicted = logits[0].argmax(1)
     confusion = analysis.confusion_matrix(test.labels, predicted, len(checkpoint.classes))

@@ -14,6 +14,7 @@ import ctypes
 import gc
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -88,6 +89,6 @@ def run_stage(main: Callable[[], None], error_status: int = 1, sweep: bool = Fal
     except KeyboardInterrupt:
         print("interrupted; no partial outputs were kept", file=sys.stderr)
         sys.exit(130)
-    except BrokenPipeError:  # the reader went away (`pipeline-verify | head`): stop quietly
+    except BrokenPipeError:  # the reader went away (`pipeline-verify | head`): stop quietly,
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+        sys.exit(128 + signal.SIGPIPE)  # with the status a shell gives a command it cut off

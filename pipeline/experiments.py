@@ -74,18 +74,20 @@ def normalised_params(raw: dict) -> dict[str, object]:
 
 def read_revision(repo: Path, revision: str | None, name: str, runs: list[Run],
                   live_dir: str, evaluation_dir: str | None = None,
-                  prepared_dir: str | None = None) -> Experiment | None:
+                  prepared_dir: str | None = None, strict: bool = False) -> Experiment | None:
     """One revision's params, test accuracies, curves, per-image predictions and machine
     records from git, the hash of each dataset's prepared data from its dvc.lock, and which
     test images each model got right from its evaluation record where this clone has it
     (else the reason in `missing`); None if it has no usable run. `revision` None: the
-    workspace."""
+    workspace. Params that cannot be read make it None too, or, with `strict`, the error."""
     files = RevisionFiles(repo, revision)
     params_text = files.read_text("params.yaml")
     try:
         raw = read_params_yaml(params_text, f"params.yaml of {files.label}") \
             if params_text is not None else None
     except ParamsError:  # a revision's params are input too: unreadable, nothing to compare
+        if strict:
+            raise
         return None
     if not isinstance(raw, dict):
         return None

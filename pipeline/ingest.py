@@ -5,7 +5,7 @@ stays at the final uint8 arrays plus a few block-sized buffers whatever the file
 goes down three paths until one accepts it:
 
 1. digits: numpy parses the bytes in place (fields of 1-3 digits, commas, newlines, the exact
-   field count per row, every value in range). This is what clean files take, faster than
+   field count per row, every value in range). This is what clean files take, much faster than
    pandas.read_csv and without its int64 frame (docs/performance.md, "CSV reading").
 2. pandas: the C parser with integer dtypes, for clean blocks with spaces or longer fields.
 3. exact: line by line in Python, which names the file, the 1-based line, the column, the value

@@ -169,24 +169,31 @@ def commit_of(repo: Path, rev: str) -> str:
     if _git(repo, "rev-parse", "--git-dir").returncode != 0:
         raise PipelineError(f"{repo} is not in a git repository: run this in the project's "
                             "clone")
-    for revision in list_revisions(repo):
-        if revision.name == rev and not revision.committed:
-            return commit_of(repo, revision.rev)
+    # a `dvc exp` experiment of any commit: refs/exps/<..>/<baseline>/<name>
+    refs = _git(repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps")
+    for line in refs.stdout.splitlines():
+        commit, _, ref = line.partition(" ")
+        if ref.rsplit("/", 1)[-1] == rev:
+            return commit
     raise PipelineError(f"{rev!r} is not a commit, branch, tag or experiment of the "
-                        f"repository at {repo} (`git log --oneline`, `git tag`, `dvc exp list`)")
+                        f"repository at {repo} (`git log --oneline`, `git tag`, "
+                        "`dvc exp list -A`)")
 
 
-def stale_stages(repo: Path) -> list[str] | None:
+def stale_stages(repo: Path) -> list[str]:
     """The stages `dvc status` says are not up to date (their code, params or data changed,
     or their outputs are missing or changed); an output merely absent from the cache (`dvc gc`,
-    a damaged cache file) leaves its stage current. None where DVC cannot tell."""
+    a damaged cache file) leaves its stage current. Where DVC cannot tell (its lock held by a
+    running `dvc repro`, a linked file gone), a one-line refusal: stale is not assumed away."""
     try:
         from dvc.repo import Repo
 
         with Repo(str(repo)) as dvc_repo:
             status = dvc_repo.status()
-    except Exception:  # noqa: BLE001 (the boundary, as in RevisionFiles.read_bytes)
-        return None
+    except Exception as error:  # noqa: BLE001 (the boundary, as in RevisionFiles.read_bytes)
+        raise PipelineError(f"cannot tell whether the workspace's results are current: "
+                            f"`dvc status` failed ({_one_line(error)}); try again when no "
+                            "other DVC command runs, or fix what it names") from None
 
     def only_uncached(changes: object) -> bool:
         return isinstance(changes, list) and all(

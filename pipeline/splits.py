@@ -168,9 +168,10 @@ def prepare(
         "files": {name: table.quality.as_dict() for name, table in tables.items()},
         "duplicates_within": {name: duplicate_count(d) for name, d in digests.items()},
         # after the split, so a dataset without a test file is checked too (an image the train
-        # file holds twice can land on both sides)
-        "test_images_also_in_train": int(np.isin(row_digests(splits["test"][0]),
-                                                 row_digests(splits["train"][0])).sum()),
+        # file holds twice can land on both sides); against everything training saw
+        "test_images_also_in_train": int(np.isin(
+            row_digests(splits["test"][0]),
+            row_digests(np.concatenate([splits["train"][0], splits["valid"][0]]))).sum()),
         "split_sizes": {name: int(len(y)) for name, (_, y) in splits.items()},
         "class_counts": {
             name: np.bincount(y, minlength=len(dataset.classes)).tolist()

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     live, evaluation, prepared = dvc_yaml_paths(repo, "live", "evaluation", "prepared")
     runs = [(d, m) for d in params.run.datasets for m in params.run.models]
     commit = commit_of(repo, args.rev)
-    stale = [s for s in stale_stages(repo) or [] if s != REPORT_STAGE]
+    stale = [s for s in stale_stages(repo) if s != REPORT_STAGE]
     if stale:
         shown = ", ".join(stale[:4]) + (f" and {len(stale) - 4} more" if len(stale) > 4 else "")
         raise PipelineError(f"the workspace's results are not those of its code, params and "
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         raise PipelineError(f"the workspace has no results under {live}; run `dvc repro` first")
     reference = commit[:7] if commit.startswith(args.rev) else f"{args.rev} ({commit[:7]})"
     theirs = experiments.read_revision(repo, commit, reference, runs, live, evaluation,
-                                       prepared)
+                                       prepared, strict=True)
     if theirs is None:
         wanted = ", ".join(f"{d}/{m}" for d, m in runs)
         raise PipelineError(f"revision {reference} has no results for {wanted} under {live}; "

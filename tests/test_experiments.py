@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pipeline.experiments import (
@@ -12,6 +13,7 @@ from pipeline.experiments import (
     list_experiments,
     read_revision,
 )
+from pipeline.params import ParamsError
 from pipeline.tracking import EpochRow, RunTracker, Summary
 from tests.conftest import ROOT, run_module, sh
 
@@ -130,3 +132,5 @@ def test_a_revision_whose_params_are_a_yaml_bomb_is_skipped_not_expanded(tmp_pat
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "hostile params"], repo)
     assert read_revision(repo, "HEAD", "hostile", RUNS, "reports/live") is None
+    with pytest.raises(ParamsError, match="does not allow anchors and aliases"):  # verify's way
+        read_revision(repo, "HEAD", "hostile", RUNS, "reports/live", strict=True)

@@ -58,13 +58,33 @@ def test_a_stage_outside_dvc_with_another_python_says_in_one_line_what_to_do(tmp
     assert "source .venv/bin/activate" in line
 
 
-def test_a_dvc_without_torch_leaves_the_stage_to_the_activated_environment(monkeypatch):
-    """DVC installed with pipx or system-wide has no torch: an activated .venv runs the stage."""
+class Reexecuted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("dvcs_has_torch", [True, False])
+def test_the_stage_re_executes_only_into_a_python_that_has_torch(monkeypatch, dvcs_has_torch):
+    """DVC installed with pipx or system-wide has no torch: then an activated .venv runs the
+    stage; a DVC whose Python has torch gets the stage re-executed with it."""
     other = str(Path(sys._base_executable))
     monkeypatch.setenv("DVC_STAGE", "train@digits-cnn")
     monkeypatch.delenv(interpreter.REEXEC_ENV, raising=False)
     monkeypatch.setattr(interpreter, "dvc_python", lambda: other)
-    monkeypatch.setattr(os, "execv", lambda *args: pytest.fail(f"re-executed with {args[0]}"))
-    assert not interpreter.has_pipeline_packages(other + "-S-no-such-interpreter")
-    monkeypatch.setattr(interpreter, "has_pipeline_packages", lambda python: False)
-    interpreter.run_with_dvcs_python()  # returns: this Python has torch, so it runs the stage
+    monkeypatch.setattr(interpreter, "_cmdline",
+                        lambda pid: [other, "-m", "pipeline.stages.train", "--help"])
+    monkeypatch.setattr(interpreter, "has_pipeline_packages", lambda python: dvcs_has_torch)
+
+    def execv(path, args):
+        raise Reexecuted(path)
+
+    monkeypatch.setattr(os, "execv", execv)
+    if dvcs_has_torch:
+        with pytest.raises(Reexecuted, match=other):
+            interpreter.run_with_dvcs_python()
+    else:
+        interpreter.run_with_dvcs_python()  # returns: this Python, with torch, runs the stage
+
+
+def test_a_python_without_torch_is_told_apart(tmp_path):
+    assert interpreter.has_pipeline_packages(sys.executable)
+    assert not interpreter.has_pipeline_packages(str(another_python(tmp_path / "bin")))

@@ -161,8 +161,9 @@ def test_test_images_also_in_train_are_counted_after_the_split(tmp_path):
     header, rows = lines[0], lines[1:201]
     (raw / "train.csv").write_text("\n".join([header, *rows, *rows]) + "\n")  # every row twice
     quality = prepare(raw, tmp_path / "out", fashion_dataset(), PrepareParams())
-    splits = {name: load_split(tmp_path / "out" / f"{name}.pkl") for name in ("train", "test")}
-    seen = {image.tobytes() for image in splits["train"].images}
+    splits = {name: load_split(tmp_path / "out" / f"{name}.pkl")
+              for name in ("train", "valid", "test")}
+    seen = {image.tobytes() for name in ("train", "valid") for image in splits[name].images}
     expected = sum(image.tobytes() in seen for image in splits["test"].images)
     assert quality["test_images_also_in_train"] == expected > 0
     assert quality["duplicates_within"]["train"] == 200

@@ -1,4 +1,4 @@
-"""The DVC stage entry points, one module per stage, run as `python -m pipeline.stages.<name>`.
+"""The DVC stage entry points, one module per stage, run as `python3 -m pipeline.stages.<name>`.
 
 Each is a leaf: it parses its arguments, loads params.yaml once, calls the library and writes
 its outputs. Nothing imports a stage module, so a stage's code is exactly its import closure,

@@ -34,18 +34,16 @@ def read_runs(repo: Path, runs: list[tuple[str, str]], live: str, evaluation: st
 
 def rows(every: list[experiments.Experiment], runs: list[tuple[str, str]]) -> list[list[str]]:
     committed = next((e for e in every if e.committed), None)
-    reference = committed.params if committed else {}
     table = [["run", "changed from the commit", *(f"{d}/{m}" for d, m in runs)]]
-    for run in every:
-        changed = experiments.changed_params(run, reference) if committed else {}
+    for row in experiments.comparison_rows(every, committed, runs,
+                                           committed.params if committed else None):
         cells = []
         for key in runs:
-            accuracy = run.accuracy.get(key)
-            test = experiments.against_baseline(run, committed, key)
+            accuracy, test = row.accuracy.get(key), row.tests[key]
             mark = f" {MARKS[test['verdict']]}" if test else ""
             cells.append("-" if accuracy is None else f"{100 * accuracy:.2f}%{mark}")
-        shown = ", ".join(f"{k}={experiments.param_text(v)}" for k, v in changed.items())
-        table.append([run.name, shown or "-", *cells])
+        shown = ", ".join(f"{k}={experiments.param_text(v)}" for k, v in row.changed.items())
+        table.append([row.name, shown or "-", *cells])
     return table
 
 

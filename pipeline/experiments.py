@@ -244,6 +244,25 @@ def against_baseline(experiment: Experiment, committed: Experiment | None, run: 
     return {"wins": (only_mine, only_theirs), "p_value": p_value, "verdict": verdict}
 
 
+@dataclass
+class ComparisonRow:
+    """One run of the experiments comparison (the report's table, `pipeline-compare`'s)."""
+
+    name: str
+    changed: dict[str, object]   # the parameters it changed from the reference
+    accuracy: dict[Run, float]
+    tests: dict[Run, dict | None]  # McNemar against the commit's model (`against_baseline`)
+
+
+def comparison_rows(every: list[Experiment], committed: Experiment | None, runs: list[Run],
+                    reference: dict[str, object] | None) -> list[ComparisonRow]:
+    """Each run's changed parameters (from `reference`; none without one), accuracies and
+    McNemar tests against the committed model: what both comparisons show."""
+    return [ComparisonRow(e.name, changed_params(e, reference) if reference is not None else {},
+                          e.accuracy, {run: against_baseline(e, committed, run) for run in runs})
+            for e in every]
+
+
 def missing_comparisons(experiments: list[Experiment]) -> list[str]:
     """One line per experiment and reason: which runs could not be compared image by image (their
     evaluation records missing or damaged) and why; their accuracies and curves come from git."""

@@ -304,10 +304,7 @@ def compare_experiments(sections: list[DatasetSection], params: Params, inputs: 
              for s in sections for m in s.models})
     committed = next((e for e in found if e.committed), None)
     reference = committed.params if committed else workspace.params
-    rows = [{"name": e.name, "changed": experiments.changed_params(e, reference),
-             "accuracy": e.accuracy,
-             "tests": {run: experiments.against_baseline(e, committed, run) for run in runs}}
-            for e in [workspace, *found]]
+    rows = experiments.comparison_rows([workspace, *found], committed, runs, reference)
     drift = experiments.drift(workspace, committed) if committed is not None else {}
     figures = {}
     if found:

@@ -63,14 +63,18 @@ class RevisionFiles:
     def label(self) -> str:
         return "the workspace" if self.rev is None else f"revision {self.rev[:12]}"
 
+    def _filesystem(self) -> Any:
+        """DVC's file system at the revision, opened once, on first use."""
+        if self._fs is None:
+            from dvc.api import DVCFileSystem
+
+            self._fs = DVCFileSystem(str(self.repo), rev=self.rev)
+        return self._fs
+
     def read_bytes(self, path: str) -> bytes | None:
         """The file's bytes, or None with the reason in `missing[path]`."""
         try:
-            if self._fs is None:
-                from dvc.api import DVCFileSystem
-
-                self._fs = DVCFileSystem(str(self.repo), rev=self.rev)
-            return self._fs.read_bytes(path)
+            return self._filesystem().read_bytes(path)
         except Exception as error:  # noqa: BLE001 (the boundary: DVC and its libraries raise
             # many types for an absent cache entry, a damaged index or an unreadable commit)
             self.missing[path] = self._why_missing(path, error)
@@ -89,13 +93,10 @@ class RevisionFiles:
     def find(self, folder: str) -> list[str] | None:
         """Every file under `folder` (paths relative to the project), or None with the reason."""
         try:
-            if self._fs is None:
-                from dvc.api import DVCFileSystem
-
-                self._fs = DVCFileSystem(str(self.repo), rev=self.rev)
-            if not self._fs.isdir(folder):
+            fs = self._filesystem()
+            if not fs.isdir(folder):
                 return []
-            return sorted(str(p).lstrip("/") for p in self._fs.find(folder))
+            return sorted(str(p).lstrip("/") for p in fs.find(folder))
         except Exception as error:  # noqa: BLE001 (see read_bytes)
             self.missing[folder] = self._why_missing(folder, error)
             return None
@@ -117,7 +118,8 @@ class RevisionFiles:
         if self._outputs is None:
             self._outputs = []
             try:
-                lock = yaml.safe_load(self._fs.read_text("dvc.lock", encoding="utf-8")) or {}
+                text = self._filesystem().read_text("dvc.lock", encoding="utf-8")
+                lock = yaml.safe_load(text) or {}
                 for stage in (lock.get("stages") or {}).values():
                     self._outputs += [str(o["path"]) for o in stage.get("outs") or []
                                       if isinstance(o, dict) and "path" in o]

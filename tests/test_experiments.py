@@ -32,13 +32,18 @@ def write_run(repo: Path, lr: float, accuracy: float, epochs: int) -> None:
     tracker.close()
 
 
-def test_experiments_are_listed_by_dvc_and_read_at_their_revision(tmp_path):
-    repo = tmp_path
+def dvc_repository_with_a_run(repo: Path) -> Path:
+    """A git + DVC repository at `repo` holding one run's params and dvclive files."""
     sh(["git", "init", "-q"], repo)
     sh(["git", "config", "user.name", "t"], repo)
     sh(["git", "config", "user.email", "t@example.org"], repo)
     sh(["dvc", "init", "-q"], repo)
     write_run(repo, lr=0.02, accuracy=0.9, epochs=3)
+    return repo
+
+
+def test_experiments_are_listed_by_dvc_and_read_at_their_revision(tmp_path):
+    repo = dvc_repository_with_a_run(tmp_path)
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "baseline"], repo)
     write_run(repo, lr=0.05, accuracy=0.95, epochs=4)  # what `dvc exp run -S ...` leaves
@@ -118,12 +123,7 @@ def test_pipeline_compare_outside_the_project_says_where_to_run_it(tmp_path):
 def test_a_revision_whose_params_are_a_yaml_bomb_is_skipped_not_expanded(tmp_path):
     """Another revision's params.yaml is input too: read with params.yaml's own strict loader
     (no aliases), a billion-laughs file is refused at once instead of eating the memory."""
-    repo = tmp_path
-    sh(["git", "init", "-q"], repo)
-    sh(["git", "config", "user.name", "t"], repo)
-    sh(["git", "config", "user.email", "t@example.org"], repo)
-    sh(["dvc", "init", "-q"], repo)
-    write_run(repo, lr=0.02, accuracy=0.9, epochs=3)
+    repo = dvc_repository_with_a_run(tmp_path)
     names = "abcdefghij"
     bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{new}: &{new} [{', '.join([f'*{old}'] * 10)}]\n"

@@ -37,10 +37,13 @@ from benchmarks.peers import PEER_SETTINGS, PEERS
 from benchmarks.synthetic import write_csv
 from pipeline.cli import PROFILE_ENV, keep_freed_memory
 from pipeline.cores import usable_cores
+from pipeline.datasets import CsvLayout
 from pipeline.engine import Training, native_bf16, select_device
-from pipeline.ingest import CsvLayout, read_image_csv
+from pipeline.ingest import read_image_csv
+from pipeline.models import build
 from pipeline.params import load_params
-from pipeline.splits import Split, stratified_split
+from pipeline.preparation import stratified_split
+from pipeline.splits import Split
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUT = CsvLayout(num_pixels=784, num_classes=10, header=True, label_column="label")
@@ -61,7 +64,8 @@ CHUNK_BUDGET_MB = 64
 INGEST_CHILD = """
 import json, sys, time, zlib
 import numpy as np, pandas as pd
-from pipeline.ingest import CsvLayout, read_image_csv
+from pipeline.datasets import CsvLayout
+from pipeline.ingest import read_image_csv
 
 def status_mb(key):  # VmRSS now, VmHWM the peak since the last reset (Linux)
     with open("/proc/self/status") as status:
@@ -155,7 +159,7 @@ class TutorialRun:
         torch.manual_seed(seed)
         architecture = params.model(model_name).architecture()
         self.device = device
-        self.model = architecture.build((1, 28, 28), 10).to(device)
+        self.model = build(architecture, (1, 28, 28), 10).to(device)
         shape = (1, 28, 28) if architecture.convolutional else None
         flat = (train.images.reshape(len(train.labels), -1), train.labels)
         held_flat = (held.images.reshape(len(held.labels), -1), held.labels)
@@ -197,7 +201,7 @@ def bench_training(train: Split, held: Split, epochs: int, device: torch.device,
     results: dict = {"peaks": peaks, "bf16": bf16, "peer_settings": PEER_SETTINGS}
     for model_name in MODELS:
         ours = pipeline_training(model_name, train, held, epochs, device, params, seed)
-        initial = params.model(model_name).architecture().build((1, 28, 28), 10)
+        initial = build(params.model(model_name).architecture(), (1, 28, 28), 10)
         initial.load_state_dict(ours.initial_state)  # every loop starts from the same weights
         flops = roofline.train_flops_per_image(initial, (1, 28, 28))
         conv = roofline.conv_peak(initial, (1, 28, 28), device,
@@ -208,7 +212,7 @@ def bench_training(train: Split, held: Split, epochs: int, device: torch.device,
         loops["tutorial"] = tutorial_run.run_epoch
         peer_runs = {}
         for peer, run_class in PEERS.items():
-            model = params.model(model_name).architecture().build((1, 28, 28), 10)
+            model = build(params.model(model_name).architecture(), (1, 28, 28), 10)
             model.load_state_dict(ours.initial_state)
             peer_runs[peer] = run_class(model, ours.settings, train, held, device, bf16, seed)
             loops[peer] = peer_runs[peer].run_epoch

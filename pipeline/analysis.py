@@ -1,5 +1,5 @@
 """Numbers computed from predictions: per-class scores, confusions, ensembles, the
-accuracy/parameter Pareto front, and first-layer activations of a model."""
+accuracy/parameter Pareto front; and from a model: its layer table and first-layer activations."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from pipeline.datasets import PIXEL_MAX
 
 if TYPE_CHECKING:
     from torch import nn
@@ -121,7 +123,43 @@ def first_block_maps(model: nn.Module, image: np.ndarray) -> np.ndarray | None:
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.from_numpy(image).float().div(255).unsqueeze(0).to(conv.weight.device))
+            model(torch.from_numpy(image).float().div(PIXEL_MAX).unsqueeze(0).to(conv.weight.device))
     finally:
         hook.remove()
     return captured[0][0].float().cpu().numpy()
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    name: str
+    kind: str
+    output_shape: tuple[int, ...]
+    params: int
+
+
+def layer_summary(model: nn.Module, input_shape: tuple[int, int, int]) -> list[LayerRow]:
+    """Per leaf layer: output shape for a batch of one and parameter count (like torchsummary)."""
+    import torch
+
+    rows: list[LayerRow] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if list(module.children()):
+            continue
+
+        def record(mod: nn.Module, _inputs, output, name: str = name) -> None:
+            rows.append(LayerRow(name, type(mod).__name__, tuple(output.shape),
+                                 sum(p.numel() for p in mod.parameters(recurse=False))))
+
+        hooks.append(module.register_forward_hook(record))
+    try:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=device))
+        model.train(was_training)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return rows

@@ -1,7 +1,7 @@
 """Checkpoints: what the train stage saves and everything after it loads.
 
-A checkpoint holds the architecture (its registry fields, pipeline/models.py), the input shape
-and class names, the best-validation weights of every seed copy (the first is the model, the
+A checkpoint holds the architecture (its registry fields, pipeline/architectures.py), the input
+shape and class names, the best-validation weights of every seed copy (the first is the model, the
 rest make its seed ensemble), the weights training started from, and a record of how it was
 trained. Only tensors and plain values are stored, and loading uses
 `torch.load(weights_only=True)`. Nothing in it depends on the clock, so a re-run on the same
@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from pipeline import models
+from pipeline.architectures import Architecture, Shape, architecture_from_dict
 from pipeline.artifacts import ArtifactError, atomic_write
 from pipeline.errors import PipelineError
-from pipeline.models import Architecture, Shape, architecture_from_dict
 
 if TYPE_CHECKING:
     from torch import nn
@@ -38,7 +39,7 @@ class Checkpoint:
 
     def build(self, state_dict: dict | None = None) -> nn.Module:
         """The model with the given weights (default: the trained model), in eval mode."""
-        model = self.architecture.build(self.input_shape, len(self.classes))
+        model = models.build(self.architecture, self.input_shape, len(self.classes))
         model.load_state_dict(self.state_dicts[0] if state_dict is None else state_dict)
         return model.eval()
 

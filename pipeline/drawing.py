@@ -4,32 +4,18 @@ The digit datasets did not photograph their digits as they came: the UCI digits 
 to the ink, scaled to fill a 32x32 binary bitmap and counted in 4x4 blocks (0..16 levels in an
 8x8 image); MNIST fitted the ink into 20x20 keeping its aspect ratio and centred its centre of
 mass in 28x28. A drawing on a 200x200 canvas, off-centre, classified after a plain resize,
-looks like none of them. `Drawing` is that recipe as a dataset setting (`drawing:` in
-params.yaml); `normalise()` applies it to a grey image with bright ink on a dark background.
-The report's draw canvas runs the same steps in JavaScript (pipeline/templates/draw.js), with
-the same area-averaging resize and the same rounding, and a test compares the two.
+looks like none of them. `Drawing` (pipeline/datasets.py) is that recipe as a dataset setting
+(`drawing:` in params.yaml); `normalise()` applies it to a grey image with bright ink on a
+dark background. The report's draw canvas runs the same steps in JavaScript
+(pipeline/templates/draw.js), with the same area-averaging resize and the same rounding, and a
+test compares the two.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
 import numpy as np
-from pydantic import Field
 
-from pipeline.schema import Strict
-
-
-class Drawing(Strict):
-    fit: Annotated[float, Field(gt=0, le=1)] = Field(
-        1.0, description="the ink's longer side fills this share of the frame (MNIST: 20/28)")
-    center: Literal["box", "mass"] = Field(
-        "box", description="centre the ink's bounding box, or its centre of mass (MNIST)")
-    supersample: Annotated[int, Field(ge=1, le=8)] = Field(
-        1, description=">1: draw at this many times the size, binarise, and count the ink "
-                       "pixels in each block (UCI digits: 4, 32x32 into 8x8)")
-    threshold: Annotated[int, Field(ge=1, le=254)] = Field(
-        128, description="ink is brighter than this (0..255), for the bounding box and binarising")
+from pipeline.datasets import PIXEL_MAX, Drawing
 
 
 def _resize_axis(image: np.ndarray, size: int) -> np.ndarray:
@@ -74,6 +60,6 @@ def normalise(ink: np.ndarray, size: tuple[int, int], drawing: Drawing) -> np.nd
     frame = np.zeros((frame_h, frame_w))
     frame[top : top + new_h, left : left + new_w] = small
     if k == 1:
-        return np.clip(frame + 0.5, 0, 255).astype(np.uint8)
+        return np.clip(frame + 0.5, 0, PIXEL_MAX).astype(np.uint8)
     counts = (frame >= drawing.threshold).reshape(size[0], k, size[1], k).sum(axis=(1, 3))
-    return np.rint(counts * (255.0 / (k * k))).astype(np.uint8)
+    return np.rint(counts * (PIXEL_MAX / (k * k))).astype(np.uint8)

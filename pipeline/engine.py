@@ -25,8 +25,9 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import forward
+from pipeline.architectures import Architecture
 from pipeline.distributed import SINGLE_PROCESS, DistributedError, World
-from pipeline.models import Architecture
+from pipeline.models import build
 from pipeline.optim import FusedAdam, OneCycle
 from pipeline.params import ParamsError, TrainSettings
 from pipeline.splits import Split
@@ -288,7 +289,7 @@ class Training:
         seed_everything(seed)  # the same on every worker: the same initial weights
         self.settings = settings
         train = splits["train"]
-        model = architecture.build(train.images.shape[1:], len(train.classes))
+        model = build(architecture, train.images.shape[1:], len(train.classes))
         self.initial_state = cpu_copy(model.state_dict())
         if world.distributed:  # but each worker its own dropout masks
             torch.manual_seed(seed + 7919 * world.rank)

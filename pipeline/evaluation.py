@@ -4,18 +4,45 @@ The evaluate stage (pipeline/inference.py computes it) stores the test logits of
 copy, the confusion matrix, per-class scores, the layer table, first-layer filters and feature
 maps, histograms of the weights before and after training, the per-model evidence (accuracy
 interval, calibration, ROC and precision-recall curves) and the model's layers for the page's
-draw canvas in one pickle of plain arrays. The report only reads these files: it loads no
-checkpoint and runs no model.
+draw canvas. The report only reads these files: it loads no checkpoint and runs no model.
+
+In memory the record is typed all the way down (`Evaluation` and the dataclasses it holds). On
+disk it is one pickle of plain arrays and values, read by the safe unpickler that admits no
+classes: `save_evaluation` writes the plain form and `load_evaluation` checks it and builds the
+dataclasses back, naming the file when it is not a record.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from pipeline.analysis import ClassScores, LayerRow
 from pipeline.artifacts import ArtifactError, load_arrays, parse_arrays, save_arrays
+from pipeline.evidence import Calibration, ClassCurves, Interval
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """One of the most confused pairs: how many test images of `actual` were read as
+    `predicted`."""
+
+    actual: str
+    predicted: str
+    count: int
+
+
+@dataclass(frozen=True)
+class WeightHistogram:
+    """One weight tensor's values at initialisation and after training, over shared bins."""
+
+    edges: np.ndarray  # float64, bins + 1
+    initial: np.ndarray  # int64 counts
+    trained: np.ndarray  # int64 counts
+    size: int  # values in the tensor
 
 
 @dataclass
@@ -27,47 +54,67 @@ class Evaluation:
     logits: np.ndarray  # (seeds, N, classes) float32, test set; [0] is the model
     labels: np.ndarray  # (N,) int64
     confusion: np.ndarray  # (classes, classes) int64 of the model (rows: true class)
-    scores: list[dict]  # per class: name, precision, recall, f1, support
-    confused: list[list]  # most confused pairs: [true, predicted, count]
-    layers: list[dict]  # name, kind, output_shape, params
+    scores: list[ClassScores]  # per class
+    confused: list[Confusion]  # the most confused pairs, largest first
+    layers: list[LayerRow]
     filters: np.ndarray | None  # first conv's weights averaged over input channels
     feature_maps: np.ndarray | None  # first conv's output for test image 0
-    weight_histograms: dict[str, dict]  # per weight tensor: edges, initial, trained, size
-    training: dict  # the effective settings it was trained with: optimizer, lr, batch size, ...
+    weight_histograms: dict[str, WeightHistogram]  # per weight tensor (biases left out)
+    training: dict[str, Any]  # the effective settings it was trained with: optimizer, lr, ...
     # the evidence (pipeline/evidence.py), from the test logits
-    interval: dict  # bootstrap 95 % interval of the model's accuracy: estimate, low, high
-    seed_interval: dict | None  # the same for its seed ensemble (seeds > 1)
-    calibration: dict  # reliability bins, ECE and Brier score of the model
-    class_curves: dict  # per class: ROC and precision-recall on fixed grids, their AUCs
-    # the model for the page's draw canvas: layer records (pipeline/web_model.py), or None, and
-    # PyTorch's fp32 probabilities of the first test images for the page's selftest
+    interval: Interval  # bootstrap 95 % interval of the model's accuracy
+    seed_interval: Interval | None  # the same for its seed ensemble (seeds > 1)
+    calibration: Calibration  # reliability bins, ECE and Brier score of the model
+    class_curves: ClassCurves  # per class: ROC and precision-recall on fixed grids, their AUCs
+    # the model for the page's draw canvas: JSON layer records (pipeline/web_model.py), or None,
+    # and PyTorch's fp32 probabilities of the first test images for the page's selftest
     web_layers: list[dict] | None
     selftest_probabilities: np.ndarray
-    # what made it (pipeline/machine.py): `evaluated` here, `trained` from the checkpoint (None
-    # for checkpoints from before it was recorded; empty in records from before either was)
+    # what made it (pipeline/machine.py records): `evaluated` here, `trained` from the
+    # checkpoint (None for checkpoints from before it was recorded; empty in older records)
     made_on: dict = field(default_factory=dict)
 
 
-def save_evaluation(path: Path, evaluation: Evaluation) -> None:
-    save_arrays(path, asdict(evaluation))
+FIELDS = tuple(f.name for f in fields(Evaluation))
+REQUIRED = tuple(f.name for f in fields(Evaluation) if f.name != "made_on")
 
 
-def load_evaluation(path: Path) -> Evaluation:
-    return _checked(load_arrays(path), str(path))
+def to_record(evaluation: Evaluation) -> dict:
+    """The plain form stored on disk (the layout every earlier record has too)."""
+    record = asdict(evaluation)
+    record["confused"] = [[c.actual, c.predicted, c.count] for c in evaluation.confused]
+    record["layers"] = [{**asdict(row), "output_shape": list(row.output_shape)}
+                        for row in evaluation.layers]
+    return record
 
 
-def parse_evaluation(data: bytes, source: str) -> Evaluation:
-    """An evaluation record from bytes (another revision's, read through DVC); anything that
-    is not a complete record raises ArtifactError naming `source`."""
-    return _checked(parse_arrays(data, source), source)
-
-
-def _checked(payload: dict, source: str) -> Evaluation:
+def from_record(payload: dict, source: str) -> Evaluation:
+    """The typed record from its plain form; ArtifactError naming `source` when it is not one."""
+    unknown = sorted(set(payload) - set(FIELDS))
+    missing = [name for name in REQUIRED if name not in payload]
+    if unknown or missing:
+        raise ArtifactError(
+            f"{source}: not an evaluation written by the evaluate stage (missing "
+            f"{', '.join(missing) or 'nothing'}; unexpected {', '.join(unknown) or 'nothing'}); "
+            "re-run it (dvc repro)")
     try:
-        evaluation = Evaluation(**payload)
-    except TypeError as error:
+        evaluation = Evaluation(**{
+            **payload,
+            "scores": [ClassScores(**s) for s in payload["scores"]],
+            "confused": [Confusion(str(a), str(p), int(n)) for a, p, n in payload["confused"]],
+            "layers": [LayerRow(r["name"], r["kind"], tuple(r["output_shape"]), r["params"])
+                       for r in payload["layers"]],
+            "weight_histograms": {name: WeightHistogram(**h)
+                                  for name, h in payload["weight_histograms"].items()},
+            "interval": Interval(**payload["interval"]),
+            "seed_interval": None if payload["seed_interval"] is None
+            else Interval(**payload["seed_interval"]),
+            "calibration": Calibration(**payload["calibration"]),
+            "class_curves": ClassCurves(**payload["class_curves"]),
+        })
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
         raise ArtifactError(f"{source}: not an evaluation written by the evaluate stage "
-                            f"({error}); re-run it (dvc repro)") from None
+                            f"({type(error).__name__}: {error}); re-run it (dvc repro)") from None
     logits, labels = evaluation.logits, evaluation.labels
     if not (isinstance(logits, np.ndarray) and isinstance(labels, np.ndarray)
             and logits.dtype.kind == "f" and labels.dtype.kind in "iu"
@@ -76,3 +123,17 @@ def _checked(payload: dict, source: str) -> Evaluation:
         raise ArtifactError(f"{source}: logits do not match the labels; re-run the evaluate "
                             "stage (dvc repro)")
     return evaluation
+
+
+def save_evaluation(path: Path, evaluation: Evaluation) -> None:
+    save_arrays(path, to_record(evaluation))
+
+
+def load_evaluation(path: Path) -> Evaluation:
+    return from_record(load_arrays(path), str(path))
+
+
+def parse_evaluation(data: bytes, source: str) -> Evaluation:
+    """An evaluation record from bytes (another revision's, read through DVC); anything that
+    is not a complete record raises ArtifactError naming `source`."""
+    return from_record(parse_arrays(data, source), source)

@@ -1,10 +1,9 @@
-"""The dataset formats: one registry entry per format, with its params schema and its converter.
+"""The dataset formats' converters: one per format of pipeline/datasets.py.
 
 Every format ends as the same thing, `data/raw/<dataset>/` holding `train.csv[.gz]`, optionally
 `test.csv[.gz]`, and `source.json`, so the prepare stage reads one layout: a label column and
 C*H*W pixel columns in C,H,W order. `csv` files are copied as they are; `idx` (MNIST-family) and
 `cifar` (the python tarball) are converted to the Kaggle layout (`label,pixel1..pixelN`).
-`FORMATS` is the registry: the params union and every list of format names derive from it.
 """
 
 from __future__ import annotations
@@ -17,10 +16,9 @@ import tarfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator
 
 from pipeline.artifacts import (
     atomic_write,
@@ -29,14 +27,11 @@ from pipeline.artifacts import (
     sha256_of,
     write_json,
 )
-from pipeline.drawing import Drawing
-from pipeline.ingest import CsvLayout
-from pipeline.schema import PositiveInt, Strict
+from pipeline.datasets import AnyDataset, CifarDataset, CsvDataset, FileSource, IdxDataset
+from pipeline.params import DownloadParams
 from pipeline.sources import (
     DownloadError,
-    DownloadParams,
     Fetched,
-    FileSource,
     PinMismatch,
     fetch,
     local_origin,
@@ -49,179 +44,52 @@ MAX_IDX_BYTES = 4 << 30  # 60,000 MNIST images are 47 MB
 MAX_BATCH_BYTES = 256 << 20  # a CIFAR-10 batch pickle is 31 MB; read whole, so it is bounded
 
 Fetch = Callable[[FileSource], Fetched]
-# Bounds of a dataset's declared shape: large enough for any image classification CSV, small
-# enough that a typo (1x100000x100000) is refused before anything is allocated.
-MAX_CHANNELS, MAX_SIDE, MAX_PIXELS, MAX_CLASSES = 16, 4096, 1 << 22, 100_000
 
 
-class _DatasetBase(Strict):
-    shape: tuple[Annotated[int, Field(ge=1, le=MAX_CHANNELS)],
-                 Annotated[int, Field(ge=1, le=MAX_SIDE)],
-                 Annotated[int, Field(ge=1, le=MAX_SIDE)]] = Field(
-        description="image shape as [channels, height, width]"
-    )
-    classes: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
-        min_length=2, max_length=MAX_CLASSES)
-    mirrors: list[str] = []
-    drawing: Drawing | None = Field(
-        None, description="how the images were made from drawings, for pipeline-predict")
-
-    @field_validator("shape", mode="before")
-    @classmethod
-    def _three_sizes(cls, shape: Any) -> Any:
-        if not isinstance(shape, list | tuple) or len(shape) != 3:
-            raise ValueError("expected [channels, height, width], e.g. [1, 28, 28]")
-        if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape) \
-                and shape[0] * shape[1] * shape[2] > MAX_PIXELS:
-            raise ValueError(f"{shape[0]}x{shape[1]}x{shape[2]} is more than {MAX_PIXELS:,} "
-                             "values an image; this pipeline is for small images")
-        return tuple(shape)
-
-    @field_validator("classes", mode="before")
-    @classmethod
-    def _numbers_name_classes(cls, classes: Any) -> Any:
-        """`classes: [0, 1, 2]` names the classes "0", "1", "2" (booleans stay refused)."""
-        if isinstance(classes, list):
-            return [str(c) if isinstance(c, int) and not isinstance(c, bool) else c
-                    for c in classes]
-        return classes
-
-    @field_validator("classes")
-    @classmethod
-    def _unique_classes(cls, classes: list[str]) -> list[str]:
-        duplicates = sorted({c for c in classes if classes.count(c) > 1})
-        if duplicates:
-            raise ValueError(f"class names must be unique; repeated: {duplicates}")
-        return classes
-
-    @field_validator("mirrors")
-    @classmethod
-    def _mirrors_are_urls(cls, mirrors: list[str]) -> list[str]:
-        for mirror in mirrors:
-            if not mirror.startswith(("http://", "https://")):
-                raise ValueError(f"mirror must start with http:// or https:// (got {mirror!r})")
-        return [m if m.endswith("/") else m + "/" for m in mirrors]
-
-    @property
-    def num_pixels(self) -> int:
-        c, h, w = self.shape
-        return c * h * w
-
-    def csv_layout(self) -> CsvLayout:
-        """How the raw CSV files this format leaves in data/raw/<dataset>/ are laid out."""
-        return CsvLayout(self.num_pixels, len(self.classes), True, "label", 255)
-
-    def file_sources(self) -> dict[str, FileSource]:
-        """Every file the dataset is made from, by a short label (e.g. `train.images`)."""
-        raise NotImplementedError
-
-    def write_raw(self, staging: Path, get: Fetch) -> dict[str, dict]:
-        """Write the dataset's CSV files into `staging`; returns what each was made from."""
-        raise NotImplementedError
+def write_csv(dataset: CsvDataset, staging: Path, get: Fetch) -> dict[str, dict]:
+    """The CSV files as they are (`.gz` kept): train, and test when there is one."""
+    files = {}
+    for split, source in dataset.file_sources().items():
+        fetched = get(source)
+        target = staging / (f"{split}.csv.gz" if fetched.path.name.endswith(".gz")
+                            else f"{split}.csv")
+        shutil.copyfile(fetched.path, target)
+        files[target.name] = _record(fetched)
+    return files
 
 
-class CsvDataset(_DatasetBase):
-    """A CSV with one image per row: a label column and C*H*W pixel columns in C,H,W order."""
-
-    format: Literal["csv"]
-    train: FileSource
-    test: FileSource | None = None
-    header: bool = True
-    label_column: str | int = Field(
-        "first", description="'first', 'last', a header name, or a 0-based column index"
-    )
-    max_pixel: PositiveInt = 255
-
-    def csv_layout(self) -> CsvLayout:
-        return CsvLayout(self.num_pixels, len(self.classes), self.header, self.label_column,
-                         self.max_pixel)
-
-    def file_sources(self) -> dict[str, FileSource]:
-        return {split: source for split in ("train", "test")
-                if (source := getattr(self, split)) is not None}
-
-    def write_raw(self, staging: Path, get: Fetch) -> dict[str, dict]:
-        files = {}
-        for split, source in self.file_sources().items():
-            fetched = get(source)
-            target = staging / (f"{split}.csv.gz" if fetched.path.name.endswith(".gz")
-                                else f"{split}.csv")
-            shutil.copyfile(fetched.path, target)
-            files[target.name] = _record(fetched)
-        return files
+def write_idx(dataset: IdxDataset, staging: Path, get: Fetch) -> dict[str, dict]:
+    """Each split's IDX images and labels as one Kaggle-layout CSV."""
+    files = {}
+    for split in ("train", "test"):
+        pair = getattr(dataset, split)
+        got_images, got_labels = get(pair.images), get(pair.labels)
+        images = read_idx(got_images.path, IDX_IMAGES_MAGIC, tuple(dataset.shape[1:]))
+        labels = read_idx(got_labels.path, IDX_LABELS_MAGIC, ())
+        target = staging / f"{split}.csv"
+        rows = write_kaggle_csv(target, images, labels)
+        files[target.name] = {"images": _record(got_images), "labels": _record(got_labels),
+                              "rows": rows, "sha256": sha256_of(target)}
+    return files
 
 
-class IdxPair(Strict):
-    images: FileSource
-    labels: FileSource
+def write_cifar(dataset: CifarDataset, staging: Path, get: Fetch) -> dict[str, dict]:
+    """The tarball's train and test batches as Kaggle-layout CSVs."""
+    archive = get(dataset.archive)
+    files = {}
+    for split, batches in (("train", dataset.train_batches), ("test", dataset.test_batches)):
+        images, labels = read_cifar_batches(archive.path, batches, dataset.shape,
+                                            len(dataset.classes))
+        target = staging / f"{split}.csv"
+        rows = write_kaggle_csv(target, images, labels)
+        files[target.name] = {"archive": _record(archive), "batches": batches,
+                              "rows": rows, "sha256": sha256_of(target)}
+    return files
 
 
-class IdxDataset(_DatasetBase):
-    """The MNIST-family IDX files (gzipped), converted to Kaggle-layout CSV on download."""
-
-    format: Literal["idx"]
-    train: IdxPair
-    test: IdxPair
-
-    @property
-    def max_pixel(self) -> int:
-        return 255
-
-    def file_sources(self) -> dict[str, FileSource]:
-        return {f"{split}.{part}": getattr(getattr(self, split), part)
-                for split in ("train", "test") for part in ("images", "labels")}
-
-    def write_raw(self, staging: Path, get: Fetch) -> dict[str, dict]:
-        files = {}
-        for split in ("train", "test"):
-            pair = getattr(self, split)
-            got_images, got_labels = get(pair.images), get(pair.labels)
-            images = read_idx(got_images.path, IDX_IMAGES_MAGIC, tuple(self.shape[1:]))
-            labels = read_idx(got_labels.path, IDX_LABELS_MAGIC, ())
-            target = staging / f"{split}.csv"
-            rows = write_kaggle_csv(target, images, labels)
-            files[target.name] = {"images": _record(got_images), "labels": _record(got_labels),
-                                  "rows": rows, "sha256": sha256_of(target)}
-        return files
-
-
-class CifarDataset(_DatasetBase):
-    """The CIFAR python tarball: pickled batches (read through a numpy-only unpickler),
-    converted to Kaggle-layout CSV (label + C*H*W pixel columns) on download."""
-
-    format: Literal["cifar"]
-    archive: FileSource
-    train_batches: list[str] = Field(
-        ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"],
-        min_length=1)
-    test_batches: list[str] = Field(["test_batch"], min_length=1)
-
-    @property
-    def max_pixel(self) -> int:
-        return 255
-
-    def file_sources(self) -> dict[str, FileSource]:
-        return {"archive": self.archive}
-
-    def write_raw(self, staging: Path, get: Fetch) -> dict[str, dict]:
-        archive = get(self.archive)
-        files = {}
-        for split, batches in (("train", self.train_batches), ("test", self.test_batches)):
-            images, labels = read_cifar_batches(archive.path, batches, self.shape,
-                                                len(self.classes))
-            target = staging / f"{split}.csv"
-            rows = write_kaggle_csv(target, images, labels)
-            files[target.name] = {"archive": _record(archive), "batches": batches,
-                                  "rows": rows, "sha256": sha256_of(target)}
-        return files
-
-
-FORMATS: dict[str, type[_DatasetBase]] = {
-    get_args(cls.model_fields["format"].annotation)[0]: cls
-    for cls in (CsvDataset, IdxDataset, CifarDataset)
-}
-AnyDataset = CsvDataset | IdxDataset | CifarDataset
-Dataset = Annotated[AnyDataset, Field(discriminator="format")]
+# Each format's converter, by the format names of pipeline/datasets.py (a test checks they agree).
+CONVERTERS: dict[str, Callable[[Any, Path, Fetch], dict[str, dict]]] = {
+    "csv": write_csv, "idx": write_idx, "cifar": write_cifar}
 
 
 def read_idx(path: Path, expected_magic: int, expected_dims: tuple[int, ...] | None) -> np.ndarray:
@@ -398,7 +266,7 @@ def materialise(
         return fetched
 
     with fresh_directory(out_dir) as staging:
-        files = dataset.write_raw(staging, get)
+        files = CONVERTERS[dataset.format](dataset, staging, get)
         record = {"dataset": name, "format": dataset.format, "files": files}
         write_json(staging / "source.json", record)
     if sources_dir is not None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline.datasets import PIXEL_MAX
+
 EVAL_BATCH = 1024  # images per forward pass when only logits are wanted
 
 
 def model_inputs(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """uint8 images (N x C x H x W, 0-255) as the float inputs every model takes."""
-    x = images.to(torch.float32).div_(255.0)
+    x = images.to(torch.float32).div_(float(PIXEL_MAX))
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 

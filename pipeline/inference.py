@@ -3,16 +3,14 @@ compute the evaluation record (pipeline/evaluation.py) the report draws from."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import numpy as np
 import torch
 
 from pipeline import analysis, evidence, machine, web_model
 from pipeline.checkpoint import Checkpoint
-from pipeline.evaluation import Evaluation
+from pipeline.evaluation import Confusion, Evaluation, WeightHistogram
 from pipeline.forward import batched_logits
-from pipeline.models import count_params, layer_summary
+from pipeline.models import count_params
 from pipeline.splits import Split
 
 HISTOGRAM_BINS = 40
@@ -51,11 +49,10 @@ def evaluate(checkpoint: Checkpoint, test: Split, threads: int) -> Evaluation:
         logits=np.stack(logits).astype(np.float32),
         labels=test.labels.astype(np.int64),
         confusion=confusion,
-        scores=[asdict(s) for s in analysis.per_class_scores(test.labels, predicted,
-                                                              checkpoint.classes)],
-        confused=[list(pair) for pair in analysis.most_confused(confusion, checkpoint.classes)],
-        layers=[{"name": r.name, "kind": r.kind, "output_shape": list(r.output_shape),
-                 "params": r.params} for r in layer_summary(model, checkpoint.input_shape)],
+        scores=analysis.per_class_scores(test.labels, predicted, checkpoint.classes),
+        confused=[Confusion(*pair) for pair in analysis.most_confused(confusion,
+                                                                      checkpoint.classes)],
+        layers=analysis.layer_summary(model, checkpoint.input_shape),
         filters=None if conv is None else
         conv.weight.detach().float().mean(dim=1).numpy().astype(np.float32),
         feature_maps=None if maps is None else maps.astype(np.float32),
@@ -63,7 +60,7 @@ def evaluate(checkpoint: Checkpoint, test: Split, threads: int) -> Evaluation:
             {k: v.detach().float().numpy() for k, v in initial.named_parameters()},
             {k: v.detach().float().numpy() for k, v in model.named_parameters()}),
         training={key: checkpoint.run[key] for key in TRAINING_KEYS if key in checkpoint.run},
-        **model_evidence(np.stack(logits), test.labels),
+        **model_evidence(np.stack(logits), test.labels),  # type: ignore[arg-type]
         web_layers=web_model.export(model),
         selftest_probabilities=web_model.reference_probabilities(
             model, test.images[: web_model.SELFTEST_IMAGES]),
@@ -72,25 +69,21 @@ def evaluate(checkpoint: Checkpoint, test: Split, threads: int) -> Evaluation:
     )
 
 
-def _interval(correct: np.ndarray) -> dict:
-    return asdict(evidence.bootstrap_accuracy(correct))
-
-
 def model_evidence(logits: np.ndarray, labels: np.ndarray) -> dict:
-    """The per-model evidence: accuracy intervals, calibration, and each class's ROC and
-    precision-recall curves."""
+    """The per-model evidence, by Evaluation field: accuracy intervals, calibration, and each
+    class's ROC and precision-recall curves."""
     probabilities = analysis.softmax(logits[0])
     return {
-        "interval": _interval(logits[0].argmax(1) == labels),
-        "seed_interval": _interval(logits.mean(axis=0).argmax(1) == labels)
+        "interval": evidence.bootstrap_accuracy(logits[0].argmax(1) == labels),
+        "seed_interval": evidence.bootstrap_accuracy(logits.mean(axis=0).argmax(1) == labels)
         if len(logits) > 1 else None,
-        "calibration": asdict(evidence.calibration(probabilities, labels)),
-        "class_curves": asdict(evidence.class_curves(probabilities, labels)),
+        "calibration": evidence.calibration(probabilities, labels),
+        "class_curves": evidence.class_curves(probabilities, labels),
     }
 
 
 def weight_histograms(initial: dict[str, np.ndarray], trained: dict[str, np.ndarray]
-                      ) -> dict[str, dict]:
+                      ) -> dict[str, WeightHistogram]:
     """Per weight tensor (biases left out): shared bin edges and both distributions' counts."""
     histograms = {}
     for name, values in trained.items():
@@ -98,10 +91,10 @@ def weight_histograms(initial: dict[str, np.ndarray], trained: dict[str, np.ndar
             continue
         edges = np.histogram_bin_edges(np.concatenate([initial[name].ravel(), values.ravel()]),
                                        bins=HISTOGRAM_BINS)
-        histograms[name] = {
-            "edges": edges.astype(np.float64),
-            "initial": np.histogram(initial[name], bins=edges)[0].astype(np.int64),
-            "trained": np.histogram(values, bins=edges)[0].astype(np.int64),
-            "size": int(values.size),
-        }
+        histograms[name] = WeightHistogram(
+            edges=edges.astype(np.float64),
+            initial=np.histogram(initial[name], bins=edges)[0].astype(np.int64),
+            trained=np.histogram(values, bins=edges)[0].astype(np.int64),
+            size=int(values.size),
+        )
     return histograms

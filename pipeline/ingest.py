@@ -36,6 +36,7 @@ from typing import BinaryIO, cast
 import numpy as np
 
 from pipeline.cores import usable_cores
+from pipeline.datasets import PIXEL_MAX, CsvLayout
 from pipeline.errors import PipelineError
 
 # Blocks parse in this many threads (the cores, up to 4; the parsing is numpy calls that release
@@ -52,21 +53,6 @@ MAX_ERRORS_KEPT = 20
 
 class DataError(PipelineError, ValueError):
     """The CSV does not match the declared layout; the message says where and how to fix it."""
-
-
-@dataclass(frozen=True)
-class CsvLayout:
-    num_pixels: int
-    num_classes: int
-    header: bool = True
-    label_column: str | int = "first"
-    max_pixel: int = 255
-    labelled: bool = True  # False: rows of pixels only (new data to classify); labels come back -1
-
-    @property
-    def columns(self) -> str:
-        return (f"1 label + {self.num_pixels} pixels" if self.labelled
-                else f"{self.num_pixels} pixels, no label")
 
 
 @dataclass
@@ -505,10 +491,10 @@ def _store(values: np.ndarray, label_index: int | None, max_pixel: int,
     else:
         labels[:] = values[:, label_index]
         pixels = np.delete(values, label_index, axis=1)
-    if max_pixel == 255:
+    if max_pixel == PIXEL_MAX:
         images[:] = pixels
     else:
-        images[:] = np.rint(pixels * (255.0 / max_pixel))
+        images[:] = np.rint(pixels * (PIXEL_MAX / max_pixel))
 
 
 @contextlib.contextmanager

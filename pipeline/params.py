@@ -1,5 +1,9 @@
 """The schema of params.yaml, and the one place it is loaded and validated.
 
+A leaf of the import graph with its parts (pipeline/datasets.py, pipeline/architectures.py,
+pipeline/schema.py): pydantic and YAML only, so every stage can load its settings without
+importing another stage's code.
+
 Every stage calls `load_params(path)`: unknown keys, wrong types, out-of-range values and
 cross-references that do not resolve (a dataset or model listed to run but not defined) are all
 refused here, before any work starts, with the key path, the value and what was expected.
@@ -17,11 +21,10 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
+from pipeline.architectures import ARCHITECTURES, Architecture
+from pipeline.datasets import FORMATS, AnyDataset, Dataset
 from pipeline.errors import PipelineError
-from pipeline.formats import FORMATS, AnyDataset, Dataset
-from pipeline.models import ARCHITECTURES, Architecture
 from pipeline.schema import Fraction, Strict
-from pipeline.sources import DownloadParams
 
 
 class ParamsError(PipelineError, ValueError):
@@ -39,6 +42,14 @@ Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what numpy and scikit-learn 
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["onecycle", "constant"]
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}\Z")
+
+
+class DownloadParams(Strict):
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    retries: Annotated[int, Field(ge=0, le=20)] = 3
+    backoff_s: Annotated[float, Field(ge=0, le=600)] = 1.0
+    max_total_s: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] = 600.0
+    chunk_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
 
 
 class PrepareParams(Strict):
@@ -97,7 +108,7 @@ class ExecutionParams(Strict):
 
 
 class ModelRun(Strict):
-    """What a `models:` entry adds to its architecture's fields (pipeline/models.py)."""
+    """What a `models:` entry adds to its architecture's fields (pipeline/architectures.py)."""
 
     seeds: Annotated[int, Field(ge=1, le=16)] = Field(
         1, description="train this many copies (train.seed, +1, ...) for a seed ensemble")

@@ -8,7 +8,7 @@ import multiprocessing
 import sys
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import matplotlib
 
@@ -23,6 +23,10 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from pipeline.cores import usable_cores
+
+if TYPE_CHECKING:
+    from pipeline.evaluation import WeightHistogram
+    from pipeline.evidence import Calibration, ClassCurves, Interval
 
 DPI = 96
 
@@ -376,7 +380,7 @@ def feature_maps(maps: np.ndarray, title: str) -> str:
     return _tile(maps, title, "viridis")
 
 
-def weight_histograms(histograms: dict[str, dict], title: str) -> str:
+def weight_histograms(histograms: dict[str, WeightHistogram], title: str) -> str:
     """Per weight tensor: the distribution at initialisation and after training (counts over
     shared bins, as the evaluate stage computed them)."""
     names = list(histograms)
@@ -389,12 +393,12 @@ def weight_histograms(histograms: dict[str, dict], title: str) -> str:
     for ax, name in zip(axes.flat, names, strict=False):
         ax.axis("on")
         histogram = histograms[name]
-        edges = histogram["edges"]
-        ax.stairs(histogram["initial"], edges, fill=True, alpha=0.6, label="initial",
+        edges = histogram.edges
+        ax.stairs(histogram.initial, edges, fill=True, alpha=0.6, label="initial",
                   color="grey")
-        ax.stairs(histogram["trained"], edges, fill=True, alpha=0.6, label="trained",
+        ax.stairs(histogram.trained, edges, fill=True, alpha=0.6, label="trained",
                   color="tab:blue")
-        ax.set_title(f"{name} ({histogram['size']:,})", fontsize=8)
+        ax.set_title(f"{name} ({histogram.size:,})", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("weight value", fontsize=7)
         ax.set_ylabel("count", fontsize=7)
@@ -433,7 +437,7 @@ def experiment_overlay(curves: dict[str, dict[str, list]], title: str) -> str:
     return to_data_uri(figure)
 
 
-def accuracy_intervals(intervals: dict[str, dict], title: str) -> str:
+def accuracy_intervals(intervals: dict[str, Interval], title: str) -> str:
     """Test accuracy of every model and ensemble with its bootstrap 95 % interval."""
     names = list(intervals)
     height = 0.38 * len(names) + 1.2
@@ -441,11 +445,11 @@ def accuracy_intervals(intervals: dict[str, dict], title: str) -> str:
     figure.subplots_adjust(left=(0.2 + _text_width(names, 10)) / 9, bottom=0.55 / height)
     for row, name in enumerate(names):
         value = intervals[name]
-        ax.errorbar(100 * value["estimate"], row, xerr=[[100 * (value["estimate"] - value["low"])],
-                    [100 * (value["high"] - value["estimate"])]], fmt="o", capsize=4,
+        ax.errorbar(100 * value.estimate, row, xerr=[[100 * (value.estimate - value.low)],
+                    [100 * (value.high - value.estimate)]], fmt="o", capsize=4,
                     color="#2f6fdf" if "ensemble" not in name else "#2a9d5c")
-        ax.annotate(f"{100 * value['estimate']:.2f} [{100 * value['low']:.1f}, "
-                    f"{100 * value['high']:.1f}]", (100 * value["high"], row),
+        ax.annotate(f"{100 * value.estimate:.2f} [{100 * value.low:.1f}, "
+                    f"{100 * value.high:.1f}]", (100 * value.high, row),
                     xytext=(6, -3), textcoords="offset points", fontsize=8)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
@@ -455,7 +459,7 @@ def accuracy_intervals(intervals: dict[str, dict], title: str) -> str:
     return to_data_uri(figure)
 
 
-def reliability_diagrams(calibrations: dict[str, dict], title: str) -> str:
+def reliability_diagrams(calibrations: dict[str, Calibration], title: str) -> str:
     """Per model: accuracy against confidence in bins (the diagonal is perfect calibration)."""
     names = list(calibrations)
     columns = min(len(names), 4)
@@ -465,9 +469,9 @@ def reliability_diagrams(calibrations: dict[str, dict], title: str) -> str:
     for ax, name in zip(axes.flat, names, strict=False):
         c = calibrations[name]
         ax.plot([0, 1], [0, 1], color="#999", linewidth=1)
-        ax.bar(c["bin_confidence"], c["bin_accuracy"], width=0.06, color="#2f6fdf", alpha=0.75)
-        ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{name}\nECE {c['ece']:.3f}, Brier "
-               f"{c['brier']:.3f}")
+        ax.bar(c.bin_confidence, c.bin_accuracy, width=0.06, color="#2f6fdf", alpha=0.75)
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{name}\nECE {c.ece:.3f}, Brier "
+               f"{c.brier:.3f}")
         ax.title.set_fontsize(9)
         ax.tick_params(labelsize=7)
     for ax in axes.flat[len(names):]:
@@ -481,7 +485,7 @@ def reliability_diagrams(calibrations: dict[str, dict], title: str) -> str:
     return to_data_uri(figure)
 
 
-def class_curves(curves: dict[str, dict], classes: list[str], title: str) -> str:
+def class_curves(curves: dict[str, ClassCurves], classes: list[str], title: str) -> str:
     """Small multiples, two models to a row: each model's one-vs-rest ROC and precision-recall
     curves, a line per class (kept on a fixed grid by the evaluate stage)."""
     names = list(curves)
@@ -494,14 +498,14 @@ def class_curves(curves: dict[str, dict], classes: list[str], title: str) -> str
     for index, name in enumerate(names):
         roc_ax, pr_ax = axes.flat[2 * index], axes.flat[2 * index + 1]
         c = curves[name]
-        grid = np.asarray(c["grid"])
+        grid = np.asarray(c.grid)
         for k in range(len(classes)):
             color = palette(k % palette.N)
-            roc_ax.plot(grid, np.asarray(c["roc_tpr"])[k], color=color, linewidth=1)
-            pr_ax.plot(grid, np.asarray(c["pr_precision"])[k], color=color, linewidth=1)
+            roc_ax.plot(grid, np.asarray(c.roc_tpr)[k], color=color, linewidth=1)
+            pr_ax.plot(grid, np.asarray(c.pr_precision)[k], color=color, linewidth=1)
         roc_ax.plot([0, 1], [0, 1], color="#bbb", linewidth=0.8, linestyle="--")
-        roc_ax.set_title(f"{name}: ROC, mean AUC {np.nanmean(c['roc_auc']):.4f}", fontsize=8)
-        pr_ax.set_title(f"{name}: PR, mean AP {np.nanmean(c['average_precision']):.4f}",
+        roc_ax.set_title(f"{name}: ROC, mean AUC {np.nanmean(c.roc_auc):.4f}", fontsize=8)
+        pr_ax.set_title(f"{name}: PR, mean AP {np.nanmean(c.average_precision):.4f}",
                         fontsize=8)
         roc_ax.set_xlabel("false positive rate", fontsize=7)
         pr_ax.set_xlabel("recall", fontsize=7)

@@ -24,8 +24,9 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.artifacts import atomic_write
 from pipeline.checkpoint import load_checkpoint
-from pipeline.drawing import Drawing, normalise
-from pipeline.formats import AnyDataset
+from pipeline.datasets import AnyDataset, Drawing
+from pipeline.drawing import normalise
+from pipeline.forward import model_inputs
 from pipeline.ingest import DataError, count_fields, read_image_csv
 from pipeline.params import load_params
 
@@ -172,7 +173,7 @@ def probabilities(models: list[torch.nn.Module], images: np.ndarray,
     """Softmax of the models' mean logits: one model, or a seed ensemble."""
     chunks = []
     for start in range(0, len(images), batch):
-        x = torch.from_numpy(images[start : start + batch]).float() / 255.0
+        x = model_inputs(torch.from_numpy(images[start : start + batch]), channels_last=False)
         chunks.append(torch.softmax(torch.stack([m.eval()(x) for m in models]).mean(0), 1))
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0))
 

@@ -17,7 +17,6 @@ sidecar script beside the page, which fills those slots when the page opens.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
@@ -136,8 +135,8 @@ def dataset_evidence(models: list[ModelResult], labels: np.ndarray) -> dict:
             intervals[f"{m.name} (seed ensemble)"] = m.evaluation.seed_interval
     if len(models) > 1:
         mean_logits = np.mean([m.logits for m in models], axis=0)
-        intervals["all-model ensemble"] = dataclasses.asdict(
-            evidence.bootstrap_accuracy(mean_logits.argmax(1) == labels))
+        intervals["all-model ensemble"] = evidence.bootstrap_accuracy(
+            mean_logits.argmax(1) == labels)
     probabilities = np.mean([analysis.softmax(m.logits) for m in models], axis=0)
     return {
         "tests": tests,

@@ -1,7 +1,7 @@
-"""The building blocks of the params.yaml schema that library modules declare beside their code.
+"""The building blocks of the params.yaml schema, at the bottom of the import graph.
 
-Settings live next to what they configure (a dataset format's fields in `formats`, an
-architecture's in `models`, download settings in `sources`); `params` assembles them.
+The schema modules (pipeline/datasets.py, pipeline/architectures.py, pipeline/params.py) build
+on these; the code that implements a setting imports its schema, never the reverse.
 """
 
 from __future__ import annotations

@@ -28,14 +28,13 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from pipeline.artifacts import sha256_of, staging_prefix
+from pipeline.datasets import FileSource
 from pipeline.errors import PipelineError
-from pipeline.schema import PositiveInt, Sha256, Strict
+from pipeline.params import DownloadParams
 
 GZIP_MAGIC = b"\x1f\x8b"
 USER_AGENT = "pipeline-downloader/0.1 (+https://dvc.org)"
@@ -61,42 +60,6 @@ class _RetryableError(Exception):
 
 class _MirrorRejected(Exception):
     """A failure that retrying the same mirror cannot fix (404, 403, wrong content)."""
-
-
-class FileSource(Strict):
-    """Where one file comes from: exactly one of url, name (joined to the dataset's mirrors),
-    path (local file) or resource ("package.module:file" inside an installed package)."""
-
-    url: str | None = None
-    name: str | None = None
-    path: str | None = None
-    resource: str | None = None
-    sha256: Sha256 | None = None
-    size: PositiveInt | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one_location(self) -> FileSource:
-        given = [k for k in ("url", "name", "path", "resource") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "give exactly one of url, name, path or resource "
-                f"(got {', '.join(given) if given else 'none'})"
-            )
-        if self.url is not None and not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
-        if self.resource is not None and ":" not in self.resource:
-            raise ValueError(
-                f"resource must look like 'package.module:file' (got {self.resource!r})"
-            )
-        return self
-
-
-class DownloadParams(Strict):
-    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
-    retries: Annotated[int, Field(ge=0, le=20)] = 3
-    backoff_s: Annotated[float, Field(ge=0, le=600)] = 1.0
-    max_total_s: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] = 600.0
-    chunk_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
 
 
 @dataclass(frozen=True)

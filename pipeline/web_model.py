@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
+from pipeline.forward import model_inputs
+
 SELFTEST_IMAGES = 8  # test images the page re-classifies with #selftest
 
 
@@ -69,5 +71,5 @@ def reference_probabilities(model: nn.Module, images: np.ndarray) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        logits = model.eval()(torch.from_numpy(images).float().div(255.0))
+        logits = model.eval()(model_inputs(torch.from_numpy(images), channels_last=False))
         return torch.softmax(logits.double(), dim=1).numpy()

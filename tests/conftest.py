@@ -88,9 +88,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def copy_repository(target: Path) -> None:
-    """The project's files as a fresh clone has them (no tests, no dvc.lock), in a new git
-    repository at `target`."""
+def copy_repository(target: Path, keep_lock: bool = False) -> None:
+    """The project's files as a fresh clone has them (no tests; no dvc.lock unless `keep_lock`),
+    in a new git repository at `target`."""
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     for name in listed:
@@ -98,7 +98,8 @@ def copy_repository(target: Path) -> None:
         if source.is_file() and not name.startswith("tests/"):
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
-    (target / "dvc.lock").unlink(missing_ok=True)
+    if not keep_lock:
+        (target / "dvc.lock").unlink(missing_ok=True)
     sh(["git", "init", "-q"], target)
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from pipeline import analysis
-from pipeline.models import ConvNet, Linear
+from pipeline.architectures import ConvNet, Linear
+from pipeline.models import build
 
 
 def test_pareto_front_keeps_models_nothing_beats_on_both_axes():
@@ -65,10 +66,10 @@ def test_confusion_matrix_counts_true_by_predicted():
 
 
 def test_feature_maps_have_the_first_convolution_s_shape():
-    model = ConvNet(channels=[5], activation="relu").build((1, 4, 4), 3)
+    model = build(ConvNet(channels=[5], activation="relu"), (1, 4, 4), 3)
     image = np.random.default_rng(0).integers(0, 255, (1, 4, 4)).astype(np.uint8)
     assert analysis.first_block_maps(model, image).shape == (5, 4, 4)
-    assert analysis.first_block_maps(Linear().build((1, 4, 4), 3), image) is None
+    assert analysis.first_block_maps(build(Linear(), (1, 4, 4), 3), image) is None
     logits = np.random.default_rng(1).normal(size=(7, 3))
     np.testing.assert_allclose(analysis.softmax(logits).sum(1), 1.0, rtol=1e-6)
 

@@ -13,7 +13,8 @@ import torch
 from benchmarks import run, tutorial
 from benchmarks.peers import PEER_SETTINGS
 from benchmarks.synthetic import csv_bytes, make_images, write_csv
-from pipeline.ingest import CsvLayout, read_image_csv
+from pipeline.datasets import CsvLayout
+from pipeline.ingest import read_image_csv
 
 
 def test_synthetic_images_are_deterministic_balanced_and_half_zero():

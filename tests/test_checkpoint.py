@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.architectures import Cnn, Linear
 from pipeline.artifacts import ArtifactError
 from pipeline.checkpoint import Checkpoint, load_checkpoint
 from pipeline.engine import fit
-from pipeline.models import Cnn, Linear
 from pipeline.params import TrainSettings
 from tests.conftest import CPU, toy_splits
 

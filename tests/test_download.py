@@ -13,8 +13,10 @@ import yaml
 
 from pipeline.artifacts import read_json
 from pipeline.check_sources import check_folder
-from pipeline.formats import IDX_LABELS_MAGIC, CsvDataset, IdxDataset, materialise, read_idx
-from pipeline.sources import DownloadError, DownloadParams, FileSource, download, fetch
+from pipeline.datasets import CsvDataset, FileSource, IdxDataset
+from pipeline.formats import IDX_LABELS_MAGIC, materialise, read_idx
+from pipeline.params import DownloadParams
+from pipeline.sources import DownloadError, download, fetch
 from tests.conftest import (
     FASHION_CLASSES,
     FASHION_SAMPLE,
@@ -172,7 +174,7 @@ def test_package_resource_is_found():
 
 def test_a_package_resource_is_found_without_importing_the_package():
     """Importing sklearn to find digits.csv.gz took half of the download stage."""
-    script = ("import sys; from pipeline.sources import FileSource, _resource_path; "
+    script = ("import sys; from pipeline.sources import _resource_path; "
               "path = _resource_path('sklearn.datasets.data:digits.csv.gz'); "
               "print(path.is_file(), 'sklearn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
@@ -279,7 +281,7 @@ def cifar_batch(rng, rows: int) -> dict:
 
 
 def cifar_dataset(url: str, body: bytes, **extra):
-    from pipeline.formats import CifarDataset
+    from pipeline.datasets import CifarDataset
 
     return CifarDataset(format="cifar", archive={"url": url, "sha256": sha(body),
                                                  "size": len(body)},
@@ -287,7 +289,8 @@ def cifar_dataset(url: str, body: bytes, **extra):
 
 
 def test_cifar_tarball_batches_become_kaggle_layout_csv(http_server, tmp_path):
-    from pipeline.ingest import CsvLayout, read_image_csv
+    from pipeline.datasets import CsvLayout
+    from pipeline.ingest import read_image_csv
 
     rng = np.random.default_rng(0)
     batches = {f"data_batch_{i}": cifar_batch(rng, 4) for i in range(1, 6)}

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.architectures import ARCHITECTURES
 from pipeline.drawing import normalise
-from pipeline.models import ARCHITECTURES
+from pipeline.models import build
 from pipeline.params import load_params
 from pipeline.web_model import export, reference_probabilities
 from tests.browser import chromium
@@ -81,7 +82,7 @@ def test_drawings_become_the_same_inputs_in_the_page_and_in_python(tmp_path):
 def test_the_page_forward_pass_matches_pytorch(tmp_path, arch):
     torch.manual_seed(0)
     shape = (1, 28, 28)
-    model = ARCHITECTURES[arch].model_validate({"arch": arch}).build(shape, 10).eval()
+    model = build(ARCHITECTURES[arch].model_validate({"arch": arch}), shape, 10).eval()
     layers = export(model)
     assert layers is not None, f"{arch} has a layer the page cannot run"
     images = np.random.default_rng(0).integers(0, 256, (3, *shape), dtype=np.uint8)

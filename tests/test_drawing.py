@@ -12,11 +12,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from pipeline.checkpoint import Checkpoint
-from pipeline.drawing import Drawing, normalise
+from pipeline.datasets import Drawing
+from pipeline.drawing import normalise
 from pipeline.engine import fit, select_device
 from pipeline.formats import materialise
 from pipeline.params import load_params
-from pipeline.splits import SPLITS, load_split, prepare
+from pipeline.preparation import prepare
+from pipeline.splits import SPLITS, load_split
 from tests.conftest import ROOT
 
 

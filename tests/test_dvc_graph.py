@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import copy_repository, dvc_status
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "pipeline"
 
@@ -122,6 +124,33 @@ def test_closure_finds_lazy_and_relative_imports(tmp_path: Path) -> None:
     assert Path("pipeline/engine.py") not in closure  # evaluation runs without the training loop
     assert Path("pipeline/report.py") not in closure
     assert Path("pipeline/stages/__init__.py") in closure
+
+
+# A file of each layer, and the stages whose work it is: the CSV parser is the prepare stage's,
+# an architecture's torch code is training's and evaluation's, the training loop is
+# training's, the report template is the report's.
+EDITS = {
+    "pipeline/ingest.py": {"prepare"},
+    "pipeline/models.py": {"train", "evaluate"},
+    "pipeline/engine.py": {"train"},
+    "pipeline/templates/report.html.j2": {"report"},
+}
+
+
+def test_dvc_reruns_only_the_stages_an_edit_touches(tmp_path: Path) -> None:
+    """What `dvc status` says after editing each file in a copy of the project: the stages
+    that list it as changed are the ones whose work it is, not every stage that loads params."""
+    copy_repository(tmp_path, keep_lock=True)
+    for name, expected in EDITS.items():
+        path = tmp_path / name
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n")
+        status = dvc_status(tmp_path)
+        path.write_bytes(original)
+        marked = {stage.split("@")[0] for stage, changes in status.items() for change in changes
+                  if isinstance(change, dict) and any(
+                      covered(Path(name), [Path(dep)]) for dep in change.get("changed deps", {}))}
+        assert marked == expected, f"editing {name} marks {sorted(marked)} changed"
 
 
 if __name__ == "__main__":  # print each stage's closure, to paste into dvc.yaml

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.architectures import ARCHITECTURES
 from pipeline.experiments import changed_params, list_experiments
-from pipeline.models import ARCHITECTURES
 from tests.browser import check_page, dump_dom
 from tests.conftest import (
     FASHION_CLASSES,

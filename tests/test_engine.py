@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.architectures import Cnn, Linear, LinearNet
 from pipeline.engine import (
     Training,
     fit,
@@ -14,7 +15,7 @@ from pipeline.engine import (
     select_device,
     summarise,
 )
-from pipeline.models import Cnn, Linear, LinearNet
+from pipeline.models import build
 from pipeline.optim import FusedAdam
 from pipeline.params import ParamsError, TrainSettings
 from tests.conftest import CPU, toy_splits
@@ -57,7 +58,7 @@ def test_training_keeps_the_weights_it_started_from():
     """Nothing has to re-seed to rebuild the initial weights: Training records them."""
     architecture = Cnn(channels=[4, 8], head_hidden=8)
     torch.manual_seed(3)
-    expected = architecture.build((1, 4, 4), 2).state_dict()
+    expected = build(architecture, (1, 4, 4), 2).state_dict()
     training = Training(architecture, TrainSettings(epochs=1), toy_splits(), CPU, seed=3)
     training.run_epoch()
     result = training.finish()
@@ -95,7 +96,7 @@ def test_seed_copies_are_summarised_with_their_ensemble():
 
 
 def test_onecycle_warms_up_to_lr_and_anneals_while_constant_stays():
-    model = Linear().build((1, 2, 2), 2)
+    model = build(Linear(), (1, 2, 2), 2)
     settings = TrainSettings(epochs=2, lr=0.1, schedule="onecycle")
     optimizer = make_optimizer(settings, model, CPU)
     schedule = make_schedule(settings, optimizer, steps_per_epoch=10)
@@ -111,7 +112,7 @@ def test_onecycle_warms_up_to_lr_and_anneals_while_constant_stays():
 
 
 def test_cpu_adam_uses_the_fused_kernel_and_bf16_detection_answers():
-    model = Linear().build((1, 2, 2), 2)
+    model = build(Linear(), (1, 2, 2), 2)
     assert isinstance(make_optimizer(TrainSettings(), model, CPU), FusedAdam)
     assert isinstance(make_optimizer(TrainSettings(optimizer="adamw"), model, CPU), FusedAdam)
     assert isinstance(make_optimizer(TrainSettings(optimizer="sgd"), model, CPU), torch.optim.SGD)

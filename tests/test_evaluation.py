@@ -9,13 +9,13 @@ import pytest
 import torch
 import yaml
 
-from pipeline.artifacts import ArtifactError, save_arrays
+from pipeline.architectures import Cnn
+from pipeline.artifacts import ArtifactError, load_arrays, save_arrays
 from pipeline.checkpoint import Checkpoint
 from pipeline.cli import PROFILE_ENV
 from pipeline.engine import fit
 from pipeline.evaluation import load_evaluation, save_evaluation
 from pipeline.inference import evaluate
-from pipeline.models import Cnn
 from pipeline.params import TrainSettings
 from tests.conftest import CPU, ROOT, run_module, toy_splits
 
@@ -44,13 +44,16 @@ def test_evaluation_holds_what_training_measured_for_every_seed_copy():
     predicted = evaluation.logits[0].argmax(1)
     assert evaluation.confusion.sum() == 64
     assert np.trace(evaluation.confusion) == (predicted == test.labels).sum()
-    assert [s["name"] for s in evaluation.scores] == ["left", "right"]
-    assert evaluation.params == sum(r["params"] for r in evaluation.layers)
+    assert [s.name for s in evaluation.scores] == ["left", "right"]
+    assert evaluation.params == sum(r.params for r in evaluation.layers)
     assert evaluation.filters.shape == (4, 3, 3) and evaluation.feature_maps.shape == (4, 4, 4)
     histogram = evaluation.weight_histograms["conv1.weight"]
-    assert histogram["initial"].sum() == histogram["trained"].sum() == histogram["size"] == 36
+    assert histogram.initial.sum() == histogram.trained.sum() == histogram.size == 36
     initial = checkpoint.initial_state_dict["conv1.weight"].numpy()
-    assert histogram["edges"][0] <= initial.min() and histogram["edges"][-1] >= initial.max()
+    assert histogram.edges[0] <= initial.min() and histogram.edges[-1] >= initial.max()
+    assert evaluation.interval.low <= evaluation.interval.estimate <= evaluation.interval.high
+    assert evaluation.seed_interval is not None  # two seed copies
+    assert sum(evaluation.calibration.bin_count) == 64
     assert "conv1.bias" not in evaluation.weight_histograms
 
 
@@ -61,9 +64,26 @@ def test_an_evaluation_round_trips_and_a_foreign_file_is_refused(tmp_path):
     loaded = load_evaluation(tmp_path / "e.pkl")
     np.testing.assert_array_equal(loaded.logits, evaluation.logits)
     assert loaded.layers == evaluation.layers and loaded.scores == evaluation.scores
+    assert loaded.confused == evaluation.confused and loaded.interval == evaluation.interval
+    assert loaded.calibration == evaluation.calibration and loaded.seed_interval is None
+    assert isinstance(loaded.layers[0].output_shape, tuple)
+    for name, histogram in evaluation.weight_histograms.items():
+        np.testing.assert_array_equal(loaded.weight_histograms[name].trained, histogram.trained)
+    np.testing.assert_array_equal(loaded.class_curves.roc_tpr, evaluation.class_curves.roc_tpr)
+    # stored as plain values (the safe unpickler admits no classes), in the layout of every
+    # earlier record, so other revisions' records still load
+    stored = load_arrays(tmp_path / "e.pkl")
+    assert stored["interval"] == {"estimate": evaluation.interval.estimate,
+                                  "low": evaluation.interval.low,
+                                  "high": evaluation.interval.high}
+    assert all(isinstance(pair, list) for pair in stored["confused"])
     save_arrays(tmp_path / "other.pkl", {"images": np.zeros(3)})
     with pytest.raises(ArtifactError, match="not an evaluation written by the evaluate stage"):
         load_evaluation(tmp_path / "other.pkl")
+    stored["calibration"] = {"ece": 0.1}
+    save_arrays(tmp_path / "broken.pkl", stored)
+    with pytest.raises(ArtifactError, match=r"broken\.pkl: not an evaluation .*TypeError"):
+        load_evaluation(tmp_path / "broken.pkl")
 
 
 def test_the_evaluate_stage_runs_as_dvc_runs_it(tmp_path):

@@ -391,9 +391,9 @@ def test_a_read_only_tool_sweeps_nothing(tmp_path):
 @pytest.fixture(scope="module")
 def toy_model(tmp_path_factory) -> Path:
     """A model that tells 'left' (bright left half) from 'right' on 1x4x4 images."""
+    from pipeline.architectures import Linear
     from pipeline.checkpoint import Checkpoint
     from pipeline.engine import fit
-    from pipeline.models import Linear
     from pipeline.params import TrainSettings
     from tests.conftest import CPU, toy_splits
 

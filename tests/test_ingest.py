@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.ingest import CsvLayout, DataError, duplicate_count, read_image_csv, row_digests
+from pipeline.datasets import CsvLayout
+from pipeline.ingest import DataError, duplicate_count, read_image_csv, row_digests
 from tests.conftest import FASHION_SAMPLE, ROOT
 
 KAGGLE = CsvLayout(num_pixels=784, num_classes=10, header=True, label_column="label")
@@ -321,7 +322,8 @@ def test_a_stage_reading_a_csv_faults_in_its_output_not_its_temporaries_block_af
     script = """
 import resource, sys
 from pipeline.cli import keep_freed_memory
-from pipeline.ingest import CsvLayout, read_image_csv
+from pipeline.datasets import CsvLayout
+from pipeline.ingest import read_image_csv
 kept = keep_freed_memory()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 table = read_image_csv(sys.argv[1], CsvLayout(784, 10, True, "label"))

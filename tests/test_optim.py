@@ -9,7 +9,8 @@ import textwrap
 import pytest
 import torch
 
-from pipeline.models import Cnn
+from pipeline.architectures import Cnn
+from pipeline.models import build
 from pipeline.optim import FusedAdam, OneCycle
 from tests.conftest import ROOT
 
@@ -33,8 +34,8 @@ def train_steps(model: torch.nn.Module, optimizer, schedule, steps: int) -> list
 
 def two_copies() -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(0)
-    model = Cnn(channels=[4, 8], head_hidden=6).build((1, 6, 6), 3)
-    copy = Cnn(channels=[4, 8], head_hidden=6).build((1, 6, 6), 3)
+    model = build(Cnn(channels=[4, 8], head_hidden=6), (1, 6, 6), 3)
+    copy = build(Cnn(channels=[4, 8], head_hidden=6), (1, 6, 6), 3)
     copy.load_state_dict(model.state_dict())
     return model, copy
 
@@ -85,7 +86,7 @@ def test_a_cpu_training_run_never_imports_torch_dynamo():
     script = textwrap.dedent("""
         import sys
         from pipeline.engine import fit
-        from pipeline.models import Cnn
+        from pipeline.architectures import Cnn
         from pipeline.params import TrainSettings
         from tests.conftest import CPU, toy_splits
         fit(Cnn(channels=[4], head_hidden=4), TrainSettings(epochs=2, batch_size=16),

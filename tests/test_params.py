@@ -117,7 +117,7 @@ def test_each_architecture_has_its_own_fields_and_defaults(repo_params):
 
 
 def test_the_arch_choices_come_from_the_model_registry():
-    from pipeline.models import ARCHITECTURES
+    from pipeline.architectures import ARCHITECTURES
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["models"]["cnn"] = {"arch": "resnet"}

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from benchmarks.peers import EpochTurns, keras_copy, one_cycle
-from pipeline.models import Cnn, LinearNet
+from pipeline.architectures import Cnn, LinearNet
+from pipeline.models import build
 from pipeline.params import TrainSettings
 
 pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow  # make check leaves it out; make test runs it
 @pytest.mark.parametrize("architecture", [Cnn(), LinearNet()], ids=["cnn", "linearnet"])
 def test_the_keras_copy_computes_what_the_torch_model_computes(architecture, data_format):
     torch.manual_seed(3)
-    model = architecture.build((1, 28, 28), 10).eval()
+    model = build(architecture, (1, 28, 28), 10).eval()
     images = torch.rand(6, 1, 28, 28)
     copy = keras_copy(model, (1, 28, 28), "float32", data_format)
     inputs = images.numpy() if data_format == "channels_first" \

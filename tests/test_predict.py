@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.architectures import Linear
 from pipeline.checkpoint import Checkpoint, load_checkpoint
 from pipeline.engine import fit
-from pipeline.models import Linear
+from pipeline.models import build
 from pipeline.params import TrainSettings
 from pipeline.predict import PredictError, _light_background, load_image, main, probabilities
 from tests.conftest import CPU, ROOT, toy_splits
@@ -73,7 +74,7 @@ def test_a_seed_ensemble_checkpoint_predicts_with_the_mean_of_its_copies_logits(
     x = torch.from_numpy(images).float() / 255.0
     expected = []
     for result in results:
-        model = Linear().build((1, 4, 4), 2)
+        model = build(Linear(), (1, 4, 4), 2)
         model.load_state_dict(result.state_dict)
         expected.append(model.eval()(x))
     want = torch.softmax(torch.stack(expected).mean(0), 1).detach().numpy()

@@ -7,11 +7,12 @@ import pytest
 import yaml
 
 from pipeline.artifacts import read_json
-from pipeline.formats import CsvDataset, materialise
+from pipeline.datasets import CsvDataset
+from pipeline.formats import materialise
 from pipeline.ingest import DataError
-from pipeline.params import PrepareParams
-from pipeline.sources import DownloadParams
-from pipeline.splits import load_split, prepare, split_dataset
+from pipeline.params import DownloadParams, PrepareParams
+from pipeline.preparation import prepare, split_dataset
+from pipeline.splits import load_split
 from tests.conftest import FASHION_CLASSES, FASHION_SAMPLE, ROOT, run_module
 
 
@@ -35,7 +36,7 @@ def test_the_split_draws_the_rows_scikit_learn_s_train_test_split_draws(rows, we
     order, so the tutorials' 48,000/12,000 split stays theirs."""
     from sklearn.model_selection import train_test_split
 
-    from pipeline.splits import stratified_split
+    from pipeline.preparation import stratified_split
 
     rng = np.random.default_rng(seed)
     labels = rng.choice(len(weights), rows, p=np.array(weights) / sum(weights))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.cli import run_stage
 from pipeline.params import load_params
-from pipeline.splits import prepare
+from pipeline.preparation import prepare
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,7 +40,7 @@ from pipeline.distributed import (
     run_workers,
 )
 from pipeline.engine import fit, native_bf16, select_device, summarise
-from pipeline.models import count_params
+from pipeline.models import build, count_params
 from pipeline.params import Params, load_params
 from pipeline.splits import SPLITS, load_split
 from pipeline.tracking import (
@@ -101,7 +101,7 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
     splits = {name: load_split(args.data / f"{name}.pkl") for name in SPLITS}
     classes = splits["train"].classes
     input_shape = tuple(splits["train"].images.shape[1:])
-    n_params = count_params(architecture.build(input_shape, len(classes)))
+    n_params = count_params(build(architecture, input_shape, len(classes)))
     bf16 = train_params.amp and native_bf16(device)
     channels_last = train_params.channels_last and architecture.convolutional
     seeds = [train_params.seed + k for k in range(spec.seeds)]

@@ -4,18 +4,24 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all setup browser repro test check lint bench clean
+.PHONY: all setup dev browser repro test check lint bench lock clean
 
 all: repro
 
+# The pipeline's runtime (requirements/runtime.txt); `dev` adds the tests' and lint's tools.
 setup: $(VENV)/.installed
+dev: $(VENV)/.dev-installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements/runtime.txt pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet -r requirements/runtime.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+$(VENV)/.dev-installed: requirements/dev.txt $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -r requirements/dev.txt
 	touch $@
 
 repro: setup
@@ -36,17 +42,30 @@ test: lint browser $(VENV)/.bench-installed
 bench: setup $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks.run
 
-$(VENV)/.bench-installed: benchmarks/requirements.txt
-	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
+$(VENV)/.bench-installed: requirements/bench.txt $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -r requirements/bench.txt
 	touch $@
 
 # The edit loop: lint, types and the fast tests (about 2 minutes on 2 cores); `make test` runs all.
 check: lint
 	$(BIN)/python -m pytest -m "not e2e and not slow"
 
-lint: setup
+lint: dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# The locks, generated from pyproject.toml's short lists by pip-tools: runtime, runtime + dev tools,
+# runtime + the benchmark's peers. Pins already in a lock are kept unless a list needs otherwise
+# (delete a lock, or pass PIP_COMPILE=--upgrade, to move to newer versions). torch's local label
+# (+cpu: the CPU wheel this machine offers) is dropped so the pin also resolves on PyPI.
+PIP_COMPILE ?=
+LOCK = $(BIN)/pip-compile --quiet --strip-extras --allow-unsafe --no-emit-index-url \
+  --no-emit-find-links $(PIP_COMPILE)
+lock: dev
+	$(LOCK) --output-file requirements/runtime.txt pyproject.toml
+	$(LOCK) --extra dev --output-file requirements/dev.txt pyproject.toml
+	$(LOCK) --extra bench --output-file requirements/bench.txt pyproject.toml
+	sed -i 's/^\(torch==[^+ ]*\)+[a-z0-9.]*/\1/' requirements/*.txt
 
 # Everything the pipeline and the set-up made that git does not track (reports/live is in git).
 clean:

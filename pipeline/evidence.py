@@ -14,8 +14,25 @@ import numpy as np
 
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
+INTERVAL_LEVEL = 0.95  # of the bootstrap accuracy intervals
 ALPHA = 0.05
 CALIBRATION_BINS = 15
+MILESTONES = (0.9, 0.95, 0.99)  # shares of the best validation accuracy, for time to accuracy
+
+
+@dataclass(frozen=True)
+class Method:
+    """The settings behind the evidence, as the report states them (passed to its templates,
+    so the page says what was computed)."""
+
+    bootstrap_samples: int = BOOTSTRAP_SAMPLES
+    interval_level: float = INTERVAL_LEVEL
+    alpha: float = ALPHA
+    calibration_bins: int = CALIBRATION_BINS
+    milestones: tuple[float, ...] = MILESTONES
+
+
+METHOD = Method()
 
 
 @dataclass(frozen=True)
@@ -26,7 +43,7 @@ class Interval:
 
 
 def bootstrap_accuracy(correct: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
-                       seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> Interval:
+                       seed: int = BOOTSTRAP_SEED, level: float = INTERVAL_LEVEL) -> Interval:
     """Percentile bootstrap interval of the mean of a 0/1 vector (the test accuracy)."""
     correct = np.asarray(correct, dtype=np.float64)
     if correct.size == 0:
@@ -239,7 +256,7 @@ class Milestone:
 
 
 def time_to_accuracy(valid_accuracy: list[float], epoch_seconds: list[float] | None,
-                     fractions: tuple[float, ...] = (0.9, 0.95, 0.99)) -> list[Milestone]:
+                     fractions: tuple[float, ...] = MILESTONES) -> list[Milestone]:
     """The first epoch (and training seconds) at which validation accuracy reached each
     fraction of its best."""
     best = max(valid_accuracy)

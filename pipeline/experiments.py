@@ -20,6 +20,7 @@ import yaml
 from pipeline import tracking
 from pipeline.artifacts import ArtifactError
 from pipeline.evaluation import parse_evaluation
+from pipeline.layout import evaluation_file
 from pipeline.params import ParamsError, parse_params, read_params_yaml, upgrade
 from pipeline.revisions import RevisionFiles, list_revisions
 
@@ -116,7 +117,7 @@ def read_revision(repo: Path, revision: str | None, name: str, runs: list[Run],
         if made_on is not None:
             experiment.made_on[(dataset, model)] = made_on
         if evaluation_dir is not None:
-            path = f"{evaluation_dir}/{dataset}/{model}.pkl"
+            path = f"{evaluation_dir}/{dataset}/{evaluation_file(model)}"
             data = files.read_bytes(path)
             if data is None:
                 experiment.missing[(dataset, model)] = files.missing[path]

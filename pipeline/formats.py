@@ -28,6 +28,7 @@ from pipeline.artifacts import (
     write_json,
 )
 from pipeline.datasets import AnyDataset, CifarDataset, CsvDataset, FileSource, IdxDataset
+from pipeline.layout import SOURCE_RECORD, raw_csv
 from pipeline.params import DownloadParams
 from pipeline.sources import (
     DownloadError,
@@ -51,8 +52,7 @@ def write_csv(dataset: CsvDataset, staging: Path, get: Fetch) -> dict[str, dict]
     files = {}
     for split, source in dataset.file_sources().items():
         fetched = get(source)
-        target = staging / (f"{split}.csv.gz" if fetched.path.name.endswith(".gz")
-                            else f"{split}.csv")
+        target = staging / raw_csv(split, gzipped=fetched.path.name.endswith(".gz"))
         shutil.copyfile(fetched.path, target)
         files[target.name] = _record(fetched)
     return files
@@ -66,7 +66,7 @@ def write_idx(dataset: IdxDataset, staging: Path, get: Fetch) -> dict[str, dict]
         got_images, got_labels = get(pair.images), get(pair.labels)
         images = read_idx(got_images.path, IDX_IMAGES_MAGIC, tuple(dataset.shape[1:]))
         labels = read_idx(got_labels.path, IDX_LABELS_MAGIC, ())
-        target = staging / f"{split}.csv"
+        target = staging / raw_csv(split)
         rows = write_kaggle_csv(target, images, labels)
         files[target.name] = {"images": _record(got_images), "labels": _record(got_labels),
                               "rows": rows, "sha256": sha256_of(target)}
@@ -80,7 +80,7 @@ def write_cifar(dataset: CifarDataset, staging: Path, get: Fetch) -> dict[str, d
     for split, batches in (("train", dataset.train_batches), ("test", dataset.test_batches)):
         images, labels = read_cifar_batches(archive.path, batches, dataset.shape,
                                             len(dataset.classes))
-        target = staging / f"{split}.csv"
+        target = staging / raw_csv(split)
         rows = write_kaggle_csv(target, images, labels)
         files[target.name] = {"archive": _record(archive), "batches": batches,
                               "rows": rows, "sha256": sha256_of(target)}
@@ -268,7 +268,7 @@ def materialise(
     with fresh_directory(out_dir) as staging:
         files = CONVERTERS[dataset.format](dataset, staging, get)
         record = {"dataset": name, "format": dataset.format, "files": files}
-        write_json(staging / "source.json", record)
+        write_json(staging / SOURCE_RECORD, record)
     if sources_dir is not None:
         with fresh_directory(sources_dir) as staging:
             record_sources(dataset, fetched_by_label, staging)

@@ -437,8 +437,8 @@ def experiment_overlay(curves: dict[str, dict[str, list]], title: str) -> str:
     return to_data_uri(figure)
 
 
-def accuracy_intervals(intervals: dict[str, Interval], title: str) -> str:
-    """Test accuracy of every model and ensemble with its bootstrap 95 % interval."""
+def accuracy_intervals(intervals: dict[str, Interval], level: str, title: str) -> str:
+    """Test accuracy of every model and ensemble with its bootstrap interval (`level`: "95 %")."""
     names = list(intervals)
     height = 0.38 * len(names) + 1.2
     figure, ax = plt.subplots(figsize=(9, height))
@@ -453,7 +453,7 @@ def accuracy_intervals(intervals: dict[str, Interval], title: str) -> str:
                     xytext=(6, -3), textcoords="offset points", fontsize=8)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    ax.set(xlabel="test accuracy (%), bootstrap 95 % interval", title=title)
+    ax.set(xlabel=f"test accuracy (%), bootstrap {level} interval", title=title)
     ax.grid(alpha=0.3, axis="x")
     ax.margins(x=0.15)
     return to_data_uri(figure)

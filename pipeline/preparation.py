@@ -16,11 +16,12 @@ import numpy as np
 from pipeline.artifacts import fresh_directory, save_arrays, sha256_of, write_json
 from pipeline.datasets import AnyDataset
 from pipeline.ingest import DataError, duplicate_count, read_image_csv, row_digests
+from pipeline.layout import QUALITY_FILE, raw_csv, split_file
 from pipeline.params import PrepareParams
 
 
 def find_raw_file(raw_dir: Path, split: str) -> Path | None:
-    for name in (f"{split}.csv", f"{split}.csv.gz"):
+    for name in (raw_csv(split), raw_csv(split, gzipped=True)):
         if (raw_dir / name).is_file():
             return raw_dir / name
     return None
@@ -121,7 +122,8 @@ def prepare(
     layout = dataset.csv_layout()
     train_file = find_raw_file(raw_dir, "train")
     if train_file is None:
-        raise DataError(f"{raw_dir}: no train.csv or train.csv.gz; run the download stage first")
+        raise DataError(f"{raw_dir}: no {raw_csv('train')} or {raw_csv('train', gzipped=True)}; "
+                        "run the download stage first")
     tables = {"train": read_image_csv(train_file, layout, settings.on_bad_row,
                                       settings.max_bad_fraction)}
     test_file = find_raw_file(raw_dir, "test")
@@ -168,12 +170,12 @@ def prepare(
     }
     with fresh_directory(out_dir) as staging:
         for name, (x, y) in splits.items():
-            save_arrays(staging / f"{name}.pkl", {
+            save_arrays(staging / split_file(name), {
                 "images": np.ascontiguousarray(x.reshape(len(x), *shape)),
                 "labels": y.astype(np.int64),
                 "classes": list(dataset.classes),
                 "split": name,
                 "source_sha256": source_sha256,
             })
-        write_json(staging / "quality.json", quality)
+        write_json(staging / QUALITY_FILE, quality)
     return quality

@@ -36,6 +36,7 @@ from pipeline.artifacts import atomic_write, read_json
 from pipeline.cli import phase
 from pipeline.errors import PipelineError
 from pipeline.evaluation import Evaluation, load_evaluation
+from pipeline.layout import QUALITY_FILE, evaluation_file, split_file, timing_file
 from pipeline.params import Params
 from pipeline.splits import Split, load_split
 
@@ -94,19 +95,19 @@ class Inputs:
 
 
 def collect_dataset(name: str, params: Params, inputs: Inputs) -> DatasetSection:
-    quality = read_json(inputs.prepared / name / "quality.json")
+    quality = read_json(inputs.prepared / name / QUALITY_FILE)
     classes = quality["classes"]
-    test = load_split(inputs.prepared / name / "test.pkl")
+    test = load_split(inputs.prepared / name / split_file("test"))
     results = []
     for model_name in params.run.models:
         run_dir = inputs.live / name / model_name
-        evaluation = load_evaluation(inputs.evaluation / name / f"{model_name}.pkl")
+        evaluation = load_evaluation(inputs.evaluation / name / evaluation_file(model_name))
         result = ModelResult(
             name=model_name,
             summary=tracking.read_summary(run_dir),
             history=tracking.read_history(run_dir),
             evaluation=evaluation,
-            timing=tracking.read_timing(inputs.timing / name / f"{model_name}.json"),
+            timing=tracking.read_timing(inputs.timing / name / timing_file(model_name)),
         )
         if len(evaluation.logits) > 1:
             result.seeds = analysis.seed_ensemble(
@@ -239,8 +240,9 @@ def queue_figures(section: DatasetSection, train_split_path: Path, per_class: in
 def queue_evidence_figures(section: DatasetSection, queue: plots.FigureQueue) -> None:
     """The figures drawn from `section.evidence` (bootstrap intervals, suspected labels)."""
     ds, found = section.name, section.evidence
-    queue.add(section.figures, "intervals", plots.accuracy_intervals,
-              found["intervals"], f"{ds}: test accuracy with bootstrap 95 % intervals")
+    level = _percent(evidence.INTERVAL_LEVEL)
+    queue.add(section.figures, "intervals", plots.accuracy_intervals, found["intervals"], level,
+              f"{ds}: test accuracy with bootstrap {level} intervals")
     issues = found["label_issues"][:LABEL_ISSUES_SHOWN]
     if issues:
         queue.add(section.figures, "label_issues", plots.label_issue_gallery,
@@ -338,8 +340,15 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     environment.filters["param"] = experiments.param_text
+    environment.filters["percent"] = _percent
+    environment.globals["method"] = evidence.METHOD
     environment.filters["code"] = _code_spans
     return environment
+
+
+def _percent(share: float) -> str:
+    """0.95 -> "95 %", 0.999 -> "99.9 %"."""
+    return f"{100 * share:g} %"
 
 
 def _code_spans(text: str) -> markupsafe.Markup:
@@ -421,7 +430,7 @@ def build_report(params: Params, inputs: Inputs, out: Path, run_script: Path,
         # first)
         for name in params.run.datasets:
             section = collect_dataset(name, params, inputs)
-            queue_figures(section, inputs.prepared / name / "train.pkl",
+            queue_figures(section, inputs.prepared / name / split_file("train"),
                           params.report.samples_per_class, queue)
             sections.append(section)
         for section in sections:

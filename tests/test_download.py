@@ -493,3 +493,10 @@ def test_download_stage_errors_are_one_line_as_dvc_runs_it(tmp_path):
         f"error: {tmp_path / 'gone.csv'} (from the dataset's `path:`): no such file"]
     assert not (tmp_path / "raw").exists() and not (tmp_path / "src").exists()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_every_dataset_format_has_a_converter():
+    from pipeline.datasets import FORMATS
+    from pipeline.formats import CONVERTERS
+
+    assert list(CONVERTERS) == list(FORMATS)

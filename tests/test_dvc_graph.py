@@ -153,7 +153,7 @@ def test_dvc_reruns_only_the_stages_an_edit_touches(tmp_path: Path) -> None:
         assert marked == expected, f"editing {name} marks {sorted(marked)} changed"
 
 
-if __name__ == "__main__":  # print each stage's closure, to paste into dvc.yaml
+if __name__ == "__main__":  # python -m tests.test_dvc_graph: each stage's closure, for dvc.yaml
     for stage_name, definition in stage_definitions().items():
         print(stage_name)
         for path in sorted(import_closure(stage_module(definition))):

@@ -20,6 +20,7 @@ from pipeline.cli import run_stage
 from pipeline.cores import threads_for
 from pipeline.evaluation import save_evaluation
 from pipeline.inference import evaluate
+from pipeline.layout import checkpoint_file, evaluation_file
 from pipeline.params import load_params
 from pipeline.splits import load_split
 
@@ -40,9 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     test = load_split(args.test)
     with fresh_directory(args.out) as staging:
         for model in models:
-            checkpoint = load_checkpoint(args.checkpoints / f"{model}.pt")
+            checkpoint = load_checkpoint(args.checkpoints / checkpoint_file(model))
             evaluation = evaluate(checkpoint, test, torch.get_num_threads())
-            save_evaluation(staging / f"{model}.pkl", evaluation)
+            save_evaluation(staging / evaluation_file(model), evaluation)
             accuracy = float((evaluation.logits[0].argmax(1) == evaluation.labels).mean())
             copies = len(evaluation.logits)
             print(f"{checkpoint.dataset}/{checkpoint.model}: test accuracy {accuracy:.4f} over "

@@ -40,6 +40,7 @@ from pipeline.distributed import (
     run_workers,
 )
 from pipeline.engine import fit, native_bf16, select_device, summarise
+from pipeline.layout import split_file
 from pipeline.models import build, count_params
 from pipeline.params import Params, load_params
 from pipeline.splits import SPLITS, load_split
@@ -98,7 +99,7 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
         torch.set_num_threads(threads_for(execution.threads))  # worker its share of the cores
     say = print if world.main else (lambda *_: None)
 
-    splits = {name: load_split(args.data / f"{name}.pkl") for name in SPLITS}
+    splits = {name: load_split(args.data / split_file(name)) for name in SPLITS}
     classes = splits["train"].classes
     input_shape = tuple(splits["train"].images.shape[1:])
     n_params = count_params(build(architecture, input_shape, len(classes)))

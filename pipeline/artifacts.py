@@ -18,6 +18,7 @@ import pickle
 import re
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,10 +101,43 @@ def sweep_stale_staging(root: Path, max_depth: int = 6) -> list[Path]:
     return removed
 
 
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+# The modes a plain open() or mkdir() would give, for what is built under a private temporary
+# name (mkstemp and mkdtemp make it readable by its owner only).
+FILE_MODE, FOLDER_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()
+
+
+def _refuse_to_replace(path: Path, expected: str) -> None:
+    """Refuse to write over something that is not this kind of output: a device, a FIFO, a
+    socket (`--out /dev/null` must not replace the device node), or a link where a folder goes."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode) and expected == "folder":
+        raise ArtifactError(
+            f"{path}: is a symbolic link (to {os.readlink(path)}), where this stage writes its "
+            "output folder; it replaces the folder whole and does not follow links out of the "
+            f"project: remove the link (rm {path}) and run again")
+    wanted = stat.S_ISDIR if expected == "folder" else stat.S_ISREG
+    if not stat.S_ISLNK(info.st_mode) and not wanted(info.st_mode):
+        what = "a file" if stat.S_ISREG(info.st_mode) else "a folder" \
+            if stat.S_ISDIR(info.st_mode) else "a device, pipe or socket"
+        raise ArtifactError(f"{path}: is {what}, not a {expected} this pipeline may replace; "
+                            "give another path, or move it away and run again")
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside `path`; on success fsync it and rename it to `path`."""
+    """Open a temporary file beside `path`; on success fsync it and rename it to `path` (a link
+    there is replaced, not followed; anything but a regular file is refused)."""
     path = Path(path)
+    _refuse_to_replace(path, "file")
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=staging_prefix(path), suffix=".tmp")
@@ -112,6 +146,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
               os.fdopen(fd, mode, encoding="utf-8")) as handle:
             yield handle
             handle.flush()
+            os.fchmod(handle.fileno(), FILE_MODE)
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
@@ -149,11 +184,14 @@ def read_json(path: str | Path) -> Any:
 
 @contextlib.contextmanager
 def fresh_directory(path: str | Path) -> Iterator[Path]:
-    """Build a whole output folder beside `path` and swap it in only when complete."""
+    """Build a whole output folder beside `path` and swap it in only when complete (refused up
+    front where `path` is a link or not a folder)."""
     path = Path(path)
+    _refuse_to_replace(path, "folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(path)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=staging_prefix(path), suffix=".tmp"))
+    os.chmod(staging, FOLDER_MODE)
     try:
         yield staging
         for entry in staging.rglob("*"):

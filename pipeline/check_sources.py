@@ -18,9 +18,10 @@ from pathlib import Path
 
 from pipeline.artifacts import read_json, write_json
 from pipeline.params import load_params
-from pipeline.sources import upstream_change
+from pipeline.sources import DownloadError, upstream_change
 
 UPSTREAM = "upstream"  # the key a changed record gains
+NOT_CHECKED = "not checked: "
 
 
 def check_folder(folder: Path, dataset: str, settings) -> list[str]:
@@ -29,11 +30,19 @@ def check_folder(folder: Path, dataset: str, settings) -> list[str]:
     for path in sorted(folder.glob("*.url.json")):
         label = path.name.removesuffix(".url.json")
         record = read_json(path)
+        if not isinstance(record, dict):
+            lines.append(f"{dataset}.{label}: {NOT_CHECKED}{path} is not a source record; run "
+                         "`dvc repro` to write it again")
+            continue
         recorded = {k: v for k, v in record.items() if k != UPSTREAM}
         if recorded.get("pinned"):
             lines.append(f"{dataset}.{label}: pinned by sha256, nothing to check")
             continue
-        reason = upstream_change(recorded, settings)
+        try:
+            reason = upstream_change(recorded, settings)
+        except DownloadError as error:  # this file cannot be checked; the others still can
+            lines.append(f"{dataset}.{label}: {NOT_CHECKED}{error}")
+            continue
         updated = {**recorded, **({UPSTREAM: reason} if reason else {})}
         if updated != record:  # rewrite only on a change, so DVC sees exactly that
             write_json(path, updated)
@@ -51,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
+    unchecked = 0
     for dataset in params.run.datasets:
         folder = args.sources / dataset
         if not folder.is_dir():
@@ -58,6 +68,9 @@ def main(argv: list[str] | None = None) -> None:
             continue
         lines = check_folder(folder, dataset, params.download)
         print("\n".join(lines) if lines else f"{dataset}: no downloaded files to check")
+        unchecked += sum(NOT_CHECKED in line for line in lines)
+    if unchecked:
+        raise DownloadError(f"{unchecked} downloaded file(s) could not be checked (see above)")
 
 
 def cli() -> None:

@@ -11,6 +11,8 @@ machine writes the same bytes.
 from __future__ import annotations
 
 import io
+import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, cast
 from pipeline import models
 from pipeline.architectures import Architecture, Shape, architecture_from_dict
 from pipeline.artifacts import ArtifactError, atomic_write
+from pipeline.datasets import MAX_CHANNELS, MAX_CLASSES, MAX_PIXELS, MAX_SIDE
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -61,17 +64,103 @@ class Checkpoint:
             handle.write(buffer.getvalue())
 
 
+def _check_archive(path: Path) -> None:
+    """Refuse a checkpoint archive whose entries could inflate beyond the file: torch.save
+    stores every entry uncompressed, so a compressed one (a zip bomb: 5 MB that unpack to
+    gigabytes) is not its work."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError):
+        return  # not an archive: torch.load names the problem
+    packed = [e.filename for e in entries if e.compress_type != zipfile.ZIP_STORED]
+    if packed or sum(e.file_size for e in entries) > path.stat().st_size:
+        which = ", ".join(packed[:3]) or "larger unpacked than the file"
+        raise ArtifactError(
+            f"{path}: holds compressed entries ({which}); torch.save writes none, and they could "
+            "unpack to far more memory than the file's size, so it is not loaded: use a "
+            "checkpoint written by the train stage")
+
+
+def _names(keys: list[str], shown: int = 5) -> str:
+    listed = ", ".join(repr(k[:80]) for k in keys[:shown])
+    return (listed + (f" and {len(keys) - shown} more" if len(keys) > shown else "")) or "none"
+
+
+def _check_declared(checkpoint: Checkpoint, where: str) -> None:
+    """The input shape and classes within the bounds params.yaml enforces for a dataset, so a
+    crafted checkpoint cannot make a model build allocate gigabytes."""
+    c, h, w = checkpoint.input_shape
+    if not (1 <= c <= MAX_CHANNELS and 1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE
+            and c * h * w <= MAX_PIXELS):
+        raise ArtifactError(f"{where}: declares input {c}x{h}x{w}, beyond the bounds of any "
+                            f"dataset (at most {MAX_CHANNELS} channels, {MAX_SIDE} pixels a "
+                            f"side, {MAX_PIXELS:,} values)")
+    if not 2 <= len(checkpoint.classes) <= MAX_CLASSES:
+        raise ArtifactError(f"{where}: declares {len(checkpoint.classes):,} classes; a dataset "
+                            f"has 2 to {MAX_CLASSES:,}")
+
+
+def _check_weights(checkpoint: Checkpoint, where: str) -> None:
+    """Every stored state dict against the architecture's own, built on the meta device (no
+    memory): the unexpected and missing keys named first, then any tensor of the wrong shape or
+    holding NaN or infinity."""
+    import torch
+
+    with torch.device("meta"):
+        skeleton = models.build(checkpoint.architecture, checkpoint.input_shape,
+                                len(checkpoint.classes))
+    expected = {key: tuple(value.shape) for key, value in skeleton.state_dict().items()}
+    copies = [(f"seed copy {i}", s) for i, s in enumerate(checkpoint.state_dicts)]
+    for label, state in [*copies, ("the initial weights", checkpoint.initial_state_dict)]:
+        if not isinstance(state, dict):
+            raise ArtifactError(f"{where}: {label} are not a state dict")
+        unexpected = sorted(str(k) for k in set(state) - set(expected))
+        missing = sorted(set(expected) - set(state))
+        if unexpected or missing:
+            raise ArtifactError(
+                f"{where}: {label}: unexpected keys {_names(unexpected)}; missing keys "
+                f"{_names(missing)} (the {checkpoint.architecture.arch} architecture's weights "
+                "are not these)")
+        for key, shape in expected.items():
+            tensor = state[key]
+            if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape:
+                found = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) \
+                    else type(tensor).__name__
+                raise ArtifactError(f"{where}: {label}: {key} is {found}, the architecture "
+                                    f"needs a tensor of shape {shape}")
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ArtifactError(
+                    f"{where.split(': ')[0]}: {label}: the weights {key!r} hold NaN or "
+                    "infinite values (the training that wrote them diverged); this model cannot "
+                    "predict: retrain it, with a lower learning rate")
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint written by the train stage; anything else is refused with the reason."""
+    """Read a checkpoint written by the train stage; anything else is refused with the reason,
+    before a crafted file can make a model build or a load take the machine's memory."""
     import torch
 
     path = Path(path)
     try:
+        _check_archive(path)
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing; run the train stage (dvc repro)") from None
     except IsADirectoryError:
         raise ArtifactError(f"{path}: is a folder, expected a checkpoint file (.pt)") from None
+    except pickle.UnpicklingError as error:
+        if "weights only" not in str(error).lower():
+            raise ArtifactError(f"{path}: not a checkpoint this pipeline can load (a damaged "
+                                "pickle); point at a models/<dataset>/<model>.pt written by "
+                                "the train stage") from None
+        raise ArtifactError(
+            f"{path}: holds Python objects or code besides tensors and plain values, which this "
+            "pipeline refuses to load: it reads checkpoints with torch.load(weights_only=True), "
+            "which stopped before anything in the file ran, so nothing did; use a checkpoint "
+            "written by the train stage") from None
+    except ArtifactError:
+        raise
     except Exception as error:  # noqa: BLE001 (torch raises many types for corrupt, foreign or
         # unsafe files)
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -96,8 +185,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         )
         if len(checkpoint.input_shape) != 3 or not checkpoint.state_dicts:
             raise ValueError("bad input shape or no weights")
+        _check_declared(checkpoint, where)
+        _check_weights(checkpoint, where)
         for state in [*checkpoint.state_dicts, checkpoint.initial_state_dict]:
             checkpoint.build(state)
+    except ArtifactError:
+        raise
     except PipelineError as error:
         raise ArtifactError(f"{where}: {error}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as error:

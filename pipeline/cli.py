@@ -1,6 +1,7 @@
 """How every stage's `main()` is run: the process set up for a short life of large arrays (the
 collector's view of the imports frozen, freed memory kept for reuse), stale temporaries swept,
-and known failures printed as one clear message, no traceback.
+known failures printed as one clear message, no traceback, and nothing printed that a terminal
+would take as a command.
 
 With PIPELINE_PROFILE=<file> in the environment each stage also appends one JSON line to that
 file: when its process started, when its imports were done, when it finished, and the seconds
@@ -24,6 +25,14 @@ from pipeline.artifacts import sweep_stale_staging
 from pipeline.errors import PipelineError
 
 PROFILE_ENV = "PIPELINE_PROFILE"
+# What a terminal or a reader could take for something else: C0 and C1 controls (escape
+# sequences retitle the terminal, clear the screen, move the cursor; a carriage return overwrites
+# the line), line and paragraph separators, and the bidirectional overrides that reorder text.
+# Newline and tab stay.
+_UNPRINTABLE = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))
+                if code not in (0x09, 0x0A)}
+_UNPRINTABLE.update({code: f"\\u{code:04x}" for code in (0x2028, 0x2029, *range(0x202A, 0x202F),
+                                                          *range(0x2066, 0x206A))})
 COLLECT_EVERY = 10_000  # allocations between the collector's young-generation passes
 _phases: dict[str, float] = {}
 
@@ -48,6 +57,25 @@ def _write_profile(path: str, imported: float) -> None:
         log.write(json.dumps(record) + "\n")
 
 
+def printable(text: str) -> str:
+    """`text` with every control character written as an escape (`\\x1b`), for a terminal."""
+    return text.translate(_UNPRINTABLE)
+
+
+class _PrintableStream:
+    """A text stream that writes what it is given through `printable`: class names, file
+    names, CSV headers and params values reach the terminal as text, never as commands."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(printable(text))
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for the next allocation instead of handing it
     back to the OS and faulting it in again, zeroed, moments later: the stages allocate and free
@@ -67,6 +95,8 @@ def run_stage(main: Callable[[], None], error_status: int = 1, sweep: bool = Fal
     first remove what killed runs of any stage left half-written; then run it and print an
     expected failure as one line (exit status `error_status`)."""
     imported = time.time()
+    # progress bars write to the original stream (their carriage returns are theirs)
+    sys.stdout, sys.stderr = _PrintableStream(sys.stdout), _PrintableStream(sys.stderr)
     # Each stage module turns the collector off before its imports (they build hundreds of
     # thousands of objects that live until exit). What is alive now is frozen out of the
     # collector's sight, which then runs on what the stage builds, every 10,000 allocations

@@ -9,6 +9,8 @@ of format names derive from it.
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
@@ -35,6 +37,23 @@ class Drawing(Strict):
 
 
 
+def check_url(url: str, what: str) -> None:
+    """A URL the downloader can request as written: http(s), a host, and only printable ASCII
+    (a space or a non-ASCII letter must be percent-encoded; an IDN host written as punycode)."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"{what} must start with http:// or https:// (got {url[:100]!r})")
+    bad = next((c for c in url if not "\x21" <= c <= "\x7e"), None)
+    if bad is not None:
+        raise ValueError(f"{what} {url[:100]!r} holds {bad!r}; percent-encode it (a space is "
+                         "%20) and write a non-ASCII host name in punycode (xn--...)")
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError as error:  # a broken IPv6 literal, a bad port
+        raise ValueError(f"{what} {url[:100]!r} is not a valid URL ({error})") from None
+    if not host:
+        raise ValueError(f"{what} {url[:100]!r} names no host")
+
+
 class FileSource(Strict):
     """Where one file comes from: exactly one of url, name (joined to the dataset's mirrors),
     path (local file) or resource ("package.module:file" inside an installed package)."""
@@ -54,14 +73,20 @@ class FileSource(Strict):
                 "give exactly one of url, name, path or resource "
                 f"(got {', '.join(given) if given else 'none'})"
             )
-        if self.url is not None and not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
+        if self.url is not None:
+            check_url(self.url, "url")
+        if self.path is not None and "\x00" in self.path:
+            raise ValueError("path holds a NUL character, which no file name can")
+        if self.name is not None and (not re.fullmatch(r"[^\x00-\x20\x7f/][^\x00-\x20\x7f]*",
+                                                       self.name)
+                                      or ".." in self.name.split("/")):
+            raise ValueError(f"name must be a file name relative to the mirrors, without spaces, "
+                             f"control characters or '..' (got {self.name!r})")
         if self.resource is not None and ":" not in self.resource:
             raise ValueError(
                 f"resource must look like 'package.module:file' (got {self.resource!r})"
             )
         return self
-
 
 
 @dataclass(frozen=True)
@@ -127,8 +152,7 @@ class _DatasetBase(Strict):
     @classmethod
     def _mirrors_are_urls(cls, mirrors: list[str]) -> list[str]:
         for mirror in mirrors:
-            if not mirror.startswith(("http://", "https://")):
-                raise ValueError(f"mirror must start with http:// or https:// (got {mirror!r})")
+            check_url(mirror, "mirror")
         return [m if m.endswith("/") else m + "/" for m in mirrors]
 
     @property

@@ -189,6 +189,11 @@ def check_devices(device: torch.device, processes: int) -> None:
     if device.type == "cuda" and processes > torch.cuda.device_count():
         raise DistributedError(f"execution.processes={processes} but this machine has "
                                f"{torch.cuda.device_count()} CUDA devices: one process per GPU")
+    if device.type == "cpu" and processes > usable_cores():
+        raise DistributedError(f"execution.processes={processes} but this process may use "
+                               f"{usable_cores()} CPU cores: more workers than cores only share "
+                               "them, at the memory of a whole model and data copy each; set "
+                               f"execution.processes to at most {usable_cores()}")
 
 
 def init_worker(world: World, device: torch.device) -> torch.device:

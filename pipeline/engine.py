@@ -14,7 +14,9 @@ the same number of epochs. On CUDA each full batch's step is one replayed CUDA g
 
 from __future__ import annotations
 
+import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from tqdm import tqdm
 from pipeline import forward
 from pipeline.architectures import Architecture
 from pipeline.distributed import SINGLE_PROCESS, DistributedError, World
+from pipeline.errors import PipelineError
 from pipeline.models import build
 from pipeline.optim import FusedAdam, OneCycle
 from pipeline.params import ParamsError, TrainSettings
@@ -378,9 +381,16 @@ def fit(
     training = Training(architecture, settings, splits, device, seed, amp, channels_last, world,
                         cuda_graphs)
     total = settings.epochs * len(training.data["train"])
-    with tqdm(total=total, unit="img", disable=not show_progress, leave=False) as progress:
+    with tqdm(total=total, unit="img", disable=not show_progress, leave=False,
+              file=sys.__stderr__) as progress:
         for _ in range(settings.epochs):
             row = training.run_epoch(progress if show_progress else None)
+            if not (math.isfinite(row.train_loss) and math.isfinite(row.valid_loss)):
+                raise TrainingError(
+                    f"training diverged at epoch {row.epoch}: the loss is "
+                    f"{row.train_loss:.4g} on train, {row.valid_loss:.4g} on valid; it was "
+                    f"stopped and nothing was written: lower the learning rate (now "
+                    f"{settings.lr:g}) or train without bf16 (train.amp: false)")
             line = (f"epoch {row.epoch:>3}/{settings.epochs}  train loss "
                     f"{row.train_loss:.4f} acc {row.train_accuracy:.4f}  valid loss "
                     f"{row.valid_loss:.4f} acc {row.valid_accuracy:.4f}  "
@@ -392,6 +402,10 @@ def fit(
             if on_epoch is not None:
                 on_epoch(row, training.runner.model)
     return training.finish()
+
+
+class TrainingError(PipelineError):
+    """Training cannot go on: the message says what happened and what to change."""
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -49,6 +49,9 @@ _COMMA, _NEWLINE, _ZERO, _NINE = ord(","), ord("\n"), ord("0"), ord("9")
 _CLEAN_BYTES = b"0123456789,\n\r \t"
 _BOM = b"\xef\xbb\xbf"
 MAX_ERRORS_KEPT = 20
+ARCHIVES = ((b"PK\x03\x04", "a ZIP archive"), (b"BZh", "a bzip2 archive"),
+            (b"\xfd7zXZ\x00", "an xz archive"), (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+            (b"\x28\xb5\x2f\xfd", "a Zstandard archive"), (b"Rar!", "a RAR archive"))
 
 
 class DataError(PipelineError, ValueError):
@@ -150,20 +153,6 @@ def _blocks(handle: BinaryIO, block_bytes: int, max_line: int) -> Iterator[tuple
         yield carry + b"\n", 1
 
 
-def count_fields(path: Path, layout: CsvLayout) -> int | None:
-    """The number of comma-separated fields on the first non-blank line (the header if there
-    is one), read no further than one line may be; None where the file cannot tell."""
-    try:
-        with _open_bytes(path) as handle:
-            head = handle.read(max_line_bytes(layout))
-    except (OSError, EOFError, zlib.error):
-        return None  # the reader itself will say what is wrong with the file
-    for line in head.lstrip(_BOM).splitlines():
-        if line.strip():
-            return line.count(b",") + 1
-    return None
-
-
 def _row_capacity(path: Path, block_bytes: int, layout: CsvLayout) -> int:
     """An upper bound on the data rows, to size the arrays: a row takes at least 2 bytes a
     field, so the text's bytes bound the rows, and np.empty's pages take memory only as rows fill
@@ -184,10 +173,20 @@ def _sniff_encoding(path: Path) -> None:
     """Refuse, with the conversion to run, text that is not UTF-8 CSV with \\n line ends."""
     with _open_bytes(path) as handle:
         head = handle.read(1 << 16)
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
+    archive = next((name for magic, name in ARCHIVES if head.startswith(magic)), None)
+    if archive is not None:
+        raise DataError(f"{path}: {archive}, not a CSV; unpack it and point the dataset at the "
+                        "CSV inside (only gzip is read as it is)")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or head.count(b"\x00") > len(head) // 8:
         raise DataError(
             f"{path}: the file holds NUL bytes: it is UTF-16/UTF-32 text or not text at all; "
             "save it as UTF-8 CSV (e.g. `iconv -f UTF-16 -t UTF-8 in.csv > out.csv`)")
+    if b"\x00" in head:  # a few in otherwise ASCII text: say where
+        before = head[: head.index(b"\x00")]
+        line = before.count(b"\n") + 1
+        column = before[before.rfind(b"\n") + 1 :].count(b",") + 1
+        raise DataError(f"{path}: line {line}, column {column}: a NUL byte (\\x00) in the "
+                        "cell; remove it (e.g. `tr -d '\\000' < in.csv > out.csv`)")
     if b"\r" in head and b"\n" not in head:
         raise DataError(
             f"{path}: lines end with a lone CR (old Mac line endings); convert them to LF, "

@@ -25,6 +25,7 @@ from pipeline.architectures import ARCHITECTURES, Architecture
 from pipeline.datasets import FORMATS, AnyDataset, Dataset
 from pipeline.errors import PipelineError
 from pipeline.schema import Fraction, Strict
+from pipeline.userfiles import UserFileError, read_bounded
 
 
 class ParamsError(PipelineError, ValueError):
@@ -38,7 +39,8 @@ BatchSize = Annotated[int, Field(ge=1, le=1 << 20)]
 LearningRate = Annotated[float, Field(gt=0, le=10)]
 Momentum = Annotated[float, Field(ge=0, lt=1)]
 WeightDecay = Annotated[float, Field(ge=0, le=10)]
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what numpy and scikit-learn accept
+MAX_SEED = 2**32 - 1  # what numpy and scikit-learn accept
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["onecycle", "constant"]
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}\Z")
@@ -182,8 +184,13 @@ class Params(Strict):
                 raise ValueError(f"run.{kind} lists a name twice: {chosen}")
         for name in self.datasets:
             _check_name(f"datasets.{name}", name)
-        for name in self.models:
+        for name, model in self.models.items():
             _check_name(f"models.{name}", name)
+            if self.train.seed + model.seeds - 1 > MAX_SEED:
+                raise ValueError(
+                    f"models.{name}.seeds = {model.seeds} with train.seed = {self.train.seed}: "
+                    f"its copies use seeds up to {self.train.seed + model.seeds - 1}, past "
+                    f"{MAX_SEED}; lower train.seed")
         return self
 
     def dataset(self, name: str) -> AnyDataset:
@@ -354,12 +361,14 @@ MAX_PARAMS_BYTES = 1 << 20
 def load_params(path: str | Path) -> Params:
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_PARAMS_BYTES:
-            raise ParamsError(f"{path}: {path.stat().st_size:,} bytes; a parameters file is a "
-                              f"few KB (at most {MAX_PARAMS_BYTES:,} bytes are read)")
-        text = path.read_text(encoding="utf-8")
+        data = read_bounded(path, MAX_PARAMS_BYTES, "parameters file")
+    except UserFileError as error:
+        raise ParamsError(f"{path}: cannot read the parameters file "
+                          f"({str(error).removeprefix(f'{path}: ')})") from None
     except OSError as error:
         raise ParamsError(f"{path}: cannot read the parameters file ({error.strerror})") from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ParamsError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); "
                           "save it as UTF-8") from None
@@ -382,3 +391,6 @@ def read_params_yaml(text: str, source: str) -> Any:
         raise ParamsError(f"{source}: not valid YAML{where}: {reason}") from None
     except RecursionError:
         raise ParamsError(f"{source}: nested too deeply to be a parameters file") from None
+    except ValueError as error:  # e.g. an integer of more than 4,300 digits
+        raise ParamsError(f"{source}: a value YAML cannot read as written "
+                          f"({str(error).splitlines()[0][:160]})") from None

@@ -31,6 +31,12 @@ if TYPE_CHECKING:
 DPI = 96
 
 
+def literal(names: list[str]) -> list[str]:
+    """Names from the user's files as matplotlib text: a "$" is a dollar sign, not the start of
+    mathtext (which fails on, or typesets, "$x_1$")."""
+    return [name.replace("$", r"\$") for name in names]
+
+
 def to_data_uri(figure: Figure) -> str:
     """The figure as a PNG data URI, trimmed to what it draws plus savefig's padding.
 

@@ -14,21 +14,25 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import gzip
+import re
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.artifacts import atomic_write
 from pipeline.checkpoint import load_checkpoint
-from pipeline.datasets import AnyDataset, Drawing
+from pipeline.datasets import AnyDataset, CsvLayout, Drawing
 from pipeline.drawing import normalise
 from pipeline.forward import model_inputs
-from pipeline.ingest import DataError, count_fields, read_image_csv
+from pipeline.ingest import DataError, max_line_bytes, read_image_csv
 from pipeline.params import load_params
+from pipeline.userfiles import UserFileError, open_regular
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 CSV_SUFFIXES = (".csv", ".csv.gz")
@@ -53,17 +57,20 @@ def load_image(path: Path, shape: tuple[int, int, int], invert: str = "auto",
     dataset's own images were made, instead of resizing the whole picture."""
     channels, height, width = shape
     try:
-        with Image.open(path) as opened:
+        with open_regular(path, "image file") as handle, Image.open(handle) as opened:
             frames = getattr(opened, "n_frames", 1)
             if frames > 1:
                 raise PredictError(f"{path}: an animated image with {frames} frames; save the "
                                    "frame to classify as a PNG")
             opened.load()
-            image = _to_8_bit(opened).convert("L" if channels == 1 else "RGB")
-    except FileNotFoundError:
-        raise PredictError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise PredictError(f"{path}: is a folder; give the image files in it") from None
+            # a phone stores a photo as the sensor read it, with an EXIF tag saying how to
+            # turn it upright (as a browser shows it)
+            upright = ImageOps.exif_transpose(opened)
+            image = _to_8_bit(upright).convert("L" if channels == 1 else "RGB")
+    except UserFileError as error:
+        if "is a folder" in str(error):
+            raise PredictError(f"{path}: is a folder; give the image files in it") from None
+        raise PredictError(str(error)) from None
     except Image.DecompressionBombError as error:
         raise PredictError(f"{path}: refused as a decompression bomb ({error})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
@@ -72,10 +79,6 @@ def load_image(path: Path, shape: tuple[int, int, int], invert: str = "auto",
     if channels not in (1, 3):
         raise PredictError(f"{path}: the model takes {channels}-channel input; only grey (1) "
                            "and RGB (3) models can classify image files, use a CSV instead")
-    if image.width < width or image.height < height:
-        raise PredictError(
-            f"{path}: the image is {image.width}x{image.height}, smaller than the model's "
-            f"{width}x{height} input; use an image at least that size")
     if drawing is not None and channels == 1:
         grey = np.asarray(image, dtype=np.uint8)
         light = invert == "yes" or (invert == "auto" and _light_background(grey[None]))
@@ -121,8 +124,63 @@ def _light_background(image: np.ndarray) -> bool:
     return float(border.mean()) > 127
 
 
+@dataclass(frozen=True)
+class CsvOptions:
+    """How the CSV files given to predict are laid out, where they differ from the dataset's
+    (the command line's --header and --label-column; None: as the file or the dataset says)."""
+
+    header: bool | None = None
+    label_column: str | int | None = None
+
+
+def _first_line_fields(path: Path, layout: CsvLayout) -> tuple[list[bytes], bool] | None:
+    """The fields of the first non-blank line, read no further than one line may be, and
+    whether the line ended there; None where the file cannot tell (the reader then says what
+    is wrong)."""
+    try:
+        with open_regular(path, "CSV file") as raw, \
+                (gzip.open(raw) if path.name.lower().endswith(".gz") else raw) as handle:
+            head = handle.read(max_line_bytes(layout))
+    except (UserFileError, OSError, EOFError, zlib.error):
+        return None
+    limit = max_line_bytes(layout)
+    for line in head.removeprefix(b"\xef\xbb\xbf").splitlines(keepends=True):
+        if line.strip():
+            return line.rstrip(b"\r\n").split(b","), line.endswith(b"\n") or len(head) < limit
+    return None
+
+
+def csv_layout_for(path: Path, dataset: AnyDataset, shape: tuple[int, int, int],
+                   options: CsvOptions) -> CsvLayout:
+    """The layout to read one CSV given to predict with: the dataset's, with or without a label
+    column (new data has none: the column count tells), and a header only where the file has
+    one. A file with another dataset's column count is refused, saying what the model takes."""
+    layout = dataset.csv_layout()
+    first = _first_line_fields(path, layout)
+    if first is None:
+        return layout
+    fields, complete = first
+    pixels = layout.num_pixels
+    if len(fields) not in (pixels, pixels + 1) or not complete:
+        more = "" if complete else "+"
+        c, h, w = shape
+        raise PredictError(
+            f"{path}: {len(fields):,}{more} columns, but the model takes {c}x{h}x{w} images: "
+            f"{pixels:,} pixel columns, with or without a label column; is this file from "
+            "another dataset?")
+    numeric = all(re.fullmatch(rb"\s*[+-]?[0-9]+\s*", f) for f in fields)
+    header = options.header if options.header is not None else not numeric
+    label_column = options.label_column if options.label_column is not None \
+        else layout.label_column
+    if not header and isinstance(label_column, str) and label_column not in ("first", "last"):
+        label_column = "first"  # a column name needs a header; Kaggle's layout puts it first
+    return dataclasses.replace(layout, header=header, label_column=label_column,
+                               labelled=len(fields) == pixels + 1)
+
+
 def load_inputs(paths: list[Path], shape: tuple[int, int, int], classes: list[str],
-                dataset: AnyDataset | None, invert: str) -> Inputs:
+                dataset: AnyDataset | None, invert: str,
+                options: CsvOptions = CsvOptions()) -> Inputs:
     """Every input that can be read; a file that cannot is recorded and the others go on."""
     names: list[str] = []
     images: list[np.ndarray] = []
@@ -131,7 +189,7 @@ def load_inputs(paths: list[Path], shape: tuple[int, int, int], classes: list[st
     for path in paths:
         try:
             got_names, got_images, got_labels = _load_one(path, shape, classes, dataset,
-                                                          invert)
+                                                          invert, options)
         except PredictError as error:
             failures.append(str(error))
             continue
@@ -143,16 +201,14 @@ def load_inputs(paths: list[Path], shape: tuple[int, int, int], classes: list[st
 
 
 def _load_one(path: Path, shape: tuple[int, int, int], classes: list[str],
-              dataset: AnyDataset | None, invert: str
+              dataset: AnyDataset | None, invert: str, options: CsvOptions
               ) -> tuple[list[str], list[np.ndarray], list[str | None]]:
     """One input file's (names, images, true labels); PredictError when it cannot be read."""
     if path.name.lower().endswith(CSV_SUFFIXES):
         if dataset is None:
             raise PredictError(f"{path}: the CSV layout is unknown: the checkpoint's dataset "
                                "is not defined in the parameters file (--params)")
-        layout = dataset.csv_layout()
-        if count_fields(path, layout) == layout.num_pixels:  # new data: pixels, no label column
-            layout = dataclasses.replace(layout, labelled=False, label_column="first")
+        layout = csv_layout_for(path, dataset, shape, options)
         try:
             table = read_image_csv(path, layout)
         except DataError as error:
@@ -202,14 +258,26 @@ def checkpoint_dataset(params_path: Path, dataset_name: str | None) -> AnyDatase
     return load_params(params_path).datasets.get(dataset_name)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as a formula
+
+
+def spreadsheet_text(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one starting like a formula (`=HYPERLINK(...)`,
+    `+cmd`, `@SUM`) gets a leading apostrophe, as OWASP's CSV-injection advice says."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def write_csv(path: Path, inputs: Inputs, probs: np.ndarray, classes: list[str]) -> None:
+    """Every input's probabilities; the names and class names (from files the user may not
+    have made) are written so that a spreadsheet opening the file runs nothing."""
+    shown = [spreadsheet_text(c) for c in classes]
     with atomic_write(path, "w") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["input", "actual", "predicted", "confidence", *classes])
+        writer.writerow(["input", "actual", "predicted", "confidence", *shown])
         for name, label, row in zip(inputs.names, inputs.labels, probs, strict=True):
             best = int(row.argmax())
-            writer.writerow([name, label or "", classes[best], f"{row[best]:.4f}",
-                             *(f"{p:.4f}" for p in row)])
+            writer.writerow([spreadsheet_text(name), spreadsheet_text(label or ""), shown[best],
+                             f"{row[best]:.4f}", *(f"{p:.4f}" for p in row)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -221,6 +289,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto")
     parser.add_argument("--out", type=Path, help="also write every probability to this CSV")
+    parser.add_argument("--header", choices=("auto", "yes", "no"), default="auto",
+                        help="whether CSV inputs start with a header line (auto: a first line "
+                             "that is not all numbers is one)")
+    parser.add_argument("--label-column", help="the CSV inputs' label column: first, last, a "
+                        "0-based index or a header name (default: the dataset's; first when "
+                        "there is no header)")
     args = parser.parse_args(argv)
 
     if args.out is not None and args.out.is_dir():
@@ -235,7 +309,9 @@ def main(argv: list[str] | None = None) -> None:
     classes = checkpoint.classes
     shape = checkpoint.input_shape
     dataset = checkpoint_dataset(args.params, checkpoint.dataset)
-    inputs = load_inputs(args.inputs, shape, classes, dataset, args.invert)
+    options = CsvOptions({"yes": True, "no": False}.get(args.header),
+                         _label_column(args.label_column))
+    inputs = load_inputs(args.inputs, shape, classes, dataset, args.invert, options)
     probs = probabilities(models, inputs.images)
     top_k = max(1, min(args.top_k, len(classes)))
     for name, label, row, image in zip(inputs.names, inputs.labels, probs, inputs.images,
@@ -259,6 +335,10 @@ def main(argv: list[str] | None = None) -> None:
         raise PredictError(f"{len(inputs.failures)} of {len(args.inputs)} inputs could not be "
                            "classified (the others are above):\n  "
                            + "\n  ".join(inputs.failures))
+
+
+def _label_column(text: str | None) -> str | int | None:
+    return int(text) if text is not None and text.isdigit() else text
 
 
 def cli() -> None:

@@ -186,12 +186,12 @@ def queue_figures(section: DatasetSection, train_split_path: Path, per_class: in
     """Queue the figures of one dataset's section that need no evidence (those follow in
     `queue_evidence_figures`); `queue.draw()` fills them in."""
     train = load_split(train_split_path)
-    ds = section.name
+    ds, classes = section.name, plots.literal(section.classes)
     queue.add(section.figures, "samples", plots.sample_grid,
-              train.images, train.labels, section.classes, per_class,
+              train.images, train.labels, classes, per_class,
               f"{ds}: training images per class")
     queue.add(section.figures, "balance", plots.class_balance,
-              section.quality["class_counts"], section.classes,
+              section.quality["class_counts"], classes,
               f"{ds}: images per class and split")
     queue.add(section.figures, "curves", plots.learning_curves,
               {m.name: m.history for m in section.models}, f"{ds}: learning curves, all models")
@@ -207,7 +207,7 @@ def queue_figures(section: DatasetSection, train_split_path: Path, per_class: in
               {m.name: m.evaluation.calibration for m in section.models},
               f"{ds}: reliability (accuracy against confidence, test set)")
     queue.add(section.figures, "class_curves", plots.class_curves,
-              {m.name: m.evaluation.class_curves for m in section.models}, section.classes,
+              {m.name: m.evaluation.class_curves for m in section.models}, classes,
               f"{ds}: one-vs-rest curves per class (test set)")
     for model in section.models:
         title = f"{ds} / {model.name}"
@@ -218,20 +218,20 @@ def queue_figures(section: DatasetSection, train_split_path: Path, per_class: in
         queue.add(model.figures, "curves", plots.learning_curves,
                   {model.name: model.history}, f"{title}: train vs valid")
         queue.add(model.figures, "confusion", plots.confusion_matrices,
-                  evaluation.confusion, section.classes, f"{title}: test confusion matrix")
+                  evaluation.confusion, classes, f"{title}: test confusion matrix")
         queue.add(model.figures, "misclassified", plots.misclassified_gallery,
-                  test.images, test.labels, predicted, probabilities.max(1), section.classes,
+                  test.images, test.labels, predicted, probabilities.max(1), classes,
                   f"{title}: most confidently wrong test images")
         queue.add(model.figures, "probabilities", plots.probability_bars,
                   *(array[examples] for array in (test.images, test.labels, probabilities)),
-                  section.classes,
+                  classes,
                   f"{title}: predicted probabilities (green: true, red: wrong guess)")
         if evaluation.filters is not None:
             queue.add(model.figures, "filters", plots.conv_filters,
                       evaluation.filters, f"{title}: first-layer filters")
             queue.add(model.figures, "maps", plots.feature_maps,
                       evaluation.feature_maps, f"{title}: first-layer feature maps of test image 0 "
-                      f"({section.classes[test.labels[0]]})")
+                      f"({classes[test.labels[0]]})")
         queue.add(model.figures, "weights", plots.weight_histograms,
                   evaluation.weight_histograms,
               f"{title}: weights at initialisation vs after training")
@@ -239,7 +239,7 @@ def queue_figures(section: DatasetSection, train_split_path: Path, per_class: in
 
 def queue_evidence_figures(section: DatasetSection, queue: plots.FigureQueue) -> None:
     """The figures drawn from `section.evidence` (bootstrap intervals, suspected labels)."""
-    ds, found = section.name, section.evidence
+    ds, found, classes = section.name, section.evidence, plots.literal(section.classes)
     level = _percent(evidence.INTERVAL_LEVEL)
     queue.add(section.figures, "intervals", plots.accuracy_intervals, found["intervals"], level,
               f"{ds}: test accuracy with bootstrap {level} intervals")
@@ -247,8 +247,8 @@ def queue_evidence_figures(section: DatasetSection, queue: plots.FigureQueue) ->
     if issues:
         queue.add(section.figures, "label_issues", plots.label_issue_gallery,
                   section.test.images[[i.index for i in issues]],
-                  [section.classes[i.given] for i in issues],
-                  [section.classes[i.suggested] for i in issues], [i.confidence for i in issues],
+                  [classes[i.given] for i in issues],
+                  [classes[i.suggested] for i in issues], [i.confidence for i in issues],
                   f"{ds}: test images whose label the models doubt")
 
 

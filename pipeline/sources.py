@@ -20,6 +20,7 @@ import os
 import random
 import re
 import stat
+import sys
 import tempfile
 import time
 import urllib.error
@@ -32,9 +33,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.artifacts import sha256_of, staging_prefix
-from pipeline.datasets import FileSource
+from pipeline.datasets import FileSource, check_url
 from pipeline.errors import PipelineError
 from pipeline.params import DownloadParams
+from pipeline.userfiles import UserFileError, kind_of, open_regular
 
 GZIP_MAGIC = b"\x1f\x8b"
 USER_AGENT = "pipeline-downloader/0.1 (+https://dvc.org)"
@@ -135,6 +137,10 @@ def _stream_once(url: str, part: Path, settings: DownloadParams, show_progress: 
     except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
         reason = getattr(error, "reason", error)
         raise _RetryableError(f"cannot connect: {reason}") from None
+    except (http.client.HTTPException, ValueError) as error:
+        # a garbage status line, too many or too long headers, a URL http.client refuses
+        raise _MirrorRejected(f"the server's answer is not valid HTTP "
+                              f"({type(error).__name__}: {str(error)[:120]})") from None
     with response:
         declared = response.headers.get("Content-Length")
         total = int(declared) if declared and declared.isdigit() else None
@@ -143,7 +149,8 @@ def _stream_once(url: str, part: Path, settings: DownloadParams, show_progress: 
                                   f"is {max_bytes:,}")
         received = 0
         bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                   desc=Path(url).name, disable=not show_progress, leave=False)
+                   desc=Path(url).name.encode("ascii", "replace").decode(), file=sys.__stderr__,
+                   disable=not show_progress, leave=False)
         try:
             with open(part, "wb") as handle:
                 while True:
@@ -156,7 +163,14 @@ def _stream_once(url: str, part: Path, settings: DownloadParams, show_progress: 
                         block = response.read1(settings.chunk_bytes)
                     except TimeoutError:
                         raise _RetryableError(f"read timed out after {received:,} bytes") from None
-                    except (http.client.IncompleteRead, ConnectionError, OSError) as error:
+                    except http.client.IncompleteRead:
+                        announced = f"{total:,}" if total is not None else "the announced"
+                        raise _RetryableError(f"truncated (incomplete) body: {received:,} of "
+                                              f"{announced} bytes") from None
+                    except http.client.HTTPException as error:  # e.g. a 70 KB chunk-size line
+                        raise _MirrorRejected(f"the server's body is not valid HTTP "
+                                              f"({type(error).__name__})") from None
+                    except (ConnectionError, OSError) as error:
                         raise _RetryableError(
                             f"connection dropped after {received:,} bytes ({type(error).__name__})"
                         ) from None
@@ -173,7 +187,8 @@ def _stream_once(url: str, part: Path, settings: DownloadParams, show_progress: 
         finally:
             bar.close()
     if total is not None and received != total:
-        raise _RetryableError(f"truncated body: {received:,} of {total:,} bytes")
+        raise _RetryableError(f"truncated (incomplete) body: {received:,} of {total:,} announced "
+                              "bytes")
     return _validators(response.headers)
 
 
@@ -219,11 +234,23 @@ def download(
         with contextlib.suppress(FileNotFoundError):
             part.unlink()
     tried = "\n  ".join(attempts) or "(no URL to try)"
+    last = attempts[-1].split(": ", 1)[-1] if attempts else "no URL to try"
     raise DownloadError(
-        f"could not fetch {dest.name}; every source failed:\n  {tried}\n"
+        f"could not fetch {dest.name} ({last}); every source failed:\n  {tried}\n"
         "Check the URL and your connection, or download the file yourself and point the "
         "dataset's `path:` at it."
     )
+
+
+def _refuse_or_remove(path: Path) -> None:
+    """Remove a link or an empty folder planted in the download cache; refuse anything else."""
+    if path.is_symlink():
+        path.unlink()
+    elif path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+    else:
+        raise DownloadError(f"{path}: in the download cache but not a regular file; move it "
+                            "away and run again")
 
 
 def _resource_path(resource: str) -> Path:
@@ -262,7 +289,8 @@ def cache_name(url: str) -> str:
 
 
 def check_readable_file(path: Path) -> None:
-    """Refuse, with the real reason, a local source that is not a readable regular file."""
+    """Refuse, with the real reason, a local source that is not a readable regular file (a
+    folder, a FIFO, a device, a socket, a kernel file under /proc or /sys)."""
     where = f"{path} (from the dataset's `path:`)"
     try:
         info = path.stat()
@@ -273,10 +301,16 @@ def check_readable_file(path: Path) -> None:
     if stat.S_ISDIR(info.st_mode):
         raise DownloadError(f"{where}: is a folder; point `path:` at the CSV file inside it")
     if not stat.S_ISREG(info.st_mode):
-        raise DownloadError(f"{where}: is not a regular file (a device, pipe or socket); "
+        raise DownloadError(f"{where}: is not a regular file ({kind_of(info.st_mode)}); "
                             "point `path:` at a CSV file")
     if not os.access(path, os.R_OK):
         raise DownloadError(f"{where}: permission denied; make the file readable")
+    try:
+        with open_regular(path, "CSV file"):
+            pass
+    except UserFileError as error:
+        raise DownloadError(f"{where}: {str(error).removeprefix(f'{path}: ')}; point `path:` at "
+                            "a CSV file") from None
 
 
 def local_origin(source: FileSource) -> Path | None:
@@ -311,6 +345,10 @@ def fetch(
 
     urls = candidate_urls(source, mirrors)
     dest = cache_dir / cache_name(urls[0])
+    if dest.is_symlink() or dest.exists() and not dest.is_file():
+        print(f"cached {dest} is not a regular file (a link or a special file); it is "
+              "replaced by a fresh download")
+        _refuse_or_remove(dest)
     if dest.exists() and source.sha256 is not None:
         try:
             digest = verify(dest, source.sha256, source.size)
@@ -334,7 +372,14 @@ def upstream_change(record: dict, settings: DownloadParams) -> str | None:
     """Why the file a record describes has changed on its server, or None if it has not: the
     ETag, else Last-Modified, else the size the server announces; a server that gives none of
     them is downloaded again and hashed (what `dvc update` does for `dvc import-url`)."""
-    url = record["source"]
+    url = record.get("source")
+    if not isinstance(url, str) or not isinstance(record.get("sha256"), str):
+        raise DownloadError("the record names no `source` URL and `sha256`; it was not written "
+                            "by the download stage: run `dvc repro` to write it again")
+    try:
+        check_url(url, "the recorded source")
+    except ValueError as error:
+        raise DownloadError(f"{error}; run `dvc repro` to write the record again") from None
     request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
     now: dict[str, str] = {}
     length = None
@@ -349,12 +394,16 @@ def upstream_change(record: dict, settings: DownloadParams) -> str | None:
     except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
         raise DownloadError(f"{url}: cannot connect to check it for changes "
                             f"({getattr(error, 'reason', error)})") from None
+    except (http.client.HTTPException, ValueError) as error:
+        raise DownloadError(f"{url}: the server's answer is not valid HTTP "
+                            f"({type(error).__name__}: {str(error)[:120]})") from None
     for key, name in (("etag", "ETag"), ("last_modified", "Last-Modified")):
         if key in record and key in now:
             return None if record[key] == now[key] else \
                 f"{name} {record[key]} is now {now[key]}"
-    if length and length.isdigit() and int(length) != record.get("bytes"):
-        return f"size {record.get('bytes'):,} bytes is now {int(length):,}"
+    if length and length.isdigit() and isinstance(record.get("bytes"), int) \
+            and int(length) != record["bytes"]:
+        return f"size {record['bytes']:,} bytes is now {int(length):,}"
     with tempfile.TemporaryDirectory() as scratch:
         fetched = download([url], Path(scratch) / "check", None, None, settings)
         if fetched.sha256 != record["sha256"]:

@@ -319,6 +319,16 @@ def read_timing(path: Path) -> Timing | None:
     """The run's timing, or None where it is missing or unreadable (a run made elsewhere, e.g.
     applied from an experiment or pulled from a remote: timings are not results)."""
     try:
-        return Timing(**read_json(path))
-    except (ArtifactError, TypeError):
+        data = read_json(path)
+    except ArtifactError:
         return None
+    number = (int, float)
+    if not (isinstance(data, dict) and set(data) == {f.name for f in dataclasses.fields(Timing)}
+            and isinstance(data["device"], str)
+            and all(isinstance(data[k], number) and not isinstance(data[k], bool)
+                    and math.isfinite(data[k]) for k in ("train_seconds", "samples_per_second"))
+            and isinstance(data["epoch_seconds"], list)
+            and all(isinstance(s, number) and not isinstance(s, bool) and math.isfinite(s)
+                    for s in data["epoch_seconds"])):
+        return None  # not a timing this pipeline wrote: shown as missing, like one from elsewhere
+    return Timing(**data)

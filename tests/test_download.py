@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import struct
 import subprocess
 import sys
@@ -87,7 +88,7 @@ def test_every_mirror_failing_lists_what_each_answered(http_server, tmp_path):
         get(urls, tmp_path, body)
     message = str(caught.value)
     assert "/a/f.gz: HTTP 404" in message
-    assert "/b/f.gz: attempt 3: truncated body: 100 of 5,148 bytes" in message
+    assert "/b/f.gz: attempt 3: truncated (incomplete) body: 100 of 5,148" in message
     assert "/c/f.gz: the server sent an HTML/XML page, not the data file" in message
     assert http_server.hits("/b/f.gz") == FAST.retries + 1
     assert not any((tmp_path / "cache").iterdir())
@@ -475,8 +476,37 @@ def test_checking_a_server_that_is_gone_is_one_clear_error(http_server, tmp_path
     dataset, url = served_dataset(http_server, FASHION_SAMPLE.read_bytes(), {"ETag": '"v1"'})
     materialise("user", dataset, tmp_path / "raw", tmp_path / "cache", FAST, tmp_path / "src")
     http_server.add("/live.csv", serve_error(404))
-    with pytest.raises(DownloadError, match="HTTP 404 .* when checking it for changes"):
-        check_folder(tmp_path / "src", "user", FAST)
+    [line] = check_folder(tmp_path / "src", "user", FAST)
+    assert line.startswith("user.train: not checked: ")
+    assert "HTTP 404 Not Found when checking it for changes" in line
+
+
+def test_check_sources_reports_a_broken_server_and_a_broken_record_and_exits_1(http_server,
+                                                                               tmp_path):
+    """Run as a user runs it: one file's server answers garbage, another's record lost its
+    `source`; each is named on its line, nothing raises, and the exit status says so."""
+    dataset, url = served_dataset(http_server, FASHION_SAMPLE.read_bytes(), {"ETag": '"v1"'})
+    materialise("user", dataset, tmp_path / "raw", tmp_path / "cache", FAST,
+                tmp_path / "src" / "user")
+
+    def garbage(handler) -> None:
+        handler.close_connection = True
+        handler.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
+
+    http_server.add("/live.csv", garbage)
+    broken = json.loads((tmp_path / "src" / "user" / "train.url.json").read_text())
+    (tmp_path / "src" / "user" / "test.url.json").write_text(json.dumps(
+        {k: v for k, v in broken.items() if k != "source"}))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["run"]["datasets"] = ["user"]
+    params["datasets"]["user"] = {**dataset.model_dump(mode="json", exclude_none=True)}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = run_module("pipeline.check_sources", "--params", str(tmp_path / "params.yaml"),
+                      "--sources", str(tmp_path / "src"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "user.train: not checked: " in done.stdout and "not valid HTTP" in done.stdout
+    assert "user.test: not checked: the record names no `source` URL" in done.stdout
+    assert "error: 2 downloaded file(s) could not be checked" in done.stderr
 
 
 def test_download_stage_errors_are_one_line_as_dvc_runs_it(tmp_path):

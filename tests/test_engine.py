@@ -198,3 +198,19 @@ def test_resetting_the_optimizer_state_starts_adam_afresh_in_place(kind):
     assert tensors and any(bool(t.abs().sum()) for t in tensors)
     reset_optimizer_state(optimizer)
     assert all(not bool(t.abs().sum()) for t in tensors)  # the same tensors, zeroed
+
+
+def test_training_that_diverges_stops_with_a_clear_message():
+    """Weights gone to NaN (poisoned here after the first epoch, as a too-large learning rate
+    does) stop training at the next epoch, instead of training on garbage."""
+    from pipeline.engine import TrainingError
+
+    def poison(row, model) -> None:
+        if row.epoch == 1:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+    with pytest.raises(TrainingError, match=r"training diverged at epoch 2: the loss is nan on "
+                                            r"train.*lower the learning rate \(now 0.05\)"):
+        fit(Linear(), TrainSettings(epochs=4, lr=0.05), toy_splits(), CPU, seed=0,
+            log=lambda _: None, on_epoch=poison)

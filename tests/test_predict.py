@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from pipeline.architectures import Linear
@@ -119,10 +121,6 @@ def test_wrong_inputs_get_clear_errors(checkpoint, tmp_path):
     fake.write_text("not an image")
     with pytest.raises(PredictError, match="photo.png: not an image this tool can read"):
         main([str(fake), "--checkpoint", str(checkpoint)])
-    tiny = tmp_path / "tiny.png"
-    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tiny)
-    with pytest.raises(PredictError, match=r"tiny.png: the image is 2x2, smaller than .* 4x4"):
-        main([str(tiny), "--checkpoint", str(checkpoint)])
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
     with pytest.raises(PredictError, match="notes.txt: expected a CSV"):
@@ -179,7 +177,16 @@ def test_an_unlabelled_csv_of_new_data_is_classified(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pipeline.predict", str(rows), "--checkpoint",
                            str(model), "--params", str(ROOT / "params.yaml")],
                           capture_output=True, text=True)
-    assert done.returncode == 1 and "too few fields: found 63, expected 65" in done.stderr
+    assert done.returncode == 1
+    assert "new.csv: 63 columns, but the model takes 1x8x8 images: 64 pixel columns" \
+        in done.stderr
+    rows.write_text(",".join(["8"] * 785) + "\n")  # a Fashion-MNIST row for a digits model
+    done = subprocess.run([sys.executable, "-m", "pipeline.predict", str(rows), "--checkpoint",
+                           str(model), "--params", str(ROOT / "params.yaml")],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "header" not in done.stderr
+    assert "new.csv: 785 columns, but the model takes 1x8x8 images" in done.stderr
+    assert "from another dataset?" in done.stderr
 
 
 def test_a_csv_for_a_checkpoint_whose_dataset_params_do_not_define_is_explained(checkpoint,
@@ -189,3 +196,91 @@ def test_a_csv_for_a_checkpoint_whose_dataset_params_do_not_define_is_explained(
     with pytest.raises(PredictError, match="rows.csv: the CSV layout is unknown: the "
                                            "checkpoint's dataset is not defined"):
         main([str(rows), "--checkpoint", str(checkpoint), "--params", str(ROOT / "params.yaml")])
+
+
+HOSTILE_CLASSES = ["\x1b]0;owned\x07\x1b[2J", "=HYPERLINK(\"http://x.example\",\"ok\")\r\u202e"]
+
+
+def test_hostile_names_reach_the_terminal_as_text_and_the_csv_as_text(checkpoint, tmp_path):
+    """Class names from a checkpoint and file names from the command line hold escape sequences,
+    a carriage return, a bidi override and a spreadsheet formula: nothing below 0x20 but newline
+    and tab reaches the terminal, and the CSV's cells start as text, not formulas."""
+    trained = load_checkpoint(checkpoint)
+    hostile = tmp_path / "hostile.pt"
+    Checkpoint(trained.architecture, trained.input_shape, HOSTILE_CLASSES, trained.state_dicts,
+               trained.initial_state_dict, "digits\x1b[31m", "linear").save(hostile)
+    image = half_image(tmp_path / "left\x1b[1A\x1b[2K.png", "left")
+    missing = tmp_path / "gone\x1b]2;x\x07.png"
+    out = tmp_path / "out.csv"
+    result = subprocess.run([sys.executable, "-m", "pipeline.predict", str(image), str(missing),
+                             "--checkpoint", str(hostile), "--invert", "no", "--out", str(out)],
+                            capture_output=True, cwd=tmp_path)
+    assert result.returncode == 1  # the missing file
+    printed = result.stdout + result.stderr
+    assert not [byte for byte in printed if byte < 0x20 and byte not in b"\n\t"], printed
+    assert "\u202e" not in printed.decode()
+    assert b"\\x1b]0;owned\\x07" in result.stdout and b"gone\\x1b]2;x\\x07.png" in result.stderr
+    with out.open(newline="") as handle:
+        header, row = list(csv.reader(handle))
+    assert header[4:] == [HOSTILE_CLASSES[0], "'" + HOSTILE_CLASSES[1]]
+    assert not any(cell.startswith(("=", "+", "-", "@")) for cell in header + row)
+
+
+def test_a_small_image_is_resized_up_like_any_other(checkpoint, tmp_path, capsys):
+    """A 2x2 picture for a 4x4 model is scaled up, not refused."""
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.array([[255, 0], [255, 0]], np.uint8)).save(tiny)
+    main([str(tiny), "--checkpoint", str(checkpoint), "--invert", "no"])
+    assert capsys.readouterr().out.startswith(f"{tiny}: left ")
+
+
+def test_a_photo_is_turned_upright_by_its_exif_orientation(checkpoint, tmp_path, capsys):
+    """A phone stores the sensor's pixels and an Orientation tag; the photo is classified as it
+    is shown. Here the stored pixels are bright in the top-left quarter, and Orientation 6 (turn
+    90 degrees clockwise to show it) puts that brightness in the top-right quarter."""
+    stored = np.zeros((16, 16), np.uint8)
+    stored[:8, :8] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(stored).save(photo, exif=exif.tobytes(), quality=95)
+    main([str(photo), "--checkpoint", str(checkpoint), "--invert", "no"])
+    assert capsys.readouterr().out.startswith(f"{photo}: right ")
+    plain = tmp_path / "plain.jpg"
+    Image.fromarray(np.rot90(stored, k=-1).copy()).save(plain, quality=95)
+    main([str(plain), "--checkpoint", str(checkpoint), "--invert", "no"])
+    assert capsys.readouterr().out.startswith(f"{plain}: right ")
+
+
+def test_a_fifo_given_as_an_image_is_refused_at_once(checkpoint, tmp_path):
+    import os
+
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)  # no writer: opening it to read would wait forever
+    with pytest.raises(PredictError, match=r"photo.png: is a named pipe \(FIFO\)"):
+        main([str(fifo), "--checkpoint", str(checkpoint)])
+
+
+def test_a_headerless_csv_needs_no_dataset_change(checkpoint, tmp_path):
+    """The dataset's CSVs have a header and a `label` column; a file without a header is read
+    as it is (auto), its label taken from the first column, or as --label-column says."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"]["toy"] = {"format": "csv", "train": {"path": "x.csv"}, "header": True,
+                                 "label_column": "label", "shape": [1, 4, 4],
+                                 "classes": ["left", "right"]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    loaded = load_checkpoint(checkpoint)
+    model = tmp_path / "toy.pt"
+    Checkpoint(loaded.architecture, loaded.input_shape, loaded.classes, loaded.state_dicts,
+               loaded.initial_state_dict, "toy", "linear").save(model)
+    left = ["255", "255", "0", "0"] * 4
+    (tmp_path / "first.csv").write_text(",".join(["0", *left]) + "\n")
+    (tmp_path / "last.csv").write_text(",".join([*left, "0"]) + "\n")
+    for name, extra in (("first.csv", []), ("last.csv", ["--label-column", "last"])):
+        done = subprocess.run([sys.executable, "-m", "pipeline.predict", str(tmp_path / name),
+                               "--checkpoint", str(model), "--params",
+                               str(tmp_path / "params.yaml"), *extra],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"{tmp_path / name}:1: left ")
+        assert "(true: left)" in done.stdout

@@ -100,6 +100,7 @@ class CsvLayout:
     label_column: str | int = "first"
     max_pixel: int = PIXEL_MAX
     labelled: bool = True  # False: rows of pixels only (new data to classify); labels come back -1
+    class_names: tuple[str, ...] = ()  # a label cell may name its class instead of its index
 
     @property
     def columns(self) -> str:
@@ -183,7 +184,7 @@ class CsvDataset(_DatasetBase):
 
     def csv_layout(self) -> CsvLayout:
         return CsvLayout(self.num_pixels, len(self.classes), self.header, self.label_column,
-                         self.max_pixel)
+                         self.max_pixel, class_names=tuple(self.classes))
 
     def file_sources(self) -> dict[str, FileSource]:
         return {split: source for split in ("train", "test")

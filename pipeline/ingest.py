@@ -268,6 +268,51 @@ def _column_names(header: list[str] | None, label_index: int | None, ncols: int)
     return names
 
 
+class _LabelNames:
+    """Label cells that name their class (`Pullover`, as many CSV exports write them) turned into
+    the class's index in `classes:` before a block is parsed, line for line; a name that is not
+    a class is refused with its line (or left for the parser to drop, with on_bad_row: drop)."""
+
+    def __init__(self, path: Path, names: tuple[str, ...], index: int, refuse_unknown: bool):
+        self.path, self.names, self.index = path, names, index
+        self.codes = {name.encode(): str(i).encode() for i, name in enumerate(names)}
+        self.refuse_unknown = refuse_unknown
+
+    @classmethod
+    def detect(cls, path: Path, block: bytes, layout: CsvLayout, index: int,
+               refuse_unknown: bool) -> _LabelNames | None:
+        """Name mode when the first data row's label cell is not an integer."""
+        if not layout.class_names:
+            return None
+        first = next((line for line in block.split(b"\n") if line.strip()), b"")
+        cells = first.split(b",")
+        if index >= len(cells) or _INTEGER.match(cells[index].strip().decode("utf-8", "replace")):
+            return None
+        return cls(path, layout.class_names, index, refuse_unknown)
+
+    def __call__(self, block: bytes, first_line: int) -> bytes:
+        lines = block.split(b"\n")
+        for offset, line in enumerate(lines):
+            if not line.strip():
+                continue
+            cells = line.split(b",")
+            if self.index >= len(cells):
+                continue  # the parser names the field count
+            cell = cells[self.index].strip().strip(b'"')
+            code = self.codes.get(cell)
+            if code is None:
+                if self.refuse_unknown and not _INTEGER.match(cell.decode("utf-8", "replace")):
+                    shown = ", ".join(self.names[:8]) + (", ..." if len(self.names) > 8 else "")
+                    raise DataError(
+                        f"{self.path}, line {first_line + offset}: label "
+                        f"{cell.decode('utf-8', 'replace')[:80]!r} is not one of the dataset's "
+                        f"classes ({shown}); add it to `classes:`, or fix the row")
+                continue
+            cells[self.index] = code
+            lines[offset] = b",".join(cells)
+        return b"\n".join(lines)
+
+
 class _Reader:
     def __init__(self, path: Path, layout: CsvLayout, on_bad_row: str):
         self.path = path
@@ -290,7 +335,9 @@ class _Reader:
                 f"position {error.start + 1}); the file is in another encoding, e.g. Latin-1: "
                 "convert it with `iconv -f latin1 -t utf-8 in.csv > out.csv`") from None
         fields = [f.strip() for f in text.split(",")]
-        looks_like_data = all(_is_number(f) for f in fields if f)
+        names = set(self.layout.class_names)  # a data row may name its class
+        looks_like_data = all(_is_number(f) or f in names for f in fields if f) \
+            and any(_is_number(f) for f in fields if f)
         if self.layout.header and looks_like_data:
             raise DataError(
                 f"{self.path}, line 1: expected a header row but found numbers ({text[:40]}...); "
@@ -512,32 +559,31 @@ def _parallel_parser(reader: _Reader) -> Iterator[Callable[[bytes], Future]]:
         yield lambda block: pool.submit(reader.parse_block_digits, block)
 
 
-def read_image_csv(
-    path: str | Path,
-    layout: CsvLayout,
-    on_bad_row: str = "fail",
-    max_bad_fraction: float = 0.0,
-    block_bytes: int = BLOCK_BYTES,
-) -> ImageTable:
-    """Read and validate an image CSV; pixels come back scaled to 0..255 uint8."""
+def _checked_path(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; run the download stage first (dvc repro)")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty; expected a CSV of labelled images")
-    reader = _Reader(path, layout, on_bad_row)
-    filled = 0
+    return path
+
+
+def _parsed_blocks(path: Path, layout: CsvLayout, reader: _Reader, block_bytes: int,
+                   on_bad_row: str) -> Iterator[np.ndarray]:
+    """The file's rows, parsed and validated, as integer arrays (rows x fields) of a block of
+    lines each, in file order; the reader's quality counts them and `reader.lines` ends as the
+    count of lines read. A few blocks are in flight at once (parsed in threads), so memory stays
+    at a few blocks whatever the file's size."""
     line_no = 1
+    relabel: _LabelNames | None = None
+    next_line = 1  # the line number of the next block's first line
     try:
         _sniff_encoding(path)
-        capacity = _row_capacity(path, block_bytes, layout)
-        images = np.empty((capacity, layout.num_pixels), dtype=np.uint8)
-        labels = np.empty(capacity, dtype=np.int64)
         with _open_bytes(path) as handle, _parallel_parser(reader) as parse:
             pending: deque = deque()  # (block, its lines, its digits-path parse) in file order
 
-            def store_oldest() -> None:
-                nonlocal filled, line_no
+            def oldest() -> np.ndarray:
+                nonlocal line_no
                 block, lines, parsed = pending.popleft()
                 values = parsed.result()
                 if values is not None:
@@ -547,10 +593,7 @@ def read_image_csv(
                 if values is None:
                     values = reader.parse_block_exact(block, line_no)
                 line_no += lines
-                count = len(values)
-                _store(values, reader.label_index, layout.max_pixel,
-                       images[filled : filled + count], labels[filled : filled + count])
-                filled += count
+                return values
 
             for block_index, (block, lines) in enumerate(_blocks(handle, block_bytes,
                                                                  max_line_bytes(layout))):
@@ -570,11 +613,18 @@ def read_image_csv(
                         block = block[first_end:]
                         line_no += 1
                         lines -= 1
+                    next_line = line_no
+                    if reader.label_index is not None:
+                        relabel = _LabelNames.detect(path, block, layout, reader.label_index,
+                                                     on_bad_row == "fail")
+                if relabel is not None:
+                    block = relabel(block, next_line)
+                next_line += lines
                 pending.append((block, lines, parse(block)))
                 if len(pending) > PARSE_THREADS:  # bounded: a few blocks in flight at most
-                    store_oldest()
+                    yield oldest()
             while pending:
-                store_oldest()
+                yield oldest()
     except _LineTooLong as long:
         if long.has_cr:
             raise DataError(
@@ -591,13 +641,17 @@ def read_image_csv(
     except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path}: cannot read ({type(error).__name__}: {error}); the file is "
                         "truncated or corrupt, download or export it again") from None
+    reader.quality.lines = line_no - 1
 
+
+def _check_read(path: Path, layout: CsvLayout, reader: _Reader, kept: int,
+                max_bad_fraction: float) -> None:
+    """After the whole file: refuse one with no data rows, or more bad rows than allowed."""
     quality = reader.quality
-    quality.lines = line_no - 1
-    quality.rows_kept = filled
+    quality.rows_kept = kept
     if not reader.names:
         raise DataError(f"{path}: the file is empty; expected a CSV of labelled images")
-    if filled == 0:
+    if kept == 0:
         raise DataError(
             f"{path}: no data rows{' after the header' if layout.header else ''}"
             + (f" ({quality.rows_read} rows, all dropped)" if quality.rows_read else "")
@@ -609,7 +663,61 @@ def read_image_csv(
             f"({dropped / quality.rows_read:.1%}, more than prepare.max_bad_fraction = "
             f"{max_bad_fraction:.1%}). First problems:\n  " + "\n  ".join(quality.examples[:5])
         )
-    return ImageTable(images[:filled], labels[:filled], quality)
+
+
+def read_image_csv(
+    path: str | Path,
+    layout: CsvLayout,
+    on_bad_row: str = "fail",
+    max_bad_fraction: float = 0.0,
+    block_bytes: int = BLOCK_BYTES,
+) -> ImageTable:
+    """Read and validate an image CSV; pixels come back scaled to 0..255 uint8."""
+    path = _checked_path(path)
+    reader = _Reader(path, layout, on_bad_row)
+    filled = 0
+    try:
+        capacity = _row_capacity(path, block_bytes, layout)
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path}: cannot read ({type(error).__name__}: {error}); the file is "
+                        "truncated or corrupt, download or export it again") from None
+    images = np.empty((capacity, layout.num_pixels), dtype=np.uint8)
+    labels = np.empty(capacity, dtype=np.int64)
+    for values in _parsed_blocks(path, layout, reader, block_bytes, on_bad_row):
+        count = len(values)
+        _store(values, reader.label_index, layout.max_pixel,
+               images[filled : filled + count], labels[filled : filled + count])
+        filled += count
+    _check_read(path, layout, reader, filled, max_bad_fraction)
+    return ImageTable(images[:filled], labels[:filled], reader.quality)
+
+
+def iter_image_csv(path: str | Path, layout: CsvLayout, rows: int = 8192,
+                   block_bytes: int = BLOCK_BYTES) -> Iterator[ImageTable]:
+    """The file as tables of at most about `rows` rows each, validated as `read_image_csv`
+    validates (every bad row refused), in memory bounded by one table and a few blocks whatever
+    the file's size: for classifying a file too large to hold (pipeline-predict)."""
+    path = _checked_path(path)
+    reader = _Reader(path, layout, "fail")
+    kept = 0
+    gathered: list[np.ndarray] = []
+
+    def table() -> ImageTable:
+        values = np.concatenate(gathered)
+        gathered.clear()
+        images = np.empty((len(values), layout.num_pixels), dtype=np.uint8)
+        labels = np.empty(len(values), dtype=np.int64)
+        _store(values, reader.label_index, layout.max_pixel, images, labels)
+        return ImageTable(images, labels, reader.quality)
+
+    for values in _parsed_blocks(path, layout, reader, block_bytes, "fail"):
+        gathered.append(values)
+        kept += len(values)
+        if sum(len(v) for v in gathered) >= rows:
+            yield table()
+    if gathered:
+        yield table()
+    _check_read(path, layout, reader, kept, 0.0)
 
 
 def row_digests(images: np.ndarray) -> np.ndarray:

@@ -12,13 +12,15 @@ is inverted (`--invert auto`, the default, decides by the border pixels; `yes`/`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import gzip
 import re
 import sys
 import zlib
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.datasets import AnyDataset, CsvLayout, Drawing
 from pipeline.drawing import normalise
 from pipeline.forward import model_inputs
-from pipeline.ingest import DataError, max_line_bytes, read_image_csv
+from pipeline.ingest import DataError, iter_image_csv, max_line_bytes
 from pipeline.params import load_params
 from pipeline.userfiles import UserFileError, open_regular
 
@@ -43,11 +45,12 @@ class PredictError(DataError):
 
 
 @dataclass
-class Inputs:
+class Batch:
+    """Inputs classified together: one image file, or a block of a CSV's rows."""
+
     names: list[str]  # "file" or "file:row"
     images: np.ndarray  # (N, C, H, W) uint8
     labels: list[str | None]  # the true class where the input says it
-    failures: list[str] = field(default_factory=list)  # one message per file that was refused
 
 
 def load_image(path: Path, shape: tuple[int, int, int], invert: str = "auto",
@@ -178,47 +181,33 @@ def csv_layout_for(path: Path, dataset: AnyDataset, shape: tuple[int, int, int],
                                labelled=len(fields) == pixels + 1)
 
 
-def load_inputs(paths: list[Path], shape: tuple[int, int, int], classes: list[str],
-                dataset: AnyDataset | None, invert: str,
-                options: CsvOptions = CsvOptions()) -> Inputs:
-    """Every input that can be read; a file that cannot is recorded and the others go on."""
-    names: list[str] = []
-    images: list[np.ndarray] = []
-    labels: list[str | None] = []
-    failures: list[str] = []
-    for path in paths:
-        try:
-            got_names, got_images, got_labels = _load_one(path, shape, classes, dataset,
-                                                          invert, options)
-        except PredictError as error:
-            failures.append(str(error))
-            continue
-        names.extend(got_names)
-        images.extend(got_images)
-        labels.extend(got_labels)
-    return Inputs(names, np.stack(images) if images else np.zeros((0, *shape), np.uint8), labels,
-                  failures)
+CSV_BATCH_ROWS = 8192  # rows of a CSV classified at a time: memory stays bounded
 
 
-def _load_one(path: Path, shape: tuple[int, int, int], classes: list[str],
-              dataset: AnyDataset | None, invert: str, options: CsvOptions
-              ) -> tuple[list[str], list[np.ndarray], list[str | None]]:
-    """One input file's (names, images, true labels); PredictError when it cannot be read."""
+def batches(path: Path, shape: tuple[int, int, int], classes: list[str],
+            dataset: AnyDataset | None, invert: str, options: CsvOptions) -> Iterator[Batch]:
+    """One input file as batches to classify: an image as one, a CSV as blocks of rows read
+    in bounded memory; PredictError when it cannot be read."""
     if path.name.lower().endswith(CSV_SUFFIXES):
         if dataset is None:
             raise PredictError(f"{path}: the CSV layout is unknown: the checkpoint's dataset "
                                "is not defined in the parameters file (--params)")
         layout = csv_layout_for(path, dataset, shape, options)
+        first_row = 1
         try:
-            table = read_image_csv(path, layout)
+            for table in iter_image_csv(path, layout, CSV_BATCH_ROWS):
+                count = len(table.labels)
+                yield Batch([f"{path}:{row}" for row in range(first_row, first_row + count)],
+                            table.images.reshape(-1, *shape),
+                            [classes[label] if label >= 0 else None for label in table.labels])
+                first_row += count
         except DataError as error:
             raise PredictError(str(error)) from None
-        return ([f"{path}:{row}" for row in range(1, len(table.labels) + 1)],
-                list(table.images.reshape(-1, *shape)),
-                [classes[label] if label >= 0 else None for label in table.labels])
+        return
     if path.suffix.lower() in IMAGE_SUFFIXES:
         drawing = dataset.drawing if dataset is not None else None
-        return [str(path)], [load_image(path, shape, invert, drawing)], [None]
+        yield Batch([str(path)], load_image(path, shape, invert, drawing)[None].copy(), [None])
+        return
     raise PredictError(f"{path}: expected a CSV ({', '.join(CSV_SUFFIXES)}) or an image "
                        f"({', '.join(sorted(IMAGE_SUFFIXES))})")
 
@@ -267,17 +256,16 @@ def spreadsheet_text(text: str) -> str:
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
-def write_csv(path: Path, inputs: Inputs, probs: np.ndarray, classes: list[str]) -> None:
-    """Every input's probabilities; the names and class names (from files the user may not
-    have made) are written so that a spreadsheet opening the file runs nothing."""
-    shown = [spreadsheet_text(c) for c in classes]
-    with atomic_write(path, "w") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["input", "actual", "predicted", "confidence", *shown])
-        for name, label, row in zip(inputs.names, inputs.labels, probs, strict=True):
-            best = int(row.argmax())
-            writer.writerow([spreadsheet_text(name), spreadsheet_text(label or ""), shown[best],
-                             f"{row[best]:.4f}", *(f"{p:.4f}" for p in row)])
+HEADER = ["input", "actual", "predicted", "confidence"]
+
+
+def csv_rows(batch: Batch, probs: np.ndarray, shown: list[str]) -> Iterator[list[str]]:
+    """The --out rows of one batch; names and class names (from files the user may not have
+    made) written so that a spreadsheet opening the file runs nothing."""
+    for name, label, row in zip(batch.names, batch.labels, probs, strict=True):
+        best = int(row.argmax())
+        yield [spreadsheet_text(name), spreadsheet_text(label or ""), shown[best],
+               f"{row[best]:.4f}", *(f"{p:.4f}" for p in row)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -311,30 +299,41 @@ def main(argv: list[str] | None = None) -> None:
     dataset = checkpoint_dataset(args.params, checkpoint.dataset)
     options = CsvOptions({"yes": True, "no": False}.get(args.header),
                          _label_column(args.label_column))
-    inputs = load_inputs(args.inputs, shape, classes, dataset, args.invert, options)
-    probs = probabilities(models, inputs.images)
     top_k = max(1, min(args.top_k, len(classes)))
-    for name, label, row, image in zip(inputs.names, inputs.labels, probs, inputs.images,
-                                       strict=True):
-        best = np.argsort(-row)[:top_k]
-        guesses = ", ".join(f"{classes[i]} {row[i]:.1%}" for i in best)
-        truth = f"  (true: {label})" if label is not None else ""
-        print(f"{name}: {guesses}{truth}{doubts(row, image)}")
-    known = [(label, classes[int(row.argmax())]) for label, row in zip(inputs.labels, probs,
-                                                                       strict=True) if label]
-    if known:
-        right = sum(label == guess for label, guess in known)
-        print(f"accuracy on the {len(known):,} labelled inputs: {right / len(known):.2%}",
+    shown = [spreadsheet_text(c) for c in classes]
+    failures: list[str] = []
+    labelled = right = 0
+    with (atomic_write(args.out, "w") if args.out else contextlib.nullcontext()) as handle:
+        writer = csv.writer(handle, lineterminator="\n") if handle is not None else None
+        if writer is not None:
+            writer.writerow([*HEADER, *shown])
+        for path in args.inputs:
+            try:
+                for batch in batches(path, shape, classes, dataset, args.invert, options):
+                    probs = probabilities(models, batch.images)
+                    for name, label, row, image in zip(batch.names, batch.labels, probs,
+                                                       batch.images, strict=True):
+                        best = np.argsort(-row)[:top_k]
+                        guesses = ", ".join(f"{classes[i]} {row[i]:.1%}" for i in best)
+                        truth = f"  (true: {label})" if label is not None else ""
+                        print(f"{name}: {guesses}{truth}{doubts(row, image)}")
+                        if label is not None:
+                            labelled += 1
+                            right += label == classes[int(row.argmax())]
+                    if writer is not None:
+                        writer.writerows(csv_rows(batch, probs, shown))
+            except PredictError as error:
+                failures.append(str(error))
+    if labelled:
+        print(f"accuracy on the {labelled:,} labelled inputs: {right / labelled:.2%}",
               file=sys.stderr)
     if args.out:
-        write_csv(args.out, inputs, probs, classes)
         print(f"wrote {args.out}", file=sys.stderr)
-    if len(inputs.failures) == 1:
-        raise PredictError(inputs.failures[0])
-    if inputs.failures:
-        raise PredictError(f"{len(inputs.failures)} of {len(args.inputs)} inputs could not be "
-                           "classified (the others are above):\n  "
-                           + "\n  ".join(inputs.failures))
+    if len(failures) == 1:
+        raise PredictError(failures[0])
+    if failures:
+        raise PredictError(f"{len(failures)} of {len(args.inputs)} inputs could not be "
+                           "classified (the others are above):\n  " + "\n  ".join(failures))
 
 
 def _label_column(text: str | None) -> str | int | None:

@@ -128,6 +128,72 @@ def test_drawing_a_stroke_updates_every_model(built):
     assert all(len(row.split("=")[1].split(",")) == 10 for row in result["after"])
 
 
+def test_a_photo_dropped_on_the_canvas_is_turned_upright_as_predict_turns_it(built, tmp_path):
+    """A JPEG stored sideways with EXIF Orientation 6 is read upright by the page's file drop
+    (the browser applies the tag) and by pipeline-predict (Pillow's exif_transpose): the same
+    probabilities as the upright PNG in the page, the same class in predict; the stored pixels
+    alone read as another digit."""
+    import base64
+    import io
+    import subprocess
+    import sys
+
+    from PIL import Image, ImageDraw
+
+    repo, *_ = built
+    upright = Image.new("L", (96, 96), 255)
+    ImageDraw.Draw(upright).line([(30, 20), (66, 20), (40, 80)], fill=0, width=9)  # a 7
+    stored = upright.rotate(90, expand=True)  # Orientation 6: turn 90 degrees clockwise to show
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    files = {"upright.png": upright, "photo.jpg": stored.convert("RGB"), "stored.png": stored}
+    encoded = {}
+    for name, image in files.items():
+        buffer = io.BytesIO()
+        if name.endswith(".jpg"):
+            image.save(buffer, "JPEG", exif=exif.tobytes(), quality=95)
+        else:
+            image.save(buffer, "PNG")
+        (tmp_path / name).write_bytes(buffer.getvalue())
+        encoded[name] = [base64.b64encode(buffer.getvalue()).decode(),
+                         "image/jpeg" if name.endswith(".jpg") else "image/png"]
+    script = "var files = " + json.dumps(encoded) + """;
+      var names = Object.keys(files), results = {};
+      var board = document.querySelector('.draw-board'), panel = board.closest('.draw-panel');
+      function rows() {
+        return Array.from(panel.querySelectorAll('.draw-row')).map(function (r) {
+          return r.dataset.model + '=' + r.dataset.probabilities; });
+      }
+      function next(i) {
+        if (i === names.length) {
+          var out = document.createElement('pre'); out.id = 'dropped';
+          out.textContent = JSON.stringify(results); document.body.appendChild(out); return;
+        }
+        var spec = files[names[i]];
+        var bytes = Uint8Array.from(atob(spec[0]), function (c) { return c.charCodeAt(0); });
+        var transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], names[i], {type: spec[1]}));
+        board.dispatchEvent(new DragEvent('drop', {dataTransfer: transfer, bubbles: true,
+                                                   cancelable: true}));
+        setTimeout(function () { results[names[i]] = rows(); next(i + 1); }, 1000);
+      }
+      next(0);"""
+    dom = dump_dom(repo / "reports" / "index.html", script=script)
+    found = re.search(r'<pre id="dropped">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    shown = json.loads(found.group(1).replace("&quot;", '"'))
+    assert shown["photo.jpg"] == shown["upright.png"] and shown["photo.jpg"]
+    assert shown["stored.png"] != shown["upright.png"]
+    tops = {}
+    for name in files:
+        done = subprocess.run([sys.executable, "-m", "pipeline.predict", str(tmp_path / name),
+                               "--checkpoint", "models/digits/cnn.pt", "--top-k", "1"],
+                              cwd=repo, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        tops[name] = done.stdout.split(": ", 1)[1].split()[0]
+    assert tops["photo.jpg"] == tops["upright.png"]
+
+
 def test_dvc_repro_end_to_end(built, tmp_path):
     repo, params, _ = built
 

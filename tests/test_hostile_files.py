@@ -335,3 +335,39 @@ def test_a_download_cache_entry_linked_to_a_device_is_replaced_not_read(tmp_path
     assert "is not a regular file" in done.stdout
     assert (tmp_path / "raw" / "train.csv").read_bytes() == body
     assert not (tmp_path / "cache" / "toy" / "train.csv").is_symlink()
+
+
+# --- good inputs that were refused ---------------------------------------------------------------
+
+def named_rows(count: int, names=("a", "b", "c")) -> bytes:
+    return b"".join(b"%s,%d,0,255,7\n" % (names[i % 3].encode(), i) for i in range(count))
+
+
+def test_a_label_column_of_class_names_is_read_through_classes(tmp_path):
+    from pipeline.splits import load_split
+
+    done = prepare(tmp_path, HEADER + named_rows(60))
+    assert done.returncode == 0, done.stderr
+    train = load_split(tmp_path / "prepared" / "train.pkl")
+    assert sorted(set(train.labels.tolist())) == [0, 1, 2]
+    # the same rows with numeric labels give the same split
+    (tmp_path / "n").mkdir()
+    numeric = prepare(tmp_path / "n", HEADER + rows(60))
+    assert numeric.returncode == 0, numeric.stderr
+    again = load_split(tmp_path / "n" / "prepared" / "train.pkl")
+    assert train.labels.tolist() == again.labels.tolist()
+    assert (train.images == again.images).all()
+
+
+def test_a_headerless_file_of_class_names_is_data_not_a_header(tmp_path):
+    from tests.test_hostile import TOY
+
+    done = prepare(tmp_path, named_rows(60), dataset={**TOY, "header": False,
+                                                      "label_column": "first"})
+    assert done.returncode == 0, done.stderr
+
+
+def test_an_unknown_class_name_is_named_with_its_line(tmp_path):
+    body = HEADER + named_rows(10) + b"Sneaker,1,2,3,4\n" + named_rows(20)
+    refused(prepare(tmp_path, body), "train.csv, line 12: label 'Sneaker' is not one of the "
+                                     "dataset's classes (a, b, c)", "add it to `classes:`")

@@ -284,3 +284,38 @@ def test_a_headerless_csv_needs_no_dataset_change(checkpoint, tmp_path):
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith(f"{tmp_path / name}:1: left ")
         assert "(true: left)" in done.stdout
+
+
+PEAK_MEMORY = """
+import resource, subprocess, sys
+done = subprocess.run([sys.executable, "-m", "pipeline.predict", *sys.argv[1:]])
+sys.stderr.write(f"peak_kb={resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}\\n")
+sys.exit(done.returncode)
+"""  # the peak resident memory of `python -m pipeline.predict ...`, its only child
+
+
+@pytest.mark.slow
+def test_a_large_csv_is_classified_in_bounded_memory(tmp_path):
+    """Rows are read, classified, printed and written in blocks: a file 16 times larger
+    raises the peak memory by far less than its rows' arrays and names would take whole."""
+    model = tmp_path / "digits.pt"
+    state = build(Linear(), (1, 8, 8), 10).state_dict()
+    Checkpoint(Linear(), (1, 8, 8), [str(d) for d in range(10)], [state], state, "digits",
+               "linear").save(model)
+    row = b",".join([b"16"] * 32 + [b"0"] * 32) + b",7\n"  # the digits layout: label last
+
+    def peak_mb(rows: int) -> float:
+        data = tmp_path / f"rows-{rows}.csv"
+        data.write_bytes(row * rows)
+        done = subprocess.run([sys.executable, "-c", PEAK_MEMORY, str(data), "--checkpoint",
+                               str(model), "--params", str(ROOT / "params.yaml"), "--top-k", "1",
+                               "--out", str(tmp_path / "out.csv")], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.count("\n") == rows
+        assert (tmp_path / "out.csv").read_text().count("\n") == rows + 1
+        return int(done.stderr.rsplit("peak_kb=", 1)[1].split()[0]) / 1024
+
+    small, large = peak_mb(25_000), peak_mb(400_000)  # 3.5 MB and 56 MB of CSV
+    # whole, the large file's rows would take over 100 MB (images, names, probabilities)
+    assert large - small < 40, (small, large)

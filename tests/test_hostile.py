@@ -19,6 +19,10 @@ import yaml
 
 from tests.conftest import ROOT, run_module, serve_bytes
 
+# Each test starts the command a user runs (a process importing torch, 1-3 s): left to
+# `make test`, out of `make check`'s edit loop
+pytestmark = pytest.mark.slow
+
 TOY = {"format": "csv", "train": {"path": "unused.csv"}, "header": True,
        "label_column": "label", "shape": [1, 2, 2], "classes": ["a", "b", "c"]}
 HEADER = b"label,p1,p2,p3,p4\n"

@@ -16,6 +16,10 @@ import pytest
 from tests.conftest import ROOT, run_module, serve_bytes
 from tests.test_hostile import HEADER, download, prepare, refused, rows, write_params
 
+# Each test starts the command a user runs (a process importing torch, 2-4 s): left to
+# `make test`, out of `make check`'s edit loop
+pytestmark = pytest.mark.slow
+
 
 def test_a_kernel_file_as_a_source_is_refused_and_leaves_nothing(tmp_path):
     done = download(tmp_path, "/proc/self/environ")

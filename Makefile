@@ -56,12 +56,17 @@ lint: dev
 
 # The locks, generated from pyproject.toml's short lists by pip-tools: runtime, runtime + dev tools,
 # runtime + the benchmark's peers. Pins already in a lock are kept unless a list needs otherwise
-# (delete a lock, or pass PIP_COMPILE=--upgrade, to move to newer versions). torch's local label
+# (delete a lock, or pass PIP_COMPILE=--upgrade, to move to newer versions). pip-tools runs in a
+# venv of its own, so `make lock` works whatever state the locks are in. torch's local label
 # (+cpu: the CPU wheel this machine offers) is dropped so the pin also resolves on PyPI.
+LOCK_VENV := .venv-lock
 PIP_COMPILE ?=
-LOCK = $(BIN)/pip-compile --quiet --strip-extras --allow-unsafe --no-emit-index-url \
+LOCK = $(LOCK_VENV)/bin/pip-compile --quiet --strip-extras --allow-unsafe --no-emit-index-url \
   --no-emit-find-links $(PIP_COMPILE)
-lock: dev
+$(LOCK_VENV)/bin/pip-compile:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet pip-tools==7.6.2
+lock: $(LOCK_VENV)/bin/pip-compile
 	$(LOCK) --output-file requirements/runtime.txt pyproject.toml
 	$(LOCK) --extra dev --output-file requirements/dev.txt pyproject.toml
 	$(LOCK) --extra bench --output-file requirements/bench.txt pyproject.toml
@@ -69,6 +74,6 @@ lock: dev
 
 # Everything the pipeline and the set-up made that git does not track (reports/live is in git).
 clean:
-	rm -rf $(VENV) data/raw data/downloads data/prepared models reports/evaluation \
+	rm -rf $(VENV) $(LOCK_VENV) data/raw data/downloads data/prepared models reports/evaluation \
 	  reports/tensorboard reports/tensorboard-runs \
 	  reports/timing reports/index.html reports/run.js dvc_plots

@@ -7,7 +7,7 @@ significantly better or worse than the committed one on the same test images.
 compact table: a row per run (the commit, every finished experiment `dvc exp show` lists, the
 workspace), the parameters it changed from the commit, and per dataset/model the test accuracy
 with McNemar's exact test against the commit's model (+ better, - worse, = no significant
-difference at p < 0.05), the same marks as the report's Experiments section.
+difference at p < evidence.ALPHA), the same marks as the report's Experiments section.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 
 from pipeline import experiments
+from pipeline.evidence import ALPHA
 from pipeline.params import load_params
 from pipeline.revisions import dvc_yaml_paths
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     every = read_runs(repo, runs, live, evaluation, prepared)
     print(render(rows(every, runs)))
     print("\n+ / - : significantly better / worse than the commit's model on the same test "
-          "images (McNemar's exact test, p < 0.05); = : no significant difference")
+          f"images (McNemar's exact test, p < {ALPHA}); = : no significant difference")
     missing = experiments.missing_comparisons(every)
     if missing:
         print("\nEvaluation records missing (the marks then come from dvclive's per-image "

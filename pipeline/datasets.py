@@ -77,11 +77,12 @@ class FileSource(Strict):
             check_url(self.url, "url")
         if self.path is not None and "\x00" in self.path:
             raise ValueError("path holds a NUL character, which no file name can")
-        if self.name is not None and (not re.fullmatch(r"[^\x00-\x20\x7f/][^\x00-\x20\x7f]*",
+        if self.name is not None and (not re.fullmatch(r"[\x21-\x2e\x30-\x7e][\x21-\x7e]*",
                                                        self.name)
                                       or ".." in self.name.split("/")):
-            raise ValueError(f"name must be a file name relative to the mirrors, without spaces, "
-                             f"control characters or '..' (got {self.name!r})")
+            raise ValueError(f"name must be a file name relative to the mirrors in printable "
+                             f"ASCII (percent-encode the rest), without spaces or '..' "
+                             f"(got {self.name!r})")
         if self.resource is not None and ":" not in self.resource:
             raise ValueError(
                 f"resource must look like 'package.module:file' (got {self.resource!r})"

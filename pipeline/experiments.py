@@ -229,7 +229,7 @@ def against_baseline(experiment: Experiment, committed: Experiment | None, run: 
                      ) -> dict | None:
     """McNemar's exact test of an experiment's model against the committed one on the same test
     images (`paired_correct`): images only it / only the baseline got right, the p-value, and
-    "better" / "worse" when p < 0.05. None when the two cannot be paired."""
+    "better" / "worse" when p < evidence.ALPHA. None when the two cannot be paired."""
     from pipeline.evidence import ALPHA, mcnemar
 
     if committed is None or experiment is committed:

@@ -336,7 +336,7 @@ class _Reader:
                 "convert it with `iconv -f latin1 -t utf-8 in.csv > out.csv`") from None
         fields = [f.strip() for f in text.split(",")]
         names = set(self.layout.class_names)  # a data row may name its class
-        looks_like_data = all(_is_number(f) or f in names for f in fields if f) \
+        looks_like_data = all(_is_number(f) or f.strip('"') in names for f in fields if f) \
             and any(_is_number(f) for f in fields if f)
         if self.layout.header and looks_like_data:
             raise DataError(
@@ -576,6 +576,7 @@ def _parsed_blocks(path: Path, layout: CsvLayout, reader: _Reader, block_bytes: 
     at a few blocks whatever the file's size."""
     line_no = 1
     relabel: _LabelNames | None = None
+    undecided = True  # whether label cells name their class is decided on the first data line
     next_line = 1  # the line number of the next block's first line
     try:
         _sniff_encoding(path)
@@ -614,9 +615,11 @@ def _parsed_blocks(path: Path, layout: CsvLayout, reader: _Reader, block_bytes: 
                         line_no += 1
                         lines -= 1
                     next_line = line_no
-                    if reader.label_index is not None:
-                        relabel = _LabelNames.detect(path, block, layout, reader.label_index,
-                                                     on_bad_row == "fail")
+                if undecided and reader.label_index is not None and block.strip():
+                    # on the first block with a data line (a wide header can fill block 0)
+                    relabel = _LabelNames.detect(path, block, layout, reader.label_index,
+                                                 on_bad_row == "fail")
+                    undecided = False
                 if relabel is not None:
                     block = relabel(block, next_line)
                 next_line += lines

@@ -17,7 +17,9 @@ import csv
 import dataclasses
 import gzip
 import re
+import shutil
 import sys
+import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -139,12 +141,16 @@ class CsvOptions:
 def _first_line_fields(path: Path, layout: CsvLayout) -> tuple[list[bytes], bool] | None:
     """The fields of the first non-blank line, read no further than one line may be, and
     whether the line ended there; None where the file cannot tell (the reader then says what
-    is wrong)."""
+    is wrong). Compressed or not by its bytes, as the reader decides."""
     try:
-        with open_regular(path, "CSV file") as raw, \
-                (gzip.open(raw) if path.name.lower().endswith(".gz") else raw) as handle:
-            head = handle.read(max_line_bytes(layout))
-    except (UserFileError, OSError, EOFError, zlib.error):
+        with open_regular(path, "CSV file") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            with (gzip.open(raw) if gzipped else raw) as handle:
+                head = handle.read(max_line_bytes(layout))
+    except UserFileError as error:
+        raise PredictError(str(error)) from None
+    except (OSError, EOFError, zlib.error):
         return None
     limit = max_line_bytes(layout)
     for line in head.removeprefix(b"\xef\xbb\xbf").splitlines(keepends=True):
@@ -171,7 +177,9 @@ def csv_layout_for(path: Path, dataset: AnyDataset, shape: tuple[int, int, int],
             f"{path}: {len(fields):,}{more} columns, but the model takes {c}x{h}x{w} images: "
             f"{pixels:,} pixel columns, with or without a label column; is this file from "
             "another dataset?")
-    numeric = all(re.fullmatch(rb"\s*[+-]?[0-9]+\s*", f) for f in fields)
+    names = {name.encode() for name in dataset.classes}  # a data row may name its class
+    numeric = all(re.fullmatch(rb"\s*[+-]?[0-9]+\s*", f) or f.strip().strip(b'"') in names
+                  for f in fields)
     header = options.header if options.header is not None else not numeric
     label_column = options.label_column if options.label_column is not None \
         else layout.label_column
@@ -308,22 +316,35 @@ def main(argv: list[str] | None = None) -> None:
         if writer is not None:
             writer.writerow([*HEADER, *shown])
         for path in args.inputs:
-            try:
-                for batch in batches(path, shape, classes, dataset, args.invert, options):
-                    probs = probabilities(models, batch.images)
-                    for name, label, row, image in zip(batch.names, batch.labels, probs,
-                                                       batch.images, strict=True):
-                        best = np.argsort(-row)[:top_k]
-                        guesses = ", ".join(f"{classes[i]} {row[i]:.1%}" for i in best)
-                        truth = f"  (true: {label})" if label is not None else ""
-                        print(f"{name}: {guesses}{truth}{doubts(row, image)}")
-                        if label is not None:
-                            labelled += 1
-                            right += label == classes[int(row.argmax())]
-                    if writer is not None:
-                        writer.writerows(csv_rows(batch, probs, shown))
-            except PredictError as error:
-                failures.append(str(error))
+            # a file's --out rows and accuracy count only once the whole file was read: a CSV
+            # refused part-way leaves nothing of it in either (its rows shown so far say so)
+            file_labelled = file_right = printed = 0
+            with (tempfile.TemporaryFile("w+", newline="") if writer is not None
+                  else contextlib.nullcontext()) as held:
+                try:
+                    for batch in batches(path, shape, classes, dataset, args.invert, options):
+                        probs = probabilities(models, batch.images)
+                        for name, label, row, image in zip(batch.names, batch.labels, probs,
+                                                           batch.images, strict=True):
+                            best = np.argsort(-row)[:top_k]
+                            guesses = ", ".join(f"{classes[i]} {row[i]:.1%}" for i in best)
+                            truth = f"  (true: {label})" if label is not None else ""
+                            print(f"{name}: {guesses}{truth}{doubts(row, image)}")
+                            printed += 1
+                            if label is not None:
+                                file_labelled += 1
+                                file_right += label == classes[int(row.argmax())]
+                        if held is not None:
+                            csv.writer(held, lineterminator="\n").writerows(
+                                csv_rows(batch, probs, shown))
+                    labelled, right = labelled + file_labelled, right + file_right
+                    if held is not None and handle is not None:
+                        held.seek(0)
+                        shutil.copyfileobj(held, handle)
+                except PredictError as error:
+                    failures.append(str(error) + (
+                        f" (its first {printed:,} rows, shown above, are left out of the accuracy"
+                        f"{' and --out' if writer is not None else ''})" if printed else ""))
     if labelled:
         print(f"accuracy on the {labelled:,} labelled inputs: {right / labelled:.2%}",
               file=sys.stderr)

@@ -244,10 +244,10 @@ def download(
 
 def _refuse_or_remove(path: Path) -> None:
     """Remove a link or an empty folder planted in the download cache; refuse anything else."""
-    if path.is_symlink():
-        path.unlink()
-    elif path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
+    if path.is_symlink() or path.is_dir() and not any(path.iterdir()):
+        print(f"cached {path} is not a regular file (a link or an empty folder); it is replaced "
+              "by a fresh download")
+        path.unlink() if path.is_symlink() else path.rmdir()
     else:
         raise DownloadError(f"{path}: in the download cache but not a regular file; move it "
                             "away and run again")
@@ -346,8 +346,6 @@ def fetch(
     urls = candidate_urls(source, mirrors)
     dest = cache_dir / cache_name(urls[0])
     if dest.is_symlink() or dest.exists() and not dest.is_file():
-        print(f"cached {dest} is not a regular file (a link or a special file); it is "
-              "replaced by a fresh download")
         _refuse_or_remove(dest)
     if dest.exists() and source.sha256 is not None:
         try:

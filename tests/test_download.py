@@ -530,3 +530,12 @@ def test_every_dataset_format_has_a_converter():
     from pipeline.formats import CONVERTERS
 
     assert list(CONVERTERS) == list(FORMATS)
+
+
+@pytest.mark.parametrize("name", ["données.csv", "../train.csv", "a b.csv", "/etc/passwd"])
+def test_a_file_name_that_cannot_join_a_mirror_url_is_refused(name):
+    """A `name:` is joined to the mirrors' URLs: printable ASCII only, no `..`, no space."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="name must be a file name relative to the mirrors"):
+        FileSource(name=name)

@@ -336,3 +336,19 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before,
         return
     assert kept == "True"
     assert int(faults) < int(output_bytes) // resource.getpagesize() + 1_000, (faults, output_bytes)
+
+
+def test_class_name_labels_are_found_after_a_header_wider_than_a_block(tmp_path):
+    """Whether label cells name their class is decided on the first data line, wherever it
+    falls: here the header alone fills the first blocks; quoted names too."""
+    header = "label," + ",".join(f"a_very_long_pixel_column_name_{i}" for i in range(4)) + "\n"
+    body = "".join(f'"{name}",1,2,3,4\n' for name in ("b", "a", "c", "b"))
+    path = tmp_path / "wide.csv"
+    path.write_text(header + body)
+    layout = CsvLayout(4, 3, header=True, label_column="label", class_names=("a", "b", "c"))
+    table = read_image_csv(path, layout, block_bytes=64)
+    assert table.labels.tolist() == [1, 0, 2, 1]
+    headerless = tmp_path / "headerless.csv"
+    headerless.write_text(body)
+    layout = CsvLayout(4, 3, header=False, label_column="first", class_names=("a", "b", "c"))
+    assert read_image_csv(headerless, layout).labels.tolist() == [1, 0, 2, 1]

@@ -53,4 +53,4 @@ def test_gitignore_and_make_clean_cover_every_output_folder_git_does_not_track()
         else:
             assert ignored(path), f".gitignore does not ignore {path} (dvc.yaml `{name}`)"
             assert path in clean, f"make clean does not remove {path} (dvc.yaml `{name}`)"
-    assert clean - set(FOLDERS.values()) == {"$(VENV)", "dvc_plots"}
+    assert clean - set(FOLDERS.values()) == {"$(VENV)", "$(LOCK_VENV)", "dvc_plots"}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 
@@ -319,3 +320,53 @@ def test_a_large_csv_is_classified_in_bounded_memory(tmp_path):
     small, large = peak_mb(25_000), peak_mb(400_000)  # 3.5 MB and 56 MB of CSV
     # whole, the large file's rows would take over 100 MB (images, names, probabilities)
     assert large - small < 40, (small, large)
+
+
+def test_a_csv_refused_part_way_leaves_nothing_of_it_in_out_or_the_accuracy(checkpoint,
+                                                                             tmp_path):
+    """Rows stream through in blocks, so a bad row at line 20,001 comes after thousands of rows
+    were shown; the --out file and the accuracy hold only files read whole, and the message says
+    what was shown."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"]["toy"] = {"format": "csv", "train": {"path": "x.csv"}, "header": False,
+                                 "label_column": "first", "shape": [1, 4, 4],
+                                 "classes": ["left", "right"]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    loaded = load_checkpoint(checkpoint)
+    model = tmp_path / "toy.pt"
+    Checkpoint(loaded.architecture, loaded.input_shape, loaded.classes, loaded.state_dicts,
+               loaded.initial_state_dict, "toy", "linear").save(model)
+    left = ",".join(["0", *(["255", "255", "0", "0"] * 4)])
+    (tmp_path / "bad.csv").write_text(f"{left}\n" * 20_000 + left.replace("255", "x", 1) + "\n")
+    (tmp_path / "good.csv").write_text(f"{left}\n")
+    out = tmp_path / "out.csv"
+    done = subprocess.run([sys.executable, "-m", "pipeline.predict", str(tmp_path / "bad.csv"),
+                           str(tmp_path / "good.csv"), "--checkpoint", str(model), "--params",
+                           str(tmp_path / "params.yaml"), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "bad.csv, line 20001" in done.stderr
+    assert re.search(r"its first [0-9,]+ rows, shown above, are left out of the accuracy and "
+                     r"--out", done.stderr), done.stderr[-500:]
+    assert "accuracy on the 1 labelled inputs" in done.stderr
+    rows = out.read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith(f"{tmp_path / 'good.csv'}:1,")
+
+
+def test_a_headerless_csv_of_class_name_labels_is_data(checkpoint, tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"]["toy"] = {"format": "csv", "train": {"path": "x.csv"}, "header": True,
+                                 "label_column": "label", "shape": [1, 4, 4],
+                                 "classes": ["left", "right"]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    loaded = load_checkpoint(checkpoint)
+    model = tmp_path / "toy.pt"
+    Checkpoint(loaded.architecture, loaded.input_shape, loaded.classes, loaded.state_dicts,
+               loaded.initial_state_dict, "toy", "linear").save(model)
+    (tmp_path / "named.csv").write_text(",".join(["left", *(["255", "255", "0", "0"] * 4)])
+                                        + "\n")
+    done = subprocess.run([sys.executable, "-m", "pipeline.predict", str(tmp_path / "named.csv"),
+                           "--checkpoint", str(model), "--params", str(tmp_path / "params.yaml")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "(true: left)" in done.stdout

@@ -46,7 +46,7 @@ $(VENV)/.bench-installed: requirements/bench.txt $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -r requirements/bench.txt
 	touch $@
 
-# The edit loop: lint, types and the fast tests (about 2 minutes on 2 cores); `make test` runs all.
+# The edit loop: lint, types and the fast tests (2-3 minutes on 2 cores); `make test` runs all.
 check: lint
 	$(BIN)/python -m pytest -m "not e2e and not slow"
 

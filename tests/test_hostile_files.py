@@ -14,7 +14,17 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, run_module, serve_bytes
-from tests.test_hostile import HEADER, download, prepare, refused, rows, write_params
+from tests.test_hostile import (
+    HEADER,
+    TOY,
+    download,
+    download_url,
+    params_error,
+    prepare,
+    refused,
+    rows,
+    write_params,
+)
 
 # Each test starts the command a user runs (a process importing torch, 2-4 s): left to
 # `make test`, out of `make check`'s edit loop
@@ -82,9 +92,7 @@ def test_outputs_get_the_modes_a_plain_write_gives(tmp_path):
     to a web server or a shared folder is readable by others."""
     source = tmp_path / "train.csv"
     source.write_bytes(HEADER + rows(60))
-    params = write_params(tmp_path, {"format": "csv", "train": {"path": str(source)},
-                                     "header": True, "label_column": "label",
-                                     "shape": [1, 2, 2], "classes": ["a", "b", "c"]})
+    params = write_params(tmp_path, {**TOY, "train": {"path": str(source)}})
     command = [sys.executable, "-m", "pipeline.stages.download", "--params", str(params),
                "--dataset", "toy", "--out", str(tmp_path / "raw"), "--cache",
                str(tmp_path / "cache"), "--sources", str(tmp_path / "src")]
@@ -204,14 +212,7 @@ def serve_raw(raw: bytes):
 ])
 def test_a_server_that_breaks_http_gets_a_one_line_reason(tmp_path, http_server, answer, name):
     url = http_server.add("/broken/train.csv", serve_raw(answer))
-    params = write_params(tmp_path, {"format": "csv", "train": {"url": url}, "header": True,
-                                     "label_column": "label", "shape": [1, 2, 2],
-                                     "classes": ["a", "b", "c"]},
-                          download={"retries": 0, "backoff_s": 0})
-    done = run_module("pipeline.stages.download", "--params", str(params), "--dataset", "toy",
-                      "--out", str(tmp_path / "raw"), "--cache", str(tmp_path / "cache"),
-                      "--sources", str(tmp_path / "src"))
-    refused(done, "could not fetch train.csv", "not valid HTTP")
+    refused(download_url(tmp_path, {"url": url}), "could not fetch train.csv", "not valid HTTP")
     assert not (tmp_path / "raw").exists()
 
 
@@ -222,13 +223,7 @@ def test_a_server_that_breaks_http_gets_a_one_line_reason(tmp_path, http_server,
     ("http:///x.csv", "names no host"),
 ])
 def test_a_url_that_cannot_be_requested_is_refused_when_params_load(tmp_path, url, expected):
-    params = write_params(tmp_path, {"format": "csv", "train": {"url": url}, "header": True,
-                                     "label_column": "label", "shape": [1, 2, 2],
-                                     "classes": ["a", "b", "c"]})
-    done = run_module("pipeline.stages.download", "--params", str(params), "--dataset", "toy",
-                      "--out", str(tmp_path / "raw"), "--cache", str(tmp_path / "cache"),
-                      "--sources", str(tmp_path / "src"))
-    refused(done, "datasets.toy.train", expected)
+    refused(download_url(tmp_path, {"url": url}), "datasets.toy.train", expected)
 
 
 # --- corners ------------------------------------------------------------------------------------
@@ -257,13 +252,6 @@ def test_an_archive_given_as_a_csv_is_named_for_what_it_is(tmp_path, packer, wha
     assert "iconv" not in message
 
 
-def params_error(tmp_path: Path, text: str) -> str:
-    (tmp_path / "params.yaml").write_text(text)
-    done = run_module("pipeline.stages.prepare", "--params", str(tmp_path / "params.yaml"),
-                      "--dataset", "toy", "--raw", str(tmp_path), "--out", str(tmp_path / "o"))
-    return refused(done)
-
-
 def test_a_5000_digit_integer_in_params_is_refused_in_one_line(tmp_path):
     text = (ROOT / "params.yaml").read_text().replace("  epochs: 60", "  epochs: " + "9" * 5000,
                                                       1)
@@ -271,9 +259,7 @@ def test_a_5000_digit_integer_in_params_is_refused_in_one_line(tmp_path):
 
 
 def test_a_nul_in_a_source_path_is_refused_when_params_load(tmp_path):
-    params = write_params(tmp_path, {"format": "csv", "train": {"path": "a\x00b.csv"},
-                                     "header": True, "label_column": "label",
-                                     "shape": [1, 2, 2], "classes": ["a", "b", "c"]})
+    params = write_params(tmp_path, {**TOY, "train": {"path": "a\x00b.csv"}})
     assert "path holds a NUL character" in params_error(tmp_path, params.read_text())
 
 
@@ -327,14 +313,7 @@ def test_a_download_cache_entry_linked_to_a_device_is_replaced_not_read(tmp_path
     url = http_server.add("/data/train.csv", serve_bytes(body))
     (tmp_path / "cache" / "toy").mkdir(parents=True)
     (tmp_path / "cache" / "toy" / "train.csv").symlink_to("/dev/zero")
-    params = write_params(tmp_path, {"format": "csv",
-                                     "train": {"url": url,
-                                               "sha256": hashlib.sha256(body).hexdigest()},
-                                     "header": True, "label_column": "label",
-                                     "shape": [1, 2, 2], "classes": ["a", "b", "c"]})
-    done = run_module("pipeline.stages.download", "--params", str(params), "--dataset", "toy",
-                      "--out", str(tmp_path / "raw"), "--cache", str(tmp_path / "cache"),
-                      "--sources", str(tmp_path / "src"))
+    done = download_url(tmp_path, {"url": url, "sha256": hashlib.sha256(body).hexdigest()})
     assert done.returncode == 0, done.stderr
     assert "is not a regular file" in done.stdout
     assert (tmp_path / "raw" / "train.csv").read_bytes() == body
@@ -364,8 +343,6 @@ def test_a_label_column_of_class_names_is_read_through_classes(tmp_path):
 
 
 def test_a_headerless_file_of_class_names_is_data_not_a_header(tmp_path):
-    from tests.test_hostile import TOY
-
     done = prepare(tmp_path, named_rows(60), dataset={**TOY, "header": False,
                                                       "label_column": "first"})
     assert done.returncode == 0, done.stderr

@@ -35,6 +35,20 @@ def checkpoint(tmp_path_factory):
                 ["left", "right"])
 
 
+def toy_dataset_checkpoint(checkpoint, tmp_path, header: bool, label_column: str):
+    """The toy model as the checkpoint of a CSV dataset `toy` that tmp_path/params.yaml defines
+    with this header and label column; returns the checkpoint's path."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"]["toy"] = {"format": "csv", "train": {"path": "x.csv"}, "header": header,
+                                 "label_column": label_column, "shape": [1, 4, 4],
+                                 "classes": ["left", "right"]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    loaded = load_checkpoint(checkpoint)
+    Checkpoint(loaded.architecture, loaded.input_shape, loaded.classes, loaded.state_dicts,
+               loaded.initial_state_dict, "toy", "linear").save(tmp_path / "toy.pt")
+    return tmp_path / "toy.pt"
+
+
 def half_image(path, side: str, size: int = 16, ink: int = 255, paper: int = 0):
     pixels = np.full((size, size), paper, dtype=np.uint8)
     if side == "left":
@@ -265,15 +279,8 @@ def test_a_fifo_given_as_an_image_is_refused_at_once(checkpoint, tmp_path):
 def test_a_headerless_csv_needs_no_dataset_change(checkpoint, tmp_path):
     """The dataset's CSVs have a header and a `label` column; a file without a header is read
     as it is (auto), its label taken from the first column, or as --label-column says."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["datasets"]["toy"] = {"format": "csv", "train": {"path": "x.csv"}, "header": True,
-                                 "label_column": "label", "shape": [1, 4, 4],
-                                 "classes": ["left", "right"]}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    loaded = load_checkpoint(checkpoint)
-    model = tmp_path / "toy.pt"
-    Checkpoint(loaded.architecture, loaded.input_shape, loaded.classes, loaded.state_dicts,
-               loaded.initial_state_dict, "toy", "linear").save(model)
+    model = toy_dataset_checkpoint(checkpoint, tmp_path, header=True,
+                                   label_column="label")
     left = ["255", "255", "0", "0"] * 4
     (tmp_path / "first.csv").write_text(",".join(["0", *left]) + "\n")
     (tmp_path / "last.csv").write_text(",".join([*left, "0"]) + "\n")
@@ -327,15 +334,8 @@ def test_a_csv_refused_part_way_leaves_nothing_of_it_in_out_or_the_accuracy(chec
     """Rows stream through in blocks, so a bad row at line 20,001 comes after thousands of rows
     were shown; the --out file and the accuracy hold only files read whole, and the message says
     what was shown."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["datasets"]["toy"] = {"format": "csv", "train": {"path": "x.csv"}, "header": False,
-                                 "label_column": "first", "shape": [1, 4, 4],
-                                 "classes": ["left", "right"]}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    loaded = load_checkpoint(checkpoint)
-    model = tmp_path / "toy.pt"
-    Checkpoint(loaded.architecture, loaded.input_shape, loaded.classes, loaded.state_dicts,
-               loaded.initial_state_dict, "toy", "linear").save(model)
+    model = toy_dataset_checkpoint(checkpoint, tmp_path, header=False,
+                                   label_column="first")
     left = ",".join(["0", *(["255", "255", "0", "0"] * 4)])
     (tmp_path / "bad.csv").write_text(f"{left}\n" * 20_000 + left.replace("255", "x", 1) + "\n")
     (tmp_path / "good.csv").write_text(f"{left}\n")
@@ -354,15 +354,8 @@ def test_a_csv_refused_part_way_leaves_nothing_of_it_in_out_or_the_accuracy(chec
 
 
 def test_a_headerless_csv_of_class_name_labels_is_data(checkpoint, tmp_path):
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["datasets"]["toy"] = {"format": "csv", "train": {"path": "x.csv"}, "header": True,
-                                 "label_column": "label", "shape": [1, 4, 4],
-                                 "classes": ["left", "right"]}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    loaded = load_checkpoint(checkpoint)
-    model = tmp_path / "toy.pt"
-    Checkpoint(loaded.architecture, loaded.input_shape, loaded.classes, loaded.state_dicts,
-               loaded.initial_state_dict, "toy", "linear").save(model)
+    model = toy_dataset_checkpoint(checkpoint, tmp_path, header=True,
+                                   label_column="label")
     (tmp_path / "named.csv").write_text(",".join(["left", *(["255", "255", "0", "0"] * 4)])
                                         + "\n")
     done = subprocess.run([sys.executable, "-m", "pipeline.predict", str(tmp_path / "named.csv"),

@@ -10,6 +10,7 @@ anything in it runs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -132,6 +133,45 @@ def _refuse_to_replace(path: Path, expected: str) -> None:
                             "give another path, or move it away and run again")
 
 
+class DiskFullError(ArtifactError):
+    pass
+
+
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def _size(count: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:,} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1000  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+def disk_full(error: BaseException, path: Path, written: int) -> DiskFullError | None:
+    """The one-line error for a write to `path` that failed because its disk is full (ENOSPC or
+    a quota), or None. torch.save reports a full disk as a RuntimeError about stream positions,
+    so any failure with under 1 MB left on the file system counts too."""
+    if not isinstance(error, Exception) or isinstance(error, PipelineError):
+        return None
+    try:
+        usage = shutil.disk_usage(path.parent)
+    except OSError:
+        return None
+    if getattr(error, "errno", None) not in (errno.ENOSPC, errno.EDQUOT) \
+            and usage.free >= _NEARLY_FULL_BYTES:
+        return None
+    return DiskFullError(
+        f"{path}: the disk is full after {_size(written)} of it were written ({_size(usage.free)}"
+        f" free of {_size(usage.total)} on the file system holding {path.parent}); free some "
+        "space (`dvc gc --workspace` drops cached outputs this workspace no longer uses) and "
+        "run again")
+
+
+def _bytes_under(folder: Path) -> int:
+    return sum(entry.lstat().st_size for entry in folder.rglob("*") if entry.is_file())
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside `path`; on success fsync it and rename it to `path` (a link
@@ -149,9 +189,13 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             os.fchmod(handle.fileno(), FILE_MODE)
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
+        full = disk_full(error, path, os.stat(tmp_name).st_size if os.path.exists(tmp_name)
+                         else 0)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if full:
+            raise full from None
         raise
 
 
@@ -201,8 +245,14 @@ def fresh_directory(path: str | Path) -> Iterator[Path]:
         if path.exists():
             shutil.rmtree(path)
         os.replace(staging, path)
-    except BaseException:
+    except BaseException as error:
+        if isinstance(error, DiskFullError):  # one of its files: named where it was to go
+            full: DiskFullError | None = DiskFullError(str(error).replace(str(staging), str(path)))
+        else:
+            full = disk_full(error, path, _bytes_under(staging)) if staging.is_dir() else None
         shutil.rmtree(staging, ignore_errors=True)
+        if full:
+            raise full from None
         raise
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import gc
 import json
 import os
@@ -95,6 +96,8 @@ def run_stage(main: Callable[[], None], error_status: int = 1, sweep: bool = Fal
     first remove what killed runs of any stage left half-written; then run it and print an
     expected failure as one line (exit status `error_status`)."""
     imported = time.time()
+    if getattr(signal.getsignal(signal.SIGINT), "__module__", "") == "pipeline.stages":
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # imports done: as usual
     # progress bars write to the original stream (their carriage returns are theirs)
     sys.stdout, sys.stderr = _PrintableStream(sys.stdout), _PrintableStream(sys.stderr)
     # Each stage module turns the collector off before its imports (they build hundreds of
@@ -122,3 +125,9 @@ def run_stage(main: Callable[[], None], error_status: int = 1, sweep: bool = Fal
     except BrokenPipeError:  # the reader went away (`pipeline-verify | head`): stop quietly,
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(128 + signal.SIGPIPE)  # with the status a shell gives a command it cut off
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: {error.filename or 'writing'}: no space left on its disk ({error}); free "
+              "some space and run again", file=sys.stderr)
+        sys.exit(error_status)

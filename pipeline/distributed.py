@@ -14,6 +14,7 @@ the cluster it ran on:
     PIPELINE_NNODES      how many machines take part (default 1)
     PIPELINE_NODE_RANK   this machine's index, 0 .. NNODES-1; machine 0 writes the outputs
     MASTER_ADDR, MASTER_PORT   where machine 0 listens (torch's own names)
+    PIPELINE_JOIN_TIMEOUT      seconds to wait for every machine to join (default 600)
 
 Workers die with their launcher (Linux: PR_SET_PDEATHSIG), and the launcher with the stage, so
 a killed run leaves no process behind.
@@ -24,10 +25,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,12 @@ from pipeline.errors import PipelineError
 WORKER_ENV = "PIPELINE_DISTRIBUTED_WORKER"  # set for the workers: they must not relaunch
 NNODES_ENV = "PIPELINE_NNODES"
 NODE_RANK_ENV = "PIPELINE_NODE_RANK"
+JOIN_TIMEOUT_ENV = "PIPELINE_JOIN_TIMEOUT"
+DEFAULT_JOIN_TIMEOUT_S = 600  # torchrun's own default for a static rendezvous
+# How the launcher (`python -m pipeline.distributed`) tells the stage why it stopped
+WORKER_FAILED_STATUS, NOT_JOINED_STATUS = 1, 3
+_CPP_LOG_ENV, _USER_CPP_LOG_ENV = "TORCH_CPP_LOG_LEVEL", "PIPELINE_USER_TORCH_CPP_LOG_LEVEL"
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[?[0-9A-Fa-f:.]+\]?")
 
 
 class DistributedError(PipelineError):
@@ -123,21 +131,54 @@ def current_world(environ: Mapping[str, str] = os.environ) -> World:
     return World(int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ["LOCAL_RANK"]))
 
 
-def launcher_arguments(processes: int, environ: Mapping[str, str] = os.environ) -> list[str]:
-    """torchrun's options for this machine; [] when one process on one machine is asked."""
+@dataclass(frozen=True)
+class Cluster:
+    """The machines taking part, as the environment sets them (one machine: no address)."""
+
+    nodes: int = 1
+    node_rank: int = 0
+    address: str = ""
+    port: int = 0
+    join_timeout_s: int = DEFAULT_JOIN_TIMEOUT_S
+
+    def others(self) -> str:
+        return "the other machine" if self.nodes == 2 else f"the other {self.nodes - 1} machines"
+
+    def waiting_for(self) -> str:
+        return (f"machine {self.node_rank} of {self.nodes}: waiting up to {self.join_timeout_s} s"
+                f" for {self.others()} to join at {self.address}:{self.port}")
+
+
+def cluster_from(environ: Mapping[str, str] = os.environ) -> Cluster:
+    """The cluster the environment describes, checked before anything is started."""
     nodes = _environment_int(environ, NNODES_ENV, 1, 1, 1024)
-    if processes == 1 and nodes == 1:
-        return []
-    arguments = ["--nproc-per-node", str(processes)]
     if nodes == 1:
-        return [*arguments, "--standalone"]  # a free local port, no cluster settings
+        return Cluster()
     node_rank = _environment_int(environ, NODE_RANK_ENV, -1, 0, nodes - 1)
     missing = [n for n in ("MASTER_ADDR", "MASTER_PORT") if not environ.get(n)]
     if missing:
         raise DistributedError(f"{NNODES_ENV}={nodes} needs {' and '.join(missing)} in the "
                                "environment: the address and port of machine 0")
-    return [*arguments, "--nnodes", str(nodes), "--node-rank", str(node_rank),
-            "--master-addr", environ["MASTER_ADDR"], "--master-port", environ["MASTER_PORT"]]
+    address = environ["MASTER_ADDR"]
+    if not _HOST.fullmatch(address):
+        raise DistributedError(f"environment variable MASTER_ADDR={address!r}: expected the "
+                               "host name or IP address of machine 0 (such as 10.0.0.1)")
+    port = _environment_int(environ, "MASTER_PORT", 0, 1, 65535)
+    timeout = _environment_int(environ, JOIN_TIMEOUT_ENV, DEFAULT_JOIN_TIMEOUT_S, 1, 86_400)
+    return Cluster(nodes, node_rank, address, port, timeout)
+
+
+def launcher_arguments(processes: int, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """torchrun's options for this machine; [] when one process on one machine is asked."""
+    cluster = cluster_from(environ)
+    if processes == 1 and cluster.nodes == 1:
+        return []
+    arguments = ["--nproc-per-node", str(processes)]
+    if cluster.nodes == 1:
+        return [*arguments, "--standalone"]  # a free local port, no cluster settings
+    return [*arguments, "--nnodes", str(cluster.nodes), "--node-rank", str(cluster.node_rank),
+            "--master-addr", cluster.address, "--master-port", str(cluster.port),
+            "--rdzv-conf", f"timeout={cluster.join_timeout_s}"]
 
 
 def _die_with_parent() -> None:
@@ -152,7 +193,13 @@ def run_workers(launcher: list[str], module: str, argv: list[str], processes: in
     environ = {**os.environ, WORKER_ENV: "1"}
     if processes > 1 and "OMP_NUM_THREADS" not in environ:  # share this machine's cores
         environ["OMP_NUM_THREADS"] = str(max(1, usable_cores() // processes))
-    command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", module, *argv]
+    # the launcher's C++ log would print a stack dump for every failed try to reach machine 0
+    environ[_USER_CPP_LOG_ENV] = environ.get(_CPP_LOG_ENV, "")
+    environ[_CPP_LOG_ENV] = "FATAL"
+    cluster = cluster_from(environ)
+    if cluster.nodes > 1:
+        print(f"{cluster.waiting_for()} ({JOIN_TIMEOUT_ENV} sets how long)", flush=True)
+    command = [sys.executable, "-m", __spec__.name, *launcher, "-m", module, *argv]
     launched = subprocess.Popen(command, env=environ, preexec_fn=_die_with_parent)
     forward = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     interrupted = []
@@ -175,6 +222,13 @@ def run_workers(launcher: list[str], module: str, argv: list[str], processes: in
         sweep_stale_staging(Path.cwd())
         if interrupted:
             raise KeyboardInterrupt
+        if returncode == NOT_JOINED_STATUS:
+            raise DistributedError(
+                f"machine {cluster.node_rank} of {cluster.nodes}: {cluster.others()} did not join "
+                f"at {cluster.address}:{cluster.port} within {cluster.join_timeout_s} s; start "
+                f"the train stage on all {cluster.nodes} machines with the same {NNODES_ENV}, "
+                f"MASTER_ADDR and MASTER_PORT and each its own {NODE_RANK_ENV}, and check that "
+                f"port {cluster.port} of {cluster.address} is reachable from every machine")
         raise DistributedError(
             f"a training worker failed (torchrun exit status {returncode}; its output is "
             "above); the other workers were stopped and no output was written")
@@ -210,6 +264,49 @@ def init_worker(world: World, device: torch.device) -> torch.device:
     return device
 
 
+@contextlib.contextmanager
+def peers_lost_as_errors(world: World) -> Iterator[None]:
+    """A worker whose peer died gets the transport's error in the middle of a collective
+    operation (gloo: "Connection reset by peer"): said in one line, the dead peer's own output
+    being the one that tells why."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not world.distributed or not (isinstance(error, dist.DistError)
+                                         or "gloo" in str(error)):
+            raise
+        reason = re.sub(r"^\[[^\]]*\] *", "", str(error).splitlines()[0]).split(". ")[0][:200]
+        raise DistributedError(f"worker {world.rank} lost its connection to another worker "
+                               f"({reason}): that worker stopped or died, its output above says "
+                               "why") from None
+
+
 def close_worker(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _launch() -> None:
+    """torchrun, as the train stage starts it: a worker that fails has said why on its own
+    output and the stage says the rest in one line, so torchrun's traceback of the same failure
+    (ChildFailedError) and of a rendezvous that timed out are not printed."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    user_level = os.environ.pop(_USER_CPP_LOG_ENV, "")  # the workers log as the user asked
+    if user_level:
+        os.environ[_CPP_LOG_ENV] = user_level
+    else:
+        os.environ.pop(_CPP_LOG_ENV, None)
+    try:
+        torchrun()
+    except ChildFailedError:
+        sys.exit(WORKER_FAILED_STATUS)
+    except (RuntimeError, ValueError) as error:  # the store's DistStoreError is a RuntimeError
+        if "timed out" not in str(error).lower() and "timeout" not in str(error).lower():
+            raise
+        sys.exit(NOT_JOINED_STATUS)
+
+
+if __name__ == "__main__":
+    _launch()

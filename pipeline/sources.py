@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.artifacts import sha256_of, staging_prefix
+from pipeline.artifacts import disk_full, sha256_of, staging_prefix
 from pipeline.datasets import FileSource, check_url
 from pipeline.errors import PipelineError
 from pipeline.params import DownloadParams
@@ -122,10 +122,11 @@ def _validators(headers) -> dict[str, str]:
 
 
 def _stream_once(url: str, part: Path, settings: DownloadParams, show_progress: bool,
-                 deadline: float, max_bytes: int | None = None) -> dict[str, str]:
-    """Stream one URL into `part`, giving up at `deadline` (time.monotonic) however slowly
-    the bytes trickle in, and after `max_bytes` when the size is pinned. Returns the response's
-    validators."""
+                 deadline: float, max_bytes: int | None = None,
+                 dest: Path | None = None) -> dict[str, str]:
+    """Stream one URL into `part` (the temporary name of `dest`), giving up at `deadline`
+    (time.monotonic) however slowly the bytes trickle in, and after `max_bytes` when the size
+    is pinned. Returns the response's validators."""
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
         response = urllib.request.urlopen(
@@ -176,7 +177,10 @@ def _stream_once(url: str, part: Path, settings: DownloadParams, show_progress: 
                         ) from None
                     if not block:
                         break
-                    handle.write(block)
+                    try:
+                        handle.write(block)
+                    except OSError as error:
+                        raise disk_full(error, dest or part, received) or error from None
                     received += len(block)
                     bar.update(len(block))
                     if max_bytes is not None and received > max_bytes:
@@ -211,7 +215,7 @@ def download(
             for attempt in range(settings.retries + 1):
                 try:
                     validators = _stream_once(url, part, settings, show_progress,
-                                              started + settings.max_total_s, size)
+                                              started + settings.max_total_s, size, dest)
                     check_content(part, dest.name)
                     digest = verify(part, sha256, size)
                 except _RetryableError as error:

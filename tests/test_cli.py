@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -55,3 +56,23 @@ def test_every_stage_imports_without_the_collector_and_runs_with_it(tmp_path):
                               env={**tool_env(), "PYTHONPATH": str(ROOT)}, timeout=120)
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == ["False", "True", str(COLLECT_EVERY)], (stage, done.stdout)
+
+
+def test_ctrl_c_while_a_stage_imports_says_so_in_one_line(tmp_path):
+    """-X importtime reports each import as it ends: once the stage package is in, the stage's
+    own imports (torch) are still to come, and SIGINT lands among them."""
+    stage = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "pipeline.stages.train", "--params", "none"],
+        cwd=tmp_path, env={**tool_env(), "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE,
+        text=True)
+    assert stage.stderr is not None
+    lines = []
+    for line in stage.stderr:
+        lines.append(line)
+        if line.rstrip().endswith("| pipeline.stages"):
+            stage.send_signal(signal.SIGINT)
+            break
+    lines += stage.stderr.readlines()
+    assert stage.wait(timeout=60) == 130
+    told = [line for line in lines if not line.startswith("import time:")]
+    assert told == ["interrupted while starting; nothing was written\n"]

@@ -18,6 +18,7 @@ import yaml
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.distributed import (
+    JOIN_TIMEOUT_ENV,
     NNODES_ENV,
     NODE_RANK_ENV,
     DistributedError,
@@ -138,8 +139,8 @@ def workers_of(launcher: subprocess.Popen, marker: str, deadline_s: float = 60) 
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         workers = [pid for pid in processes_mentioning(marker) if pid != launcher.pid
-                   and "torch.distributed.run" not in Path(f"/proc/{pid}/cmdline").read_text(
-                       errors="replace")]
+                   and "-m\0pipeline.distributed\0" not in Path(
+                       f"/proc/{pid}/cmdline").read_text(errors="replace")]
         if len(workers) == 2:
             time.sleep(4)
             return workers
@@ -174,6 +175,8 @@ def test_a_worker_that_dies_fails_the_stage_cleanly(tmp_path):
             launcher.kill()
     assert launcher.returncode == 1
     assert stderr.strip().splitlines()[-1].startswith("error: a training worker failed")
+    assert "Traceback" not in stderr and "ChildFailedError" not in stderr, stderr
+    assert "Traceback" not in stderr and "ChildFailedError" not in stderr, stderr
     assert wait_until_gone(marker) == []  # no worker left behind
     # no checkpoint, logs or timing, and no half-written staging either
     assert list((tmp_path / "out").rglob("*")) == []
@@ -227,7 +230,7 @@ def test_the_launcher_is_set_by_params_and_the_cluster_by_the_environment():
                "MASTER_PORT": "29500"}
     assert launcher_arguments(1, cluster) == [
         "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "1",
-        "--master-addr", "10.0.0.5", "--master-port", "29500"]
+        "--master-addr", "10.0.0.5", "--master-port", "29500", "--rdzv-conf", "timeout=600"]
     with pytest.raises(DistributedError, match="needs MASTER_ADDR and MASTER_PORT"):
         launcher_arguments(1, {NNODES_ENV: "2", NODE_RANK_ENV: "0"})
     with pytest.raises(DistributedError, match="PIPELINE_NODE_RANK='2': expected a whole number "
@@ -235,6 +238,46 @@ def test_the_launcher_is_set_by_params_and_the_cluster_by_the_environment():
         launcher_arguments(1, {**cluster, NODE_RANK_ENV: "2"})
     with pytest.raises(DistributedError, match="PIPELINE_NNODES='two'"):
         launcher_arguments(1, {NNODES_ENV: "two"})
+    with pytest.raises(DistributedError, match="MASTER_PORT='abc': expected a whole number from 1 "
+                                               "to 65535"):
+        launcher_arguments(1, {**cluster, "MASTER_PORT": "abc"})
+    with pytest.raises(DistributedError, match="MASTER_ADDR='10.0.0.5; rm': expected the host"):
+        launcher_arguments(1, {**cluster, "MASTER_ADDR": "10.0.0.5; rm"})
+    with pytest.raises(DistributedError, match="PIPELINE_JOIN_TIMEOUT='0'"):
+        launcher_arguments(1, {**cluster, JOIN_TIMEOUT_ENV: "0"})
+    assert launcher_arguments(1, {**cluster, JOIN_TIMEOUT_ENV: "30"})[-2:] == [
+        "--rdzv-conf", "timeout=30"]
+
+
+def cluster_stage(tmp_path: Path, rank: int, **environment: str) -> subprocess.CompletedProcess:
+    args = stage_args(tmp_path, 1, LINEAR, out=f"node-{rank}")
+    environ = {**os.environ, NNODES_ENV: "2", NODE_RANK_ENV: str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+               "PYTHONPATH": str(ROOT), **environment}
+    return subprocess.run([sys.executable, "-m", "pipeline.stages.train", *args], cwd=tmp_path,
+                          env=environ, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_machine_that_never_joins_is_waited_for_as_long_as_said(tmp_path, rank):
+    done = cluster_stage(tmp_path, rank, **{JOIN_TIMEOUT_ENV: "2"})
+    assert done.returncode == 1
+    assert done.stdout.startswith(f"machine {rank} of 2: waiting up to 2 s for the other machine "
+                                  "to join at 127.0.0.1:")
+    assert done.stderr.strip().splitlines() == [
+        f"error: machine {rank} of 2: the other machine did not join at 127.0.0.1:"
+        f"{done.stdout.split(':')[2].split()[0]} within 2 s; start the train stage on all 2 "
+        "machines with the same PIPELINE_NNODES, MASTER_ADDR and MASTER_PORT and each its own "
+        f"PIPELINE_NODE_RANK, and check that port {done.stdout.split(':')[2].split()[0]} of "
+        "127.0.0.1 is reachable from every machine"]
+    assert not (tmp_path / f"node-{rank}").exists()
+
+
+def test_a_bad_cluster_environment_is_refused_before_anything_starts(tmp_path):
+    done = cluster_stage(tmp_path, 0, MASTER_PORT="abc")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == ("error: environment variable MASTER_PORT='abc': expected a whole "
+                           "number from 1 to 65535\n")
 
 
 def _replica_worker(rank: int, store: str, perturb: bool, results) -> None:

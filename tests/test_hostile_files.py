@@ -352,3 +352,67 @@ def test_an_unknown_class_name_is_named_with_its_line(tmp_path):
     body = HEADER + named_rows(10) + b"Sneaker,1,2,3,4\n" + named_rows(20)
     refused(prepare(tmp_path, body), "train.csv, line 12: label 'Sneaker' is not one of the "
                                      "dataset's classes (a, b, c)", "add it to `classes:`")
+
+
+# --- a full disk: each stage names the file, the space left, and leaves nothing --------------
+
+def on_a_small_disk(folder: Path, kilobytes: int, module: str,
+                    *args: str) -> subprocess.CompletedProcess:
+    """`python -m module args` with `folder` on a file system of `kilobytes` (a tmpfs in the
+    process's own mount namespace, gone with it). What the stage left there is listed on the
+    last line of stderr, `left: <files>`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = ('mount -t tmpfs -o size="$1"k tmpfs "$2" || exit 99; folder="$2"; shift 2; "$@"; '
+              'status=$?; echo "left: $(find "$folder" -type f | tr "\\n" " ")" >&2; exit $status')
+    return subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script, "sh",
+                           str(kilobytes), str(folder), sys.executable, "-m", module, *args],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=300)
+
+
+def full_disk_refused(done: subprocess.CompletedProcess, written: str) -> str:
+    assert done.returncode == 1, done.stderr[-2000:]
+    *said, left = done.stderr.strip().splitlines()
+    assert left == "left:", left  # nothing half-written
+    error = [line for line in said if line.startswith("error: ")]
+    assert "Traceback" not in done.stderr and len(error) == 1, done.stderr[-3000:]
+    assert error[0].startswith(f"error: {written}: the disk is full after "), error
+    assert " free of " in error[0] and "free some space" in error[0], error
+    return error[0]
+
+
+def test_a_full_disk_while_downloading_names_the_file(http_server, tmp_path):
+    url = http_server.add("/big.csv", serve_bytes(HEADER + rows(20_000)))  # 300 KB
+    params = write_params(tmp_path, {**TOY, "train": {"url": url}},
+                          download={"retries": 0, "backoff_s": 0})
+    done = on_a_small_disk(tmp_path / "cache", 64, "pipeline.stages.download", "--params",
+                           str(params), "--dataset", "toy", "--out", str(tmp_path / "raw"),
+                           "--cache", str(tmp_path / "cache"), "--sources", str(tmp_path / "src"))
+    full_disk_refused(done, str(tmp_path / "cache" / "toy" / "big.csv"))
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_full_disk_while_preparing_names_the_folder(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    pixels = ",".join(f"p{i}" for i in range(64))
+    (raw / "train.csv").write_text(f"label,{pixels}\n" + "".join(
+        f"{i % 3}," + ",".join(str((i * 7 + j) % 256) for j in range(64)) + "\n"
+        for i in range(3000)))
+    params = write_params(tmp_path, {**TOY, "shape": [1, 8, 8]})
+    done = on_a_small_disk(tmp_path / "disk", 64, "pipeline.stages.prepare", "--params",
+                           str(params), "--dataset", "toy", "--raw", str(raw), "--out",
+                           str(tmp_path / "disk" / "prepared"))
+    full_disk_refused(done, str(tmp_path / "disk" / "prepared" / "train.pkl"))
+
+
+def test_a_full_disk_while_training_names_the_output(tmp_path):
+    from tests.test_tracking import train_args
+
+    args = train_args(tmp_path, tensorboard=False)
+    disk = tmp_path / "disk"
+    for option, name in [("--checkpoint", "tiny.pt"), ("--live", "live"),
+                         ("--tensorboard", "tb"), ("--timing", "timing.json")]:
+        args[args.index(option) + 1] = str(disk / name)
+    done = on_a_small_disk(disk, 8, "pipeline.stages.train", *args)
+    full_disk_refused(done, str(disk / "tb"))  # the first output the stage writes

@@ -37,6 +37,7 @@ from pipeline.distributed import (
     current_world,
     init_worker,
     launcher_arguments,
+    peers_lost_as_errors,
     run_workers,
 )
 from pipeline.engine import fit, native_bf16, select_device, summarise
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     if world.distributed:
         device = init_worker(world, device)
     try:
-        train(args, params, device, world)
+        with peers_lost_as_errors(world):
+            train(args, params, device, world)
     finally:
         close_worker(world)
 

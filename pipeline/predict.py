@@ -55,6 +55,12 @@ class Batch:
     labels: list[str | None]  # the true class where the input says it
 
 
+# The largest side an image file is worked on at (or twice the model's side, if larger):
+# reduced by whole factors below it first
+WORK_SIDE = 1024
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
 def load_image(path: Path, shape: tuple[int, int, int], invert: str = "auto",
                drawing: Drawing | None = None) -> np.ndarray:
     """One image file as a C x H x W uint8 array in the model's shape. With the dataset's
@@ -67,11 +73,14 @@ def load_image(path: Path, shape: tuple[int, int, int], invert: str = "auto",
             if frames > 1:
                 raise PredictError(f"{path}: an animated image with {frames} frames; save the "
                                    "frame to classify as a PNG")
+            sixteen_bit = opened.mode in _SIXTEEN_BIT
+            work_side = max(WORK_SIDE, 2 * height, 2 * width)
+            opened.draft(None, (work_side, work_side))  # JPEG: decoded at 1/2 to 1/8 scale
             opened.load()
             # a phone stores a photo as the sensor read it, with an EXIF tag saying how to
-            # turn it upright (as a browser shows it)
-            upright = ImageOps.exif_transpose(opened)
-            image = _to_8_bit(upright).convert("L" if channels == 1 else "RGB")
+            # turn it upright (as a browser shows it); the tag travels with the reduced copy
+            upright = ImageOps.exif_transpose(_reduced(opened, work_side))
+            image = _to_8_bit(upright, sixteen_bit).convert("L" if channels == 1 else "RGB")
     except UserFileError as error:
         if "is a folder" in str(error):
             raise PredictError(f"{path}: is a folder; give the image files in it") from None
@@ -100,13 +109,44 @@ def load_image(path: Path, shape: tuple[int, int, int], invert: str = "auto",
     return np.ascontiguousarray(array)
 
 
-def _to_8_bit(image: Image.Image) -> Image.Image:
+def _reduced(image: Image.Image, side: int) -> Image.Image:
+    """The image with at most `side` pixels on its longer side, each pixel the mean of the
+    block it stands for (transparent pixels weighted by their alpha). A model sees a few dozen
+    pixels a side, and the float arithmetic below on a whole 8000 x 8000 picture would take
+    gigabytes; reduced a band of rows at a time, the decoded picture is the only large copy."""
+    factor = -(-max(image.size) // side)
+    if factor <= 1:
+        return image
+    width, height = image.size
+    band = factor * max(1, 256 // factor)
+    parts = [_reduced_band(image.crop((0, top, width, min(top + band, height))), factor)
+             for top in range(0, height, band)]
+    reduced = Image.new(parts[0].mode, (parts[0].width, sum(part.height for part in parts)))
+    for index, part in enumerate(parts):
+        reduced.paste(part, (0, index * (band // factor)))
+    reduced.info = dict(image.info)  # the EXIF orientation, a palette's transparency
+    return reduced
+
+
+def _reduced_band(band: Image.Image, factor: int) -> Image.Image:
+    if band.mode in ("1", "P", "PA"):  # means of palette indices or of bits are no colours
+        transparent = band.mode == "PA" or "transparency" in band.info
+        band = band.convert("RGBA" if transparent else "L" if band.mode == "1" else "RGB")
+    if band.mode in _SIXTEEN_BIT:
+        band = band.convert("I")
+    premultiplied = {"RGBA": "RGBa", "LA": "La"}.get(band.mode)
+    if premultiplied:
+        return band.convert(premultiplied).reduce(factor).convert(band.mode)
+    return band.reduce(factor)
+
+
+def _to_8_bit(image: Image.Image, sixteen_bit: bool) -> Image.Image:
     """8 bits a channel without losing the picture: 16- and 32-bit grey are scaled down (PIL's
     own conversion clips them to white), and a transparent background is filled with the
     colour opposite to the ink, so the drawing stays visible whatever its colour."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if image.mode in (*_SIXTEEN_BIT, "I", "F"):
         values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        top = 65535.0 if sixteen_bit or values.max() > 255 else 255.0
         return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")

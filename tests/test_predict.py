@@ -306,10 +306,7 @@ sys.exit(done.returncode)
 def test_a_large_csv_is_classified_in_bounded_memory(tmp_path):
     """Rows are read, classified, printed and written in blocks: a file 16 times larger
     raises the peak memory by far less than its rows' arrays and names would take whole."""
-    model = tmp_path / "digits.pt"
-    state = build(Linear(), (1, 8, 8), 10).state_dict()
-    Checkpoint(Linear(), (1, 8, 8), [str(d) for d in range(10)], [state], state, "digits",
-               "linear").save(model)
+    model = digits_linear_checkpoint(tmp_path)
     row = b",".join([b"16"] * 32 + [b"0"] * 32) + b",7\n"  # the digits layout: label last
 
     def peak_mb(rows: int) -> float:
@@ -327,6 +324,50 @@ def test_a_large_csv_is_classified_in_bounded_memory(tmp_path):
     small, large = peak_mb(25_000), peak_mb(400_000)  # 3.5 MB and 56 MB of CSV
     # whole, the large file's rows would take over 100 MB (images, names, probabilities)
     assert large - small < 40, (small, large)
+
+
+def digits_linear_checkpoint(folder) -> str:
+    model = folder / "digits.pt"
+    state = build(Linear(), (1, 8, 8), 10).state_dict()
+    Checkpoint(Linear(), (1, 8, 8), [str(d) for d in range(10)], [state], state, "digits",
+               "linear").save(model)
+    return str(model)
+
+
+@pytest.mark.slow
+def test_a_huge_image_is_classified_with_little_more_memory_than_its_pixels(tmp_path):
+    """8000 x 8000 pictures (PNGs of about 130 KB, under Pillow's bomb limit): a 16-bit grey
+    one and a transparent RGBA one are reduced a band at a time before any float arithmetic,
+    and read as the same picture in 8-bit grey is."""
+    model = digits_linear_checkpoint(tmp_path)
+    stroke = (slice(2000, 6000), slice(3800, 4200))
+    grey16 = np.zeros((8000, 8000), np.uint16)
+    grey16[stroke] = 65535
+    rgba = np.zeros((8000, 8000, 4), np.uint8)
+    rgba[stroke] = 255  # white opaque ink on a transparent background
+    grey8 = np.zeros((8000, 8000), np.uint8)
+    grey8[stroke] = 255
+    pictures = {"grey16": (Image.fromarray(grey16), 8000 * 8000 * 2),
+                "rgba": (Image.fromarray(rgba, "RGBA"), 8000 * 8000 * 4),
+                "grey8": (Image.fromarray(grey8), 8000 * 8000)}
+    Image.fromarray(grey8[::250, ::250]).save(tmp_path / "small.png")
+
+    def run(name: str) -> tuple[float, str]:
+        done = subprocess.run([sys.executable, "-c", PEAK_MEMORY, str(tmp_path / name),
+                               "--checkpoint", model, "--params", str(ROOT / "params.yaml")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        peak = int(done.stderr.rsplit("peak_kb=", 1)[1].split()[0]) * 1024
+        return peak, done.stdout.split(": ", 1)[1]
+
+    baseline, _ = run("small.png")
+    read = {}
+    for name, (picture, decoded_bytes) in pictures.items():
+        picture.save(tmp_path / f"{name}.png")
+        del picture
+        peak, read[name] = run(f"{name}.png")
+        assert peak - baseline < 2 * decoded_bytes + 64 * 2**20, (name, peak, baseline)
+    assert read["grey16"] == read["grey8"] == read["rgba"], read
 
 
 def test_a_csv_refused_part_way_leaves_nothing_of_it_in_out_or_the_accuracy(checkpoint,

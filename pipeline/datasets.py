@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
@@ -136,7 +137,13 @@ class _DatasetBase(Strict):
     @field_validator("classes", mode="before")
     @classmethod
     def _numbers_name_classes(cls, classes: Any) -> Any:
-        """`classes: [0, 1, 2]` names the classes "0", "1", "2" (booleans stay refused)."""
+        """`classes: [0, 1, 2]` names the classes "0", "1", "2" (booleans stay refused), and so
+        does `classes: 3`: a long list would make every DVC command slow (DVC parses
+        params.yaml again for each stage; docs/performance.md, "Many classes")."""
+        if isinstance(classes, int) and not isinstance(classes, bool):
+            if not 2 <= classes <= MAX_CLASSES:
+                raise ValueError(f"a number of classes from 2 to {MAX_CLASSES:,}, or their names")
+            return [str(c) for c in range(classes)]
         if isinstance(classes, list):
             return [str(c) if isinstance(c, int) and not isinstance(c, bool) else c
                     for c in classes]
@@ -145,7 +152,7 @@ class _DatasetBase(Strict):
     @field_validator("classes")
     @classmethod
     def _unique_classes(cls, classes: list[str]) -> list[str]:
-        duplicates = sorted({c for c in classes if classes.count(c) > 1})
+        duplicates = sorted(name for name, count in Counter(classes).items() if count > 1)
         if duplicates:
             raise ValueError(f"class names must be unique; repeated: {duplicates}")
         return classes

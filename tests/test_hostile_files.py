@@ -4,6 +4,7 @@ Each through the entry point a user runs; refused in one line, in bounded time, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import subprocess
@@ -416,3 +417,38 @@ def test_a_full_disk_while_training_names_the_output(tmp_path):
         args[args.index(option) + 1] = str(disk / name)
     done = on_a_small_disk(disk, 8, "pipeline.stages.train", *args)
     full_disk_refused(done, str(disk / "tb"))  # the first output the stage writes
+
+
+# --- another revision's params reach the terminal as text ------------------------------------
+
+def test_pipeline_compare_prints_a_changed_value_holding_escapes_as_text_on_a_terminal(tmp_path):
+    """A class name with an OSC title sequence, a bell and a clear-screen, changed in the
+    workspace: the "changed from the commit" column shows it escaped, on a pseudo-terminal (where
+    colour and terminal libraries switch on) as through a pipe."""
+    import pty
+
+    from tests.conftest import copy_repository, sh
+
+    copy_repository(tmp_path, keep_lock=True)
+    sh(["git", "add", "-A"], tmp_path)
+    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base"], tmp_path)
+    params = tmp_path / "params.yaml"
+    text = params.read_text()
+    assert 'classes: ["0", "1",' in text
+    params.write_text(text.replace('classes: ["0", "1",', r'classes: ["\e]0;pwned\a\e[2J", "1",',
+                                   1))
+    piped = run_module("pipeline.compare", "--params", "params.yaml", cwd=tmp_path)
+    primary, secondary = pty.openpty()
+    shown = subprocess.Popen([sys.executable, "-m", "pipeline.compare", "--params",
+                              "params.yaml"], cwd=tmp_path, stdout=secondary, stderr=secondary,
+                             env={**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm"})
+    os.close(secondary)
+    on_terminal = b""
+    with contextlib.suppress(OSError):  # EIO once the program has exited
+        while chunk := os.read(primary, 1 << 16):
+            on_terminal += chunk
+    os.close(primary)
+    assert shown.wait(timeout=120) == piped.returncode == 0, piped.stderr
+    for output in (piped.stdout.encode(), on_terminal.replace(b"\r\n", b"\n")):
+        assert not {byte for byte in output if byte < 0x20} - {0x09, 0x0A}, output[:2000]
+        assert b"datasets.digits.classes=['\\x1b]0;pwned\\x07\\x1b[" in output, output[:2000]

@@ -59,6 +59,9 @@ def test_unknown_keys_get_a_did_you_mean():
         ({"datasets__digits__shape": [8, 8]},
          "datasets.digits.shape = [8, 8]: expected [channels, height, width]"),
         ({"datasets__digits__classes": ["a", "a"]}, "class names must be unique"),
+        ({"datasets__digits__classes": 1}, "a number of classes from 2 to 100,000, or their"),
+        ({"datasets__digits__classes": 100_001}, "datasets.digits.classes = 100001"),
+        ({"datasets__digits__classes": True}, "datasets.digits.classes = True"),
         ({"models__cnn3__activation": "gelu"}, "models.cnn3.activation = 'gelu'"),
         ({"models__cnn3__dropout": 1.0}, "models.cnn3.dropout = 1.0"),
         ({"models__cnn3__channels": []}, "models.cnn3.channels = []"),
@@ -149,3 +152,13 @@ def test_per_model_overrides_have_every_train_setting_with_its_bounds():
     assert "models.cnn.train.epochs = 0: Input should be greater than or equal to 1" in str(
         error.value)
     assert "models.cnn.train.optimizer = 'rmsprop'" in str(error.value)
+
+
+def test_a_count_names_numbered_classes_and_many_names_are_checked_in_linear_time():
+    ten_thousand = parse_params(params_with(datasets__digits__classes=10_000))
+    assert ten_thousand.dataset("digits").classes == [str(c) for c in range(10_000)]
+    names = [f"class {c}" for c in range(100_000)]
+    listed = parse_params(params_with(datasets__digits__classes=names))  # seconds if quadratic
+    assert listed.dataset("digits").classes == names
+    message = refused(params_with(datasets__digits__classes=[*names[:-1], "class 7"]))
+    assert "repeated: ['class 7']" in message

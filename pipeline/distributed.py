@@ -80,6 +80,16 @@ class World:
             dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values
 
+    def all_equal(self, value: int) -> bool:
+        """Whether every rank holds the same `value`."""
+        if not self.distributed:
+            return True
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces on the GPU
+        low, high = torch.tensor([value], device=device), torch.tensor([value], device=device)
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        return bool(low.item() == high.item())
+
     def gather_shards(self, part: torch.Tensor, count: int) -> torch.Tensor:
         """Every rank's `shard(count)` rows of a tensor, concatenated in rank order."""
         if not self.distributed:

@@ -14,12 +14,14 @@ the same number of epochs. On CUDA each full batch's step is one replayed CUDA g
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ from pipeline.distributed import SINGLE_PROCESS, DistributedError, World
 from pipeline.errors import PipelineError
 from pipeline.models import build
 from pipeline.optim import FusedAdam, OneCycle
-from pipeline.params import ParamsError, TrainSettings
+from pipeline.params import EarlyStopping, ParamsError, TrainSettings
 from pipeline.splits import Split
 from pipeline.tracking import EpochRow, SeedSummary, Summary
 
@@ -265,6 +267,43 @@ class Runner:
         return loss_sum / len(data), correct / len(data), logits
 
 
+class EarlyStopper:
+    """Decides after each epoch whether training goes on (`train.early_stopping`)."""
+
+    def __init__(self, rule: EarlyStopping):
+        self.rule = rule
+        self.best = math.inf  # the monitored value, as a loss (accuracy negated)
+        self.epochs_without_improvement = 0
+
+    def stop_reason(self, row: EpochRow) -> str | None:
+        """Why training stops after this epoch, or None to go on."""
+        rule = self.rule
+        if rule.max_loss is not None and row.train_loss > rule.max_loss:
+            return (f"diverging: train loss {row.train_loss:.4g} above early_stopping.max_loss "
+                    f"{rule.max_loss:g}")
+        if rule.patience is None:
+            return None
+        accuracy = rule.monitor == "valid_accuracy"
+        value = -row.valid_accuracy if accuracy else row.valid_loss
+        if value < self.best - rule.min_delta:
+            self.best, self.epochs_without_improvement = value, 0
+            return None
+        self.epochs_without_improvement += 1
+        if self.epochs_without_improvement < rule.patience:
+            return None
+        shown = f"{-self.best:.4f}" if accuracy else f"{self.best:.4f}"
+        return (f"{rule.monitor.replace('_', ' ')} not better than {shown}"
+                + (f" by {rule.min_delta:g}" if rule.min_delta else "")
+                + f" for {rule.patience} epoch{'s' if rule.patience > 1 else ''}")
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "epochs_without_improvement": self.epochs_without_improvement}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = float(state["best"])
+        self.epochs_without_improvement = int(state["epochs_without_improvement"])
+
+
 @dataclass
 class TrainResult:
     history: list[EpochRow]
@@ -275,10 +314,23 @@ class TrainResult:
     test_accuracy: float
     test_logits: np.ndarray
     epoch_seconds: list[float]  # timing: kept apart from everything a re-run must reproduce
+    stop_reason: str | None = None  # why it stopped before `epochs`, if it did
 
     @property
     def train_seconds(self) -> float:
         return sum(self.epoch_seconds)
+
+    def to_state(self) -> dict:
+        """Plain tensors, lists and numbers, as torch.load(weights_only=True) reads them."""
+        state = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        state["history"] = [dataclasses.astuple(row) for row in self.history]
+        state["test_logits"] = torch.from_numpy(self.test_logits)
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict) -> TrainResult:
+        return cls(**{**state, "history": [EpochRow(*row) for row in state["history"]],
+                      "test_logits": state["test_logits"].numpy()})
 
 
 class Training:
@@ -318,6 +370,8 @@ class Training:
         self.best = (-1.0, float("inf"))
         self.best_epoch = 0
         self.best_state: dict = {}
+        self.stopper = EarlyStopper(settings.early_stopping)
+        self.stop_reason: str | None = None
 
     def run_epoch(self, progress: tqdm | None = None) -> EpochRow:
         """Train one epoch, evaluate on valid, remember the best weights; the history row."""
@@ -335,7 +389,48 @@ class Training:
             self.best = (valid_acc, valid_loss)
             self.best_epoch = row.epoch
             self.best_state = cpu_copy(self.runner.model.state_dict())
+        if math.isfinite(row.train_loss) and math.isfinite(row.valid_loss):
+            self.stop_reason = self.stopper.stop_reason(row)
         return row
+
+    def state_dict(self) -> dict:
+        """Everything the rest of the run depends on, copied to the CPU (pipeline/resume.py)."""
+        device = self.runner.device
+        return {
+            "model": cpu_copy(self.runner.model.state_dict()),
+            "optimizer": optimizer_state(self.optimizer),
+            "schedule_steps": self.schedule.step_count if self.schedule else 0,
+            "generator": self.generator.get_state(),
+            "cpu_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "history": [dataclasses.astuple(row) for row in self.history],
+            "epoch_seconds": list(self.epoch_seconds),
+            "best": self.best, "best_epoch": self.best_epoch, "best_state": self.best_state,
+            "initial_state": self.initial_state, "stopper": self.stopper.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state_dict()`'s copy; tensors are copied into the ones training (and
+        a captured CUDA graph) already holds."""
+        self.runner.model.load_state_dict(state["model"])
+        restore_optimizer_state(self.optimizer, state["optimizer"])
+        if self.schedule is not None:
+            self.schedule.step_count = int(state["schedule_steps"])
+            self.schedule.apply()
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["cpu_rng"])
+        if state["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.runner.device)
+        self.history = [EpochRow(*row) for row in state["history"]]
+        self.epoch_seconds = list(state["epoch_seconds"])
+        self.best, self.best_epoch = tuple(state["best"]), int(state["best_epoch"])
+        self.best_state, self.initial_state = state["best_state"], state["initial_state"]
+        self.stopper.load_state_dict(state["stopper"])
+        self.stop_reason = None
+
+    @property
+    def done(self) -> bool:
+        return self.stop_reason is not None or len(self.history) >= self.settings.epochs
 
     def finish(self) -> TrainResult:
         """Restore the best-validation weights and evaluate them on test."""
@@ -355,11 +450,66 @@ class Training:
             test_accuracy=test_acc,
             test_logits=test_logits.float().cpu().numpy(),
             epoch_seconds=self.epoch_seconds,
+            stop_reason=self.stop_reason,
         )
 
 
 def cpu_copy(state_dict: dict) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
+
+
+def _parameters(optimizer: Optimizer) -> list[Any]:
+    if isinstance(optimizer, FusedAdam):
+        return optimizer.params
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def optimizer_state(optimizer: Optimizer) -> list:
+    """Each parameter's optimizer state in parameter order, copied to the CPU: a dict for
+    torch.optim, a tuple for pipeline.optim's fused Adam, None before the first step."""
+    def copied(value: Any) -> Any:
+        return value.detach().to("cpu", copy=True) if isinstance(value, torch.Tensor) else value
+
+    saved: list = []
+    states: dict[Any, Any] = optimizer.state
+    for parameter in _parameters(optimizer):
+        state = states.get(parameter)
+        if isinstance(state, dict):
+            saved.append({key: copied(value) for key, value in state.items()})
+        else:
+            saved.append(None if state is None else tuple(copied(value) for value in state))
+    return saved
+
+
+def restore_optimizer_state(optimizer: Optimizer, saved: list) -> None:
+    """Put `optimizer_state()`'s copy back, into the existing tensors where there are some."""
+    parameters = _parameters(optimizer)
+    if len(saved) != len(parameters):
+        raise TrainingError(f"the saved optimizer state has {len(saved)} parameters, the model "
+                            f"{len(parameters)}")
+    states: dict[Any, Any] = optimizer.state
+    with torch.no_grad():
+        for parameter, state in zip(parameters, saved, strict=True):
+            current = states.get(parameter)
+            if state is None:
+                states.pop(parameter, None)
+            elif isinstance(state, dict):
+                target = current if isinstance(current, dict) else {}
+                for key, value in state.items():
+                    if isinstance(value, torch.Tensor) and isinstance(target.get(key),
+                                                                      torch.Tensor):
+                        target[key].copy_(value)
+                    elif isinstance(value, torch.Tensor):
+                        target[key] = value.to(parameter.device if value.dim() else
+                                               value.device)
+                    else:
+                        target[key] = value
+                states[parameter] = target
+            elif isinstance(current, tuple):
+                for into, value in zip(current, state, strict=True):
+                    into.copy_(value)
+            else:
+                states[parameter] = tuple(value.to(parameter.device) for value in state)
 
 
 def fit(
@@ -372,18 +522,29 @@ def fit(
     channels_last: bool = True,
     show_progress: bool = False,
     log=print,
-    on_epoch: Callable[[EpochRow, nn.Module], None] | None = None,
+    on_epoch: Callable[[EpochRow, nn.Module | None], None] | None = None,
     world: World = SINGLE_PROCESS,
     cuda_graphs: bool = False,
+    resume: dict | None = None,
+    save_state: Callable[[Training], None] | None = None,
 ) -> TrainResult:
-    """Train for `settings.epochs`, keep the weights with the best validation accuracy;
-    `on_epoch(row, model)` sees every history row (the tracker logs it)."""
+    """Train for `settings.epochs` (or until early stopping says), keep the weights with the
+    best validation accuracy; `on_epoch(row, model)` sees every history row (the tracker logs
+    it). With `resume` (a `Training.state_dict()`), continue from there: the rows before it are
+    passed to `on_epoch` again, without a model. `save_state(training)` is offered the run after
+    every epoch that does not end it."""
     training = Training(architecture, settings, splits, device, seed, amp, channels_last, world,
                         cuda_graphs)
-    total = settings.epochs * len(training.data["train"])
-    with tqdm(total=total, unit="img", disable=not show_progress, leave=False,
+    if resume is not None:
+        training.load_state_dict(resume)
+        for row in training.history:
+            if on_epoch is not None:
+                on_epoch(row, None)
+    per_epoch = len(training.data["train"])
+    with tqdm(total=settings.epochs * per_epoch, initial=len(training.history) * per_epoch,
+              unit="img", disable=not show_progress, leave=False,
               file=sys.__stderr__) as progress:
-        for _ in range(settings.epochs):
+        while not training.done:
             row = training.run_epoch(progress if show_progress else None)
             if not (math.isfinite(row.train_loss) and math.isfinite(row.valid_loss)):
                 raise TrainingError(
@@ -401,6 +562,11 @@ def fit(
                 log(line)
             if on_epoch is not None:
                 on_epoch(row, training.runner.model)
+            if training.stop_reason is not None:
+                log(f"stopped early after epoch {row.epoch} of {settings.epochs}: "
+                    f"{training.stop_reason}; keeping epoch {training.best_epoch}'s weights")
+            elif save_state is not None and not training.done:
+                save_state(training)
     return training.finish()
 
 

@@ -86,13 +86,14 @@ class OneCycle:
              self.BASE_MOMENTUM, self.MAX_MOMENTUM),
         ]
         self.step_count = 0
-        self._apply()
+        self.apply()
 
     @staticmethod
     def _anneal(start: float, end: float, fraction: float) -> float:
         return end + (start - end) / 2.0 * (math.cos(math.pi * fraction) + 1)
 
-    def _apply(self) -> None:
+    def apply(self) -> None:
+        """Set the learning rate (and momentum) of the current step."""
         start_step = 0.0
         for index, (end_step, lr_from, lr_to, momentum_from, momentum_to) in enumerate(
                 self.phases):
@@ -112,4 +113,4 @@ class OneCycle:
 
     def step(self) -> None:
         self.step_count += 1
-        self._apply()
+        self.apply()

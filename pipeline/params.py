@@ -62,6 +62,24 @@ class PrepareParams(Strict):
     max_bad_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
 
 
+class EarlyStopping(Strict):
+    """When a model's training stops before `epochs`: the monitored validation metric has not
+    improved by `min_delta` for `patience` epochs, or the training loss went above `max_loss`
+    (diverging). Either way the best-validation weights are kept, as after a full run."""
+
+    patience: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+        None, description="epochs without improvement before stopping; null: never")
+    monitor: Literal["valid_loss", "valid_accuracy"] = "valid_loss"
+    min_delta: Annotated[float, Field(ge=0, le=1e6)] = Field(
+        0.0, description="the least change of the monitored metric that counts as better")
+    max_loss: Annotated[float, Field(gt=0, le=1e6)] | None = Field(
+        None, description="stop when an epoch's training loss goes above this; null: never")
+
+    @property
+    def active(self) -> bool:
+        return self.patience is not None or self.max_loss is not None
+
+
 class TrainSettings(Strict):
     epochs: Epochs = 10
     batch_size: BatchSize = 32
@@ -70,6 +88,7 @@ class TrainSettings(Strict):
     schedule: Schedule = "onecycle"
     momentum: Momentum = 0.9
     weight_decay: WeightDecay = 0.0
+    early_stopping: EarlyStopping = EarlyStopping()
 
 
 # Per-model training overrides: every TrainSettings field, optional (left out: the train
@@ -107,6 +126,9 @@ class ExecutionParams(Strict):
     cuda_graphs: bool = Field(True, description="on CUDA, replay each full batch's training "
                               "step as one captured CUDA graph")
     tensorboard: bool = Field(False, description="also write TensorBoard event logs")
+    save_state_every_s: Annotated[float, Field(ge=0, le=86_400)] = Field(
+        30.0, description="save the training state at the end of an epoch at most this often, "
+                          "so a killed train stage resumes (0: every epoch)")
 
 
 class ModelRun(Strict):

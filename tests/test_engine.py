@@ -6,6 +6,7 @@ import torch
 
 from pipeline.architectures import Cnn, Linear, LinearNet
 from pipeline.engine import (
+    EarlyStopper,
     Training,
     fit,
     make_optimizer,
@@ -17,7 +18,8 @@ from pipeline.engine import (
 )
 from pipeline.models import build
 from pipeline.optim import FusedAdam
-from pipeline.params import ParamsError, TrainSettings
+from pipeline.params import EarlyStopping, ParamsError, TrainSettings
+from pipeline.tracking import EpochRow
 from tests.conftest import CPU, toy_splits
 
 TOY = {"linear": Linear(), "linearnet": LinearNet(hidden=[16]),
@@ -214,3 +216,57 @@ def test_training_that_diverges_stops_with_a_clear_message():
                                             r"train.*lower the learning rate \(now 0.05\)"):
         fit(Linear(), TrainSettings(epochs=4, lr=0.05), toy_splits(), CPU, seed=0,
             log=lambda _: None, on_epoch=poison)
+
+
+def rows(*values: tuple[float, float]) -> list[EpochRow]:
+    """History rows from (valid loss, valid accuracy) pairs; train loss 1."""
+    return [EpochRow(epoch, 1.0, 0.5, loss, accuracy, 0.01)
+            for epoch, (loss, accuracy) in enumerate(values, 1)]
+
+
+def stops(rule: EarlyStopping, history: list[EpochRow]) -> list[str | None]:
+    stopper = EarlyStopper(rule)
+    return [stopper.stop_reason(row) for row in history]
+
+
+def test_early_stopping_counts_epochs_without_improvement_of_the_monitored_metric():
+    history = rows((0.5, 0.8), (0.4, 0.8), (0.45, 0.9), (0.41, 0.9), (0.42, 0.9))
+    assert stops(EarlyStopping(), history) == [None] * 5
+    by_loss = stops(EarlyStopping(patience=3), history)
+    assert by_loss == [None, None, None, None,
+                       "valid loss not better than 0.4000 for 3 epochs"]
+    by_accuracy = stops(EarlyStopping(patience=2, monitor="valid_accuracy"), history)
+    assert by_accuracy[:4] == [None, None, None, None]
+    assert by_accuracy[4] == "valid accuracy not better than 0.9000 for 2 epochs"
+    # 0.4 -> 0.39 is no improvement by 0.05: the count goes on from epoch 2
+    almost = rows((0.5, 0.8), (0.4, 0.8), (0.39, 0.8), (0.38, 0.8))
+    assert stops(EarlyStopping(patience=2, min_delta=0.05), almost)[3] == (
+        "valid loss not better than 0.4000 by 0.05 for 2 epochs")
+
+
+def test_a_training_loss_above_max_loss_stops_at_once():
+    history = [EpochRow(1, 0.7, 0.5, 0.6, 0.6, 0.01), EpochRow(2, 9.5, 0.5, 9.0, 0.5, 0.01)]
+    assert stops(EarlyStopping(max_loss=5), history) == [
+        None, "diverging: train loss 9.5 above early_stopping.max_loss 5"]
+
+
+def test_early_stopping_ends_fit_and_keeps_the_best_weights():
+    """On the toy problem valid accuracy reaches 1.0 within a few epochs and cannot improve:
+    with patience 2 on accuracy the run stops 2 epochs after it got there."""
+    settings = TrainSettings(epochs=40, lr=0.05, schedule="constant",
+                             early_stopping=EarlyStopping(patience=2, monitor="valid_accuracy"))
+    said: list[str] = []
+    result = fit(Linear(), settings, toy_splits(), CPU, seed=0, log=said.append)
+    epochs = len(result.history)
+    assert epochs < 40 and result.stop_reason is not None
+    best = max(row.valid_accuracy for row in result.history)
+    first_best = next(row.epoch for row in result.history if row.valid_accuracy == best)
+    kept = max(result.history, key=lambda r: (r.valid_accuracy, -r.valid_loss)).epoch
+    assert epochs == first_best + 2 and result.best_epoch == kept
+    assert said[-1] == (f"stopped early after epoch {epochs} of 40: {result.stop_reason}; "
+                        f"keeping epoch {kept}'s weights")
+    full = fit(Linear(), settings.model_copy(update={"early_stopping": EarlyStopping()}),
+               toy_splits(), CPU, seed=0, log=lambda _: None)
+    assert len(full.history) == 40 and full.stop_reason is None
+    # the stopped run is the full run's first epochs, to the bit
+    assert [r.valid_loss for r in full.history[:epochs]] == [r.valid_loss for r in result.history]

@@ -40,10 +40,11 @@ from pipeline.distributed import (
     peers_lost_as_errors,
     run_workers,
 )
-from pipeline.engine import fit, native_bf16, select_device, summarise
+from pipeline.engine import TrainResult, fit, native_bf16, select_device, summarise
 from pipeline.layout import split_file
 from pipeline.models import build, count_params
 from pipeline.params import Params, load_params
+from pipeline.resume import ResumeStore, agreed_state, code_files, inputs_key
 from pipeline.splits import SPLITS, load_split
 from pipeline.tracking import (
     RunTracker,
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> None:
                              "execution.tensorboard is on)")
     parser.add_argument("--timing", required=True, type=Path,
                         help="file for the run's timings (kept out of DVC's hashes)")
+    parser.add_argument("--state", type=Path,
+                        help="folder for the saved training state a killed run resumes from "
+                             "(not a DVC output; removed once the outputs are written); "
+                             "without it, a killed run starts again from epoch 1")
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
@@ -119,20 +124,52 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
            and not world.distributed else "")
         + (f", seeds {seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else ""))
 
+    key = inputs_key(
+        {"dataset": args.dataset, "model": args.model, "architecture": architecture.model_dump(),
+         "settings": settings.model_dump(), "seeds": seeds, "amp": train_params.amp,
+         "channels_last": train_params.channels_last, "device": device.type,
+         "world_size": world.size, "torch": str(torch.__version__)},
+        [*(args.data / split_file(name) for name in SPLITS), *code_files()])
+    store = ResumeStore(args.state, key, world.rank, execution.save_state_every_s)
+    saved = agreed_state(store.load(), world)
+
     def train_copies(on_epoch) -> list:
-        results = []
-        for seed in seeds:
+        """Every seed copy, the finished ones and the current one's epochs taken from the
+        saved state; the rows they logged before are logged again into the fresh folders."""
+        state = saved or {}
+        results = [TrainResult.from_state(done) for done in state.get("done", [])]
+        for seed, result in zip(seeds, results, strict=False):
+            for row in result.history if on_epoch is not None else []:
+                on_epoch(row, None, seed)
+        current = state.get("current")
+        if state:
+            epoch = len(current["history"]) if current is not None else 0
+            say(f"resuming {args.dataset}/{args.model} "
+                + (f"seed {seeds[len(results)]} " if len(seeds) > 1 else "")
+                + f"at epoch {epoch + 1} of {settings.epochs}")
+        for seed in seeds[len(results):]:
             prefix = f"seed {seed}  " if len(seeds) > 1 else ""
+            done = [r.to_state() for r in results]
+
+            def save_state(training, done=done) -> None:
+                if store.due():
+                    store.save({"done": done, "current": training.state_dict()})
+
             results.append(fit(
                 architecture, settings, splits, device, seed, train_params.amp,
                 train_params.channels_last, show_progress=world.main and sys.stderr.isatty(),
                 log=lambda line, prefix=prefix: say(prefix + line),
                 on_epoch=on_epoch and (lambda row, model, seed=seed: on_epoch(row, model, seed)),
-                world=world, cuda_graphs=execution.cuda_graphs))
+                world=world, cuda_graphs=execution.cuda_graphs, resume=current,
+                save_state=save_state))
+            current = None
+            if len(results) < len(seeds):
+                store.save({"done": [r.to_state() for r in results], "current": None})
         return results
 
     if not world.main:  # the other workers train and write nothing
         train_copies(None)
+        store.clear()
         return
     # Both folders are built aside and swapped in whole, so a failed run leaves no half-log.
     with contextlib.ExitStack() as stack:
@@ -161,10 +198,13 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
         run_info = {"seeds": seeds, "bf16": bool(bf16), "channels_last": channels_last,
                     "device": str(device), "world_size": world.size,
                     "torch_version": str(torch.__version__), "machine": made_on,
-                    **settings.model_dump()}
+                    **settings.model_dump(),
+                    "stopped": [{"epochs": len(r.history), "reason": r.stop_reason}
+                                for r in results]}
         Checkpoint(architecture, input_shape, classes, [r.state_dict for r in results],
                    results[0].initial_state_dict, args.dataset, args.model,
                    run_info).save(args.checkpoint)
+    store.clear()  # the outputs are written (a kill before the folders' swap resumes again)
     first = results[0]
     samples = len(first.epoch_seconds) * len(splits["train"].labels)
     write_timing(args.timing, Timing(

@@ -264,7 +264,7 @@ def test_early_stopping_ends_fit_and_keeps_the_best_weights():
     kept = max(result.history, key=lambda r: (r.valid_accuracy, -r.valid_loss)).epoch
     assert epochs == first_best + 2 and result.best_epoch == kept
     assert said[-1] == (f"stopped early after epoch {epochs} of 40: {result.stop_reason}; "
-                        f"keeping epoch {kept}'s weights")
+                        f"keeping epoch {kept}'s weights (the best valid accuracy)")
     full = fit(Linear(), settings.model_copy(update={"early_stopping": EarlyStopping()}),
                toy_splits(), CPU, seed=0, log=lambda _: None)
     assert len(full.history) == 40 and full.stop_reason is None

@@ -58,6 +58,8 @@ def built(tmp_path_factory) -> Iterator[tuple[Path, dict, LocalServer]]:
         # bit-identical re-runs need the same thread count; `auto` follows the machine's load
         params["execution"]["threads"] = 1
         params["run"]["models"] = [*params["run"]["models"], "simple_convnet"]  # 2 x 6 models
+        # a stop the report must show: linear's loss is above this after its first epoch
+        params["models"]["linear"]["train"] = {"early_stopping": {"max_loss": 0.01}}
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         sh(["dvc", "repro"], repo)
         yield repo, params, server
@@ -213,6 +215,11 @@ def test_dvc_repro_end_to_end(built, tmp_path):
     images = re.findall(r'<img src="([^"]+)"', html)
     assert images and all(src.startswith("data:image/png;base64,") for src in images)
     assert "T-shirt/top" in html
+    linear_row = html[html.index('<a href="#digits-linear">'):]
+    linear_row = linear_row[:linear_row.index("</tr>")]
+    assert "<td>1 of 2<br>" in linear_row
+    assert "stopped early: diverging: train loss " in linear_row
+    assert "above early_stopping.max_loss 0.01" in linear_row
 
     metrics = json.loads(sh(["dvc", "metrics", "show", "--json"], repo))
     shown = json.dumps(metrics)

@@ -564,7 +564,8 @@ def fit(
                 on_epoch(row, training.runner.model)
             if training.stop_reason is not None:
                 log(f"stopped early after epoch {row.epoch} of {settings.epochs}: "
-                    f"{training.stop_reason}; keeping epoch {training.best_epoch}'s weights (the best valid accuracy)")
+                    f"{training.stop_reason}; keeping epoch {training.best_epoch}'s weights "
+                    "(the best valid accuracy)")
             elif save_state is not None and not training.done:
                 save_state(training)
     return training.finish()

@@ -3,6 +3,7 @@
     python -m pipeline.predict --checkpoint models/digits/cnn.pt my_digit.png
     pipeline-predict --checkpoint models/digits/cnn.pt data/raw/digits/train.csv.gz --top-k 3 \\
         --out predictions.csv
+    pipeline-predict --checkpoint cnn.onnx --backend onnx my_digit.png   # no torch needed
 
 Images are converted to the model's channels (grey or RGB) and resized to its input size. The
 built-in datasets draw bright ink on a dark background; a photo or scan with a light background
@@ -21,19 +22,16 @@ import shutil
 import sys
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.artifacts import atomic_write
-from pipeline.checkpoint import load_checkpoint
 from pipeline.datasets import AnyDataset, CsvLayout, Drawing
 from pipeline.drawing import normalise
-from pipeline.forward import model_inputs
 from pipeline.ingest import DataError, iter_image_csv, max_line_bytes
 from pipeline.params import load_params
 from pipeline.userfiles import UserFileError, open_regular
@@ -233,7 +231,8 @@ CSV_BATCH_ROWS = 8192  # rows of a CSV classified at a time: memory stays bounde
 
 
 def batches(path: Path, shape: tuple[int, int, int], classes: list[str],
-            dataset: AnyDataset | None, invert: str, options: CsvOptions) -> Iterator[Batch]:
+            dataset: AnyDataset | None, invert: str, options: CsvOptions,
+            drawing: Drawing | None = None) -> Iterator[Batch]:
     """One input file as batches to classify: an image as one, a CSV as blocks of rows read
     in bounded memory; PredictError when it cannot be read."""
     if path.name.lower().endswith(CSV_SUFFIXES):
@@ -253,22 +252,63 @@ def batches(path: Path, shape: tuple[int, int, int], classes: list[str],
             raise PredictError(str(error)) from None
         return
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        drawing = dataset.drawing if dataset is not None else None
         yield Batch([str(path)], load_image(path, shape, invert, drawing)[None].copy(), [None])
         return
     raise PredictError(f"{path}: expected a CSV ({', '.join(CSV_SUFFIXES)}) or an image "
                        f"({', '.join(sorted(IMAGE_SUFFIXES))})")
 
 
-@torch.no_grad()
-def probabilities(models: list[torch.nn.Module], images: np.ndarray,
-                  batch: int = 1024) -> np.ndarray:
-    """Softmax of the models' mean logits: one model, or a seed ensemble."""
+def probabilities(models: list, images: np.ndarray, batch: int = 1024) -> np.ndarray:
+    """Softmax of the models' mean logits: one model, or a seed ensemble (torch modules)."""
+    import torch
+
+    from pipeline.forward import model_inputs
+
     chunks = []
-    for start in range(0, len(images), batch):
-        x = model_inputs(torch.from_numpy(images[start : start + batch]), channels_last=False)
-        chunks.append(torch.softmax(torch.stack([m.eval()(x) for m in models]).mean(0), 1))
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = model_inputs(torch.from_numpy(images[start : start + batch]),
+                             channels_last=False)
+            chunks.append(torch.softmax(torch.stack([m.eval()(x) for m in models]).mean(0), 1))
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0))
+
+
+@dataclass
+class Classifier:
+    """What predict needs of a trained model, whichever runtime runs it."""
+
+    classes: list[str]
+    input_shape: tuple[int, int, int]
+    dataset: str | None
+    seeds: int
+    drawing: Drawing | None  # the recipe that travels with the model (an ONNX export's)
+    probabilities: Callable[[np.ndarray], np.ndarray]
+
+
+BACKENDS = ("torch", "onnx")
+
+
+def load_classifier(path: Path, backend: str) -> Classifier:
+    """A checkpoint in PyTorch, or an exported .onnx file in ONNX Runtime (torch not imported)."""
+    if backend == "auto":
+        backend = "onnx" if path.suffix.lower() == ".onnx" else "torch"
+    if backend == "onnx":
+        from pipeline.portable import PortableError, load_portable
+
+        try:
+            exported = load_portable(path)
+        except PortableError as error:
+            raise PredictError(str(error)) from None
+        return Classifier(exported.classes, exported.input_shape, exported.dataset or None,
+                          exported.seeds, exported.drawing, exported.probabilities)
+    if path.suffix.lower() == ".onnx":
+        raise PredictError(f"{path}: an ONNX model; run it with --backend onnx")
+    from pipeline.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    models = checkpoint.seed_models()
+    return Classifier(checkpoint.classes, checkpoint.input_shape, checkpoint.dataset,
+                      len(models), None, lambda images: probabilities(models, images))
 
 
 UNSURE_BELOW = 0.5  # top probability
@@ -319,7 +359,11 @@ def csv_rows(batch: Batch, probs: np.ndarray, shown: list[str]) -> Iterator[list
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", type=Path, help="PNG/JPEG files or CSV files")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="models/<ds>/<model>.pt")
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="models/<ds>/<model>.pt, or a .onnx file from pipeline-export")
+    parser.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
+                        help="torch, or onnx (ONNX Runtime, no torch needed); auto: onnx for a "
+                             ".onnx file")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
                         help="for the CSV layout of the checkpoint's dataset")
     parser.add_argument("--top-k", type=int, default=3)
@@ -336,15 +380,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is not None and args.out.is_dir():
         raise PredictError(f"--out {args.out}: is a folder; give a file name, e.g. "
                            f"{args.out / 'predictions.csv'}")
-    checkpoint = load_checkpoint(args.checkpoint)
-    models = checkpoint.seed_models()
-    if len(models) > 1:
-        print(f"{args.checkpoint}: averaging the logits of its {len(models)} seed copies (the "
+    model = load_classifier(args.checkpoint, args.backend)
+    if model.seeds > 1:
+        print(f"{args.checkpoint}: averaging the logits of its {model.seeds} seed copies (the "
               "report's seed-ensemble accuracy; its model table's main figure is the first "
               "seed alone)", file=sys.stderr)
-    classes = checkpoint.classes
-    shape = checkpoint.input_shape
-    dataset = checkpoint_dataset(args.params, checkpoint.dataset)
+    classes = model.classes
+    shape = model.input_shape
+    dataset = checkpoint_dataset(args.params, model.dataset)
+    drawing = model.drawing or (dataset.drawing if dataset is not None else None)
+    guessing = drawing is None and shape[0] == 1  # said once an image file was read
     options = CsvOptions({"yes": True, "no": False}.get(args.header),
                          _label_column(args.label_column))
     top_k = max(1, min(args.top_k, len(classes)))
@@ -362,8 +407,17 @@ def main(argv: list[str] | None = None) -> None:
             with (tempfile.TemporaryFile("w+", newline="") if writer is not None
                   else contextlib.nullcontext()) as held:
                 try:
-                    for batch in batches(path, shape, classes, dataset, args.invert, options):
-                        probs = probabilities(models, batch.images)
+                    for batch in batches(path, shape, classes, dataset, args.invert, options,
+                                         drawing):
+                        probs = model.probabilities(batch.images)
+                        if guessing and path.suffix.lower() in IMAGE_SUFFIXES:
+                            guessing = False
+                            print(f"note: no drawing recipe for {model.dataset or 'this model'}"
+                                  f"'s images (datasets.{model.dataset or '<dataset>'}.drawing "
+                                  f"in {args.params}, or an export made with one): image files "
+                                  "are resized whole, which reads a drawing worse than cropping "
+                                  "its ink the way the dataset's images were made",
+                                  file=sys.stderr)
                         for name, label, row, image in zip(batch.names, batch.labels, probs,
                                                            batch.images, strict=True):
                             best = np.argsort(-row)[:top_k]

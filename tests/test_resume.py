@@ -63,7 +63,8 @@ def test_dvc_repro_killed_at_random_moments_resumes_to_the_same_bytes(tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
         try:
-            wait_for(lambda: (killed / STATE / "rank0.pt").exists() or run.poll() is not None)
+            wait_for(lambda run=run: (killed / STATE / "rank0.pt").exists()
+                     or run.poll() is not None)
             time.sleep(rng.uniform(0, 1.5))
         finally:
             os.killpg(run.pid, signal.SIGKILL)
@@ -103,8 +104,8 @@ def test_a_run_killed_while_saving_its_state_resumes_from_the_previous_one(tmp_p
         run = subprocess.Popen(stage(tmp_path, "killed"), env=environ,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_for(lambda: run.poll() is not None or (state / "rank0.pt").exists())
-            wait_for(lambda: run.poll() is not None
+            wait_for(lambda run=run: run.poll() is not None or (state / "rank0.pt").exists())
+            wait_for(lambda run=run: run.poll() is not None
                      or any(p.name.endswith(".tmp") for p in state.iterdir()))
         finally:
             run.kill()

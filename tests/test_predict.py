@@ -404,3 +404,18 @@ def test_a_headerless_csv_of_class_name_labels_is_data(checkpoint, tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "(true: left)" in done.stdout
+
+
+def test_a_grey_model_without_a_drawing_recipe_says_once_that_it_resizes_whole(checkpoint,
+                                                                               tmp_path):
+    picture = np.zeros((16, 16), np.uint8)
+    picture[:, :8] = 255  # bright left half
+    for name in ("a.png", "b.png"):
+        Image.fromarray(picture).save(tmp_path / name)
+    done = subprocess.run([sys.executable, "-m", "pipeline.predict", str(tmp_path / "a.png"),
+                           str(tmp_path / "b.png"), "--checkpoint", str(checkpoint)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("note: no drawing recipe for this model's images") == 1
+    assert "image files are resized whole" in done.stderr
+    assert done.stdout.count("\n") == 2

@@ -41,7 +41,7 @@ from pipeline.datasets import CsvLayout
 from pipeline.engine import Training, native_bf16, select_device
 from pipeline.ingest import read_image_csv
 from pipeline.models import build
-from pipeline.params import load_params
+from pipeline.params import Augment, load_params
 from pipeline.preparation import stratified_split
 from pipeline.splits import Split
 
@@ -176,9 +176,11 @@ class TutorialRun:
 
 
 def pipeline_training(model_name: str, train: Split, held: Split, epochs: int,
-                      device: torch.device, params, seed: int) -> Training:
+                      device: torch.device, params, seed: int,
+                      augment: Augment | None = None) -> Training:
     """The pipeline's own loop with params.yaml's settings for this model, for `epochs`."""
-    settings = params.training_for(model_name).model_copy(update={"epochs": epochs})
+    settings = params.training_for(model_name).model_copy(
+        update={"epochs": epochs, **({"augment": augment} if augment is not None else {})})
     splits = {"train": train, "valid": held, "test": held}
     return Training(params.model(model_name).architecture(), settings, splits, device, seed,
                     params.train.amp, params.train.channels_last,
@@ -242,6 +244,30 @@ def bench_training(train: Split, held: Split, epochs: int, device: torch.device,
                                   for name in BASELINES}
         results[model_name] = entry
     return results
+
+
+# A typical recipe for small grey images, as the README's Augmentation section suggests
+AUGMENT_RECIPE = {"translate": 0.1, "rotate": 10.0, "scale": 0.1, "shear": 5.0, "erase": 0.25}
+AUGMENT_OVERHEAD_GOAL = 0.20  # of the cnn's epoch
+
+
+def bench_augmentation(train: Split, held: Split, epochs: int, device: torch.device, params,
+                       seed: int) -> dict:
+    """The cnn's epoch with and without `AUGMENT_RECIPE`, epochs interleaved."""
+    runs = {}
+    for name, recipe in (("plain", {}), ("augmented", AUGMENT_RECIPE)):
+        runs[name] = pipeline_training("cnn", train, held, epochs, device, params, seed,
+                                       Augment(**recipe))
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for epoch in range(epochs):
+        for name in (list(runs) if epoch % 2 == 0 else list(runs)[::-1]):
+            seconds[name].append(timed_epoch(runs[name]))
+    plain = statistics.median(seconds["plain"])
+    augmented = statistics.median(seconds["augmented"])
+    return {"recipe": AUGMENT_RECIPE, "epochs": epochs,
+            "plain": spread(seconds["plain"]), "augmented": spread(seconds["augmented"]),
+            "overhead": augmented / plain - 1,
+            "accuracy": {name: run.history[-1].valid_accuracy for name, run in runs.items()}}
 
 
 # --- 3. scaling ---------------------------------------------------------------------------------
@@ -398,6 +424,15 @@ def markdown(results: dict) -> str:
             f"{row['cnn_epoch_seconds']:.2f} s | {row['cnn_us_per_row']:.1f} | "
             f"{row['linearnet_epoch_seconds']:.2f} s | {row['linearnet_us_per_row']:.1f} |")
 
+    if "augmentation" in results:
+        aug = results["augmentation"]
+        recipe = ", ".join(f"{k} {v:g}" for k, v in aug["recipe"].items())
+        lines += ["", f"Augmentation ({recipe}): the cnn's epoch {secs(aug['augmented'])} "
+                  f"against {secs(aug['plain'])} without, **{aug['overhead']:+.0%}** (goal: at "
+                  f"most {AUGMENT_OVERHEAD_GOAL:+.0%}); held-out accuracy after "
+                  f"{aug['epochs']} epochs {aug['accuracy']['augmented']:.2%} against "
+                  f"{aug['accuracy']['plain']:.2%}."]
+
     if "dvc_repro" in results:
         repro = results["dvc_repro"]
         stages = repro["stages"]
@@ -434,6 +469,9 @@ def check_goals(results: dict) -> dict[str, bool]:
             allowed = 0.0 if baseline == "tutorial" else -SAME_RECIPE_TOLERANCE
             goals[f"{name} vs {baseline} accuracy"] = (
                 entry["accuracy_gain"][baseline] >= allowed)
+    if "augmentation" in results:
+        goals["augmentation overhead"] = (
+            results["augmentation"]["overhead"] <= AUGMENT_OVERHEAD_GOAL)
     if "dvc_repro" in results:
         repro = results["dvc_repro"]
         goals["first run"] = repro["seconds"] <= FIRST_RUN_GOAL_S
@@ -474,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
         csv.unlink()
         print(f"training: cnn and linearnet, {args.epochs} epochs per loop", flush=True)
         results["training"] = bench_training(train, held, args.epochs, device, params, seed)
+        print("augmentation: cnn with and without", flush=True)
+        results["augmentation"] = bench_augmentation(train, held, args.epochs, device, params,
+                                                      seed)
         print("scaling", flush=True)
         results["scaling"] = bench_scaling(
             workdir, [int(n) for n in args.scaling.split(",")], device, params, seed)

@@ -122,6 +122,9 @@ class _DatasetBase(Strict):
     mirrors: list[str] = []
     drawing: Drawing | None = Field(
         None, description="how the images were made from drawings, for pipeline-predict")
+    flip: bool = Field(False, description="a left-right mirror image is of the same class "
+                                          "(clothes, photos; not digits or letters): allows "
+                                          "train.augment.flip")
 
     @field_validator("shape", mode="before")
     @classmethod

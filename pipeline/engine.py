@@ -15,6 +15,7 @@ the same number of epochs. On CUDA each full batch's step is one replayed CUDA g
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 import sys
@@ -28,17 +29,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pipeline import augment as augmentation
 from pipeline import forward
 from pipeline.architectures import Architecture
 from pipeline.distributed import SINGLE_PROCESS, DistributedError, World
 from pipeline.errors import PipelineError
 from pipeline.models import build
 from pipeline.optim import FusedAdam, OneCycle
-from pipeline.params import EarlyStopping, ParamsError, TrainSettings
+from pipeline.params import Augment, EarlyStopping, ParamsError, TrainSettings
 from pipeline.splits import Split
 from pipeline.tracking import EpochRow, SeedSummary, Summary
 
 Optimizer = torch.optim.Optimizer | FusedAdam
+AUGMENT_STREAM = 2**32  # the augmentation generator's seed: the run's seed + this
 
 
 def select_device(requested: str) -> torch.device:
@@ -203,14 +206,18 @@ class Runner:
         self.loss_fn = nn.CrossEntropyLoss(reduction="sum")
         self.graphed: GraphedStep | None = None
 
-    def logits(self, images: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+    def logits(self, images: torch.Tensor, model: nn.Module | None = None,
+               transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         return forward.logits(model or self.model, images, self.device.type, self.amp,
-                              self.channels_last)
+                              self.channels_last, transform)
 
     def train_epoch(self, data: DeviceData, optimizer: Optimizer, batch_size: int,
                     generator: torch.Generator, progress: tqdm | None = None,
                     schedule: OneCycle | None = None,
+                    augment: tuple[Augment, torch.Generator] | None = None,
                     ) -> tuple[float, float]:
+        """One pass over the shuffled training split; `augment`: the settings and the random
+        generator of pipeline/augment.py's changes, drawn for each whole global batch."""
         self.model.train()
         order = torch.randperm(len(data), generator=generator).to(self.device)
         labels = torch.index_select(data.labels, 0, order)
@@ -234,7 +241,12 @@ class Runner:
             part = world.shard(batch)
             rows = slice(start + part.start, start + part.stop)
             targets = labels[rows]
-            logits = self.logits(torch.index_select(data.images, 0, order[rows]), self.trainable)
+            transform = None
+            if augment is not None:
+                draws = augmentation.draw(augment[0], batch, augment[1]).rows(part)
+                transform = functools.partial(augmentation.apply, draws=draws)
+            logits = self.logits(torch.index_select(data.images, 0, order[rows]), self.trainable,
+                                 transform)
             loss = self.loss_fn(logits, targets)
             optimizer.zero_grad(set_to_none=True)
             # the batch mean: DDP averages the workers' gradients, so each scales by its count
@@ -355,6 +367,7 @@ class Training:
         # Adam's capturable step reads its learning rate from the device; SGD's foreach step
         # reads it on the host, which a capture cannot do, so SGD runs eagerly
         graphed = (cuda_graphs and device.type == "cuda" and not world.distributed
+                   and not settings.augment.active
                    and settings.optimizer in ("adam", "adamw")
                    and len(train.labels) >= settings.batch_size)
         self.optimizer = make_optimizer(settings, self.runner.model, device, graphed)
@@ -365,6 +378,8 @@ class Training:
             self.runner.graphed = GraphedStep(self.runner, self.optimizer, self.data["train"],
                                               settings.batch_size)
         self.generator = torch.Generator().manual_seed(seed)
+        # its own stream, so switching augmentation on leaves the shuffling as it was
+        self.augment_generator = torch.Generator().manual_seed(seed + AUGMENT_STREAM)
         self.history: list[EpochRow] = []
         self.epoch_seconds: list[float] = []
         self.best = (-1.0, float("inf"))
@@ -376,9 +391,11 @@ class Training:
     def run_epoch(self, progress: tqdm | None = None) -> EpochRow:
         """Train one epoch, evaluate on valid, remember the best weights; the history row."""
         started = time.perf_counter()
+        augment = self.settings.augment
         train_loss, train_acc = self.runner.train_epoch(
             self.data["train"], self.optimizer, self.settings.batch_size, self.generator,
-            progress, self.schedule)
+            progress, self.schedule,
+            (augment, self.augment_generator) if augment.active else None)
         seconds = time.perf_counter() - started
         valid_loss, valid_acc, _ = self.runner.evaluate(self.data["valid"])
         row = EpochRow(len(self.history) + 1, train_loss, train_acc, valid_loss, valid_acc,
@@ -401,6 +418,7 @@ class Training:
             "optimizer": optimizer_state(self.optimizer),
             "schedule_steps": self.schedule.step_count if self.schedule else 0,
             "generator": self.generator.get_state(),
+            "augment_generator": self.augment_generator.get_state(),
             "cpu_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "history": [dataclasses.astuple(row) for row in self.history],
@@ -418,6 +436,7 @@ class Training:
             self.schedule.step_count = int(state["schedule_steps"])
             self.schedule.apply()
         self.generator.set_state(state["generator"])
+        self.augment_generator.set_state(state["augment_generator"])
         torch.set_rng_state(state["cpu_rng"])
         if state["cuda_rng"] is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], self.runner.device)

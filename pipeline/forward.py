@@ -5,6 +5,8 @@ training loop re-runs training, not evaluation)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -20,9 +22,17 @@ def model_inputs(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 
 def logits(model: nn.Module, images: torch.Tensor, device_type: str, bf16: bool,
-           channels_last: bool) -> torch.Tensor:
+           channels_last: bool,
+           transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """`transform`: applied to the float inputs, in fp32 (training's augmentation)."""
+    if transform is None:
+        x = model_inputs(images, channels_last)
+    else:
+        x = transform(model_inputs(images, channels_last=False))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-        return model(model_inputs(images, channels_last)).float()
+        return model(x).float()
 
 
 @torch.no_grad()

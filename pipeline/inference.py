@@ -15,7 +15,7 @@ from pipeline.splits import Split
 
 HISTOGRAM_BINS = 40
 TRAINING_KEYS = ("optimizer", "lr", "schedule", "batch_size", "epochs", "weight_decay",
-                 "momentum", "bf16", "early_stopping", "stopped")
+                 "momentum", "bf16", "early_stopping", "stopped", "augment")
 
 
 def evaluate(checkpoint: Checkpoint, test: Split, threads: int) -> Evaluation:

@@ -80,6 +80,29 @@ class EarlyStopping(Strict):
         return self.patience is not None or self.max_loss is not None
 
 
+class Augment(Strict):
+    """Random changes to every training image, drawn anew each epoch (pipeline/augment.py);
+    all zero (the default): none."""
+
+    translate: Annotated[float, Field(ge=0, le=0.5)] = Field(
+        0.0, description="largest shift, as a share of the side")
+    rotate: Annotated[float, Field(ge=0, le=180)] = Field(
+        0.0, description="largest rotation, in degrees either way")
+    scale: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0, description="largest zoom in or out: 0.1 draws sizes from 0.9 to 1.1")
+    shear: Annotated[float, Field(ge=0, le=45)] = Field(
+        0.0, description="largest shear, in degrees either way")
+    erase: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, description="chance of blanking a random rectangle of 2-25 % of the image")
+    flip: bool = Field(False, description="mirror half the images left to right; only for a "
+                                          "dataset whose `flip: true` says that keeps a class")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.translate or self.rotate or self.scale or self.shear or self.erase
+                    or self.flip)
+
+
 class TrainSettings(Strict):
     epochs: Epochs = 10
     batch_size: BatchSize = 32
@@ -89,6 +112,7 @@ class TrainSettings(Strict):
     momentum: Momentum = 0.9
     weight_decay: WeightDecay = 0.0
     early_stopping: EarlyStopping = EarlyStopping()
+    augment: Augment = Augment()
 
 
 # Per-model training overrides: every TrainSettings field, optional (left out: the train
@@ -213,6 +237,18 @@ class Params(Strict):
                     f"models.{name}.seeds = {model.seeds} with train.seed = {self.train.seed}: "
                     f"its copies use seeds up to {self.train.seed + model.seeds - 1}, past "
                     f"{MAX_SEED}; lower train.seed")
+        for run_model in self.run.models:
+            if not self.training_for(run_model).augment.flip:
+                continue
+            overrides = self.models[run_model].train.model_dump(exclude_none=True)
+            where = (f"models.{run_model}.train.augment.flip" if "augment" in overrides
+                     else "train.augment.flip")
+            for dataset in self.run.datasets:
+                if not self.datasets[dataset].flip:
+                    raise ValueError(
+                        f"{where} is true, but datasets.{dataset} does not say a mirrored image "
+                        f"keeps its class (flip: true): a mirrored digit or letter is another "
+                        f"one; set {where}: false, or flip: true on the dataset if it holds")
         return self
 
     def dataset(self, name: str) -> AnyDataset:

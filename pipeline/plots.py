@@ -265,6 +265,20 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, classes: list[str], per_
     return grid.to_data_uri()
 
 
+def augmented_grid(rows: dict[str, np.ndarray], title: str) -> str:
+    """Rows of the same training images: as stored, then as augmentation made them (uint8
+    N x C x H x W each), each row labelled."""
+    labels = list(rows)
+    columns = max(len(images) for images in rows.values())
+    grid = _ImageGrid(len(labels), columns, (0.9, 0.9), 0.8, title,
+                      row_labels=0.2 + _text_width(labels, 9))
+    for row, label in enumerate(labels):
+        for column, image in enumerate(rows[label]):
+            grid.image(row, column, image)
+        grid.row_label(row, label)
+    return grid.to_data_uri()
+
+
 def class_balance(counts: dict[str, list[int]], classes: list[str], title: str) -> str:
     figure, ax = plt.subplots(figsize=(max(6, 0.55 * len(classes) + 2), 3.2))
     figure.subplots_adjust(right=0.85)  # the legend beside the bars

@@ -34,10 +34,11 @@ import yaml
 from pipeline import analysis, evidence, experiments, plots, reproduction, revisions, tracking
 from pipeline.artifacts import atomic_write, read_json
 from pipeline.cli import phase
+from pipeline.datasets import PIXEL_MAX
 from pipeline.errors import PipelineError
 from pipeline.evaluation import Evaluation, load_evaluation
 from pipeline.layout import QUALITY_FILE, evaluation_file, split_file, timing_file
-from pipeline.params import Params
+from pipeline.params import Augment, Params
 from pipeline.splits import Split, load_split
 
 PACKAGES = ("dvc", "torch", "numpy", "pandas", "scikit-learn", "matplotlib", "jinja2", "pydantic")
@@ -181,6 +182,37 @@ def _encode_layer(layer: dict) -> dict:
             if isinstance(value, np.ndarray) else value for key, value in layer.items()}
 
 
+AUGMENTED_SHOWN, AUGMENTED_DRAWS = 10, 3  # training images, and augmented versions of each
+
+
+def augmentation_recipes(section: DatasetSection) -> dict[Augment, list[str]]:
+    """Each augmentation recipe the section's models trained with, and who used it (from the
+    evaluation records, so a model's recipe is shown as it trained)."""
+    recipes: dict[Augment, list[str]] = {}
+    for model in section.models:
+        recipe = Augment.model_validate((model.evaluation.training or {}).get("augment") or {})
+        if recipe.active:
+            recipes.setdefault(recipe, []).append(model.name)
+    return recipes
+
+
+def augmented_examples(images: np.ndarray, recipe: Augment) -> dict[str, np.ndarray]:
+    """The images as stored, and a few random versions of them (drawn from seed 0). torch is
+    imported here only: a report with no augmented model does without it (1-2 s)."""
+    import torch
+
+    from pipeline import augment
+
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.from_numpy(images).float() / PIXEL_MAX
+    rows = {"stored": images}
+    for k in range(AUGMENTED_DRAWS):
+        changed = augment.apply(pixels, augment.draw(recipe, len(images), generator))
+        rows[f"draw {k + 1}"] = (changed * PIXEL_MAX).round().clamp(0, PIXEL_MAX).to(
+            torch.uint8).numpy()
+    return rows
+
+
 def queue_figures(section: DatasetSection, train_split_path: Path, per_class: int,
                   queue: plots.FigureQueue) -> None:
     """Queue the figures of one dataset's section that need no evidence (those follow in
@@ -190,6 +222,11 @@ def queue_figures(section: DatasetSection, train_split_path: Path, per_class: in
     queue.add(section.figures, "samples", plots.sample_grid,
               train.images, train.labels, classes, per_class,
               f"{ds}: training images per class")
+    for recipe, models in augmentation_recipes(section).items():
+        queue.add(section.figures, f"augmented:{', '.join(models)}", plots.augmented_grid,
+                  augmented_examples(train.images[:AUGMENTED_SHOWN], recipe),
+                  f"{ds}: what {', '.join(models)} trained on (train.augment: "
+                  f"{recipe.model_dump_json(exclude_defaults=True)})")
     queue.add(section.figures, "balance", plots.class_balance,
               section.quality["class_counts"], classes,
               f"{ds}: images per class and split")

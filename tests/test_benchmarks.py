@@ -72,10 +72,14 @@ def test_a_tiny_benchmark_run_writes_json_and_markdown(tmp_path, monkeypatch):
     assert training["cnn"]["conv_peak_gflops"] > 0
     assert training["linearnet"]["conv_peak_gflops"] is None
     assert [row["rows"] for row in results["scaling"]] == [300]
+    augmentation = results["augmentation"]
+    assert len(augmentation["plain"]["runs"]) == len(augmentation["augmented"]["runs"]) == 2
+    assert augmentation["overhead"] > -1 and "augmentation overhead" in results["goals"]
     assert {"ingest speed", "ingest memory", "cnn vs lightning speed", "cnn vs keras accuracy",
             "linearnet vs tutorial speed"} <= set(results["goals"])
     table = (tmp_path / "cpu.md").read_text()
     for text in ("`cnn` epoch vs Lightning", "`linearnet` epoch vs Keras", "pandas.read_csv",
+                 "Augmentation (translate 0.1, rotate 10",
                  "GFLOP/s bf16 matmul" if training["bf16"] else "GFLOP/s fp32 matmul"):
         assert text in table
 

@@ -60,6 +60,8 @@ def built(tmp_path_factory) -> Iterator[tuple[Path, dict, LocalServer]]:
         params["run"]["models"] = [*params["run"]["models"], "simple_convnet"]  # 2 x 6 models
         # a stop the report must show: linear's loss is above this after its first epoch
         params["models"]["linear"]["train"] = {"early_stopping": {"max_loss": 0.01}}
+        # and an augmented model, whose images the report shows
+        params["models"]["linearnet"]["train"] = {"augment": {"translate": 0.1, "erase": 0.5}}
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         sh(["dvc", "repro"], repo)
         yield repo, params, server
@@ -220,6 +222,8 @@ def test_dvc_repro_end_to_end(built, tmp_path):
     assert "<td>1 of 2<br>" in linear_row
     assert "stopped early: diverging: train loss " in linear_row
     assert "above early_stopping.max_loss 0.01" in linear_row
+    assert 'id="digits-augmentation"' in html and 'id="fashion_sample-augmentation"' in html
+    assert "training images as augmentation changed them for linearnet" in html
 
     metrics = json.loads(sh(["dvc", "metrics", "show", "--json"], repo))
     shown = json.dumps(metrics)

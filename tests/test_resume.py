@@ -33,7 +33,8 @@ def project(folder: Path) -> Path:
     params = yaml.safe_load((folder / "params.yaml").read_text())
     params["run"]["models"] = [MODEL]
     params["models"][MODEL]["seeds"] = 2
-    params["train"].update(epochs=40, batch_size=32)
+    params["train"].update(epochs=40, batch_size=32,  # its generator is part of the state
+                           augment={"translate": 0.1, "rotate": 10, "erase": 0.25})
     params["execution"].update(threads=2, save_state_every_s=0)
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["dvc", "repro", "prepare@digits"], folder)

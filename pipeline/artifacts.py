@@ -148,18 +148,20 @@ def _size(count: int) -> str:
     raise AssertionError("unreachable")
 
 
-def disk_full(error: BaseException, path: Path, written: int) -> DiskFullError | None:
+def disk_full(error: BaseException, path: Path, written: int,
+              stream_errors: bool = False) -> DiskFullError | None:
     """The one-line error for a write to `path` that failed because its disk is full (ENOSPC or
-    a quota), or None. torch.save reports a full disk as a RuntimeError about stream positions,
-    so any failure with under 1 MB left on the file system counts too."""
+    a quota), or None. torch.save reports a full disk as a RuntimeError about stream positions:
+    with `stream_errors`, a RuntimeError with under 1 MB left on the file system counts too."""
     if not isinstance(error, Exception) or isinstance(error, PipelineError):
         return None
     try:
         usage = shutil.disk_usage(path.parent)
     except OSError:
         return None
-    if getattr(error, "errno", None) not in (errno.ENOSPC, errno.EDQUOT) \
-            and usage.free >= _NEARLY_FULL_BYTES:
+    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (
+        stream_errors and isinstance(error, RuntimeError) and usage.free < _NEARLY_FULL_BYTES)
+    if not full:
         return None
     return DiskFullError(
         f"{path}: the disk is full after {_size(written)} of it were written ({_size(usage.free)}"
@@ -191,7 +193,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         os.replace(tmp_name, path)
     except BaseException as error:
         full = disk_full(error, path, os.stat(tmp_name).st_size if os.path.exists(tmp_name)
-                         else 0)
+                         else 0, stream_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         if full:

@@ -128,6 +128,8 @@ def run_stage(main: Callable[[], None], error_status: int = 1, sweep: bool = Fal
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        print(f"error: {error.filename or 'writing'}: no space left on its disk ({error}); free "
-              "some space and run again", file=sys.stderr)
+        where = f"{error.filename}: no space left on its disk" if error.filename else \
+            "no space left on a disk being written"
+        print(f"error: {where} ({error.strerror}); free some space and run again",
+              file=sys.stderr)
         sys.exit(error_status)

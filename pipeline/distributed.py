@@ -48,7 +48,9 @@ DEFAULT_JOIN_TIMEOUT_S = 600  # torchrun's own default for a static rendezvous
 # How the launcher (`python -m pipeline.distributed`) tells the stage why it stopped
 WORKER_FAILED_STATUS, NOT_JOINED_STATUS = 1, 3
 _CPP_LOG_ENV, _USER_CPP_LOG_ENV = "TORCH_CPP_LOG_LEVEL", "PIPELINE_USER_TORCH_CPP_LOG_LEVEL"
-_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[?[0-9A-Fa-f:.]+\]?")
+# a host name (Docker Compose's may hold "_"), an IPv4 address, or an IPv6 one, bracketed or not
+_HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}"
+                   r"|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*")
 
 
 class DistributedError(PipelineError):
@@ -80,15 +82,30 @@ class World:
             dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values
 
+    def _reduced(self, value: int, op: dist.ReduceOp.RedOpType) -> int:
+        if not self.distributed:
+            return value
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces on the GPU
+        tensor = torch.tensor([value], dtype=torch.int64, device=device)
+        dist.all_reduce(tensor, op=op)
+        return int(tensor.item())
+
+    def all_min(self, value: int) -> int:
+        """The smallest of every rank's `value`."""
+        return self._reduced(value, dist.ReduceOp.MIN)
+
     def all_equal(self, value: int) -> bool:
         """Whether every rank holds the same `value`."""
-        if not self.distributed:
-            return True
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces on the GPU
-        low, high = torch.tensor([value], device=device), torch.tensor([value], device=device)
-        dist.all_reduce(low, op=dist.ReduceOp.MIN)
-        dist.all_reduce(high, op=dist.ReduceOp.MAX)
-        return bool(low.item() == high.item())
+        return self._reduced(value, dist.ReduceOp.MIN) == self._reduced(value, dist.ReduceOp.MAX)
+
+    def any(self, flag: bool) -> bool:
+        """Whether some rank's `flag` is true (every rank gets the same answer)."""
+        return self._reduced(int(flag), dist.ReduceOp.MAX) == 1
+
+    def barrier(self) -> None:
+        """Wait until every rank got here."""
+        if self.distributed:
+            dist.barrier()
 
     def gather_shards(self, part: torch.Tensor, count: int) -> torch.Tensor:
         """Every rank's `shard(count)` rows of a tensor, concatenated in rank order."""

@@ -406,7 +406,8 @@ class Training:
             self.best = (valid_acc, valid_loss)
             self.best_epoch = row.epoch
             self.best_state = cpu_copy(self.runner.model.state_dict())
-        if math.isfinite(row.train_loss) and math.isfinite(row.valid_loss):
+        if math.isfinite(row.train_loss) and math.isfinite(row.valid_loss) \
+                and row.epoch < self.settings.epochs:  # the last planned epoch is no early stop
             self.stop_reason = self.stopper.stop_reason(row)
         return row
 
@@ -421,6 +422,7 @@ class Training:
             "augment_generator": self.augment_generator.get_state(),
             "cpu_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "mps_rng": torch.mps.get_rng_state() if device.type == "mps" else None,
             "history": [dataclasses.astuple(row) for row in self.history],
             "epoch_seconds": list(self.epoch_seconds),
             "best": self.best, "best_epoch": self.best_epoch, "best_state": self.best_state,
@@ -440,6 +442,8 @@ class Training:
         torch.set_rng_state(state["cpu_rng"])
         if state["cuda_rng"] is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], self.runner.device)
+        if state.get("mps_rng") is not None:
+            torch.mps.set_rng_state(state["mps_rng"])
         self.history = [EpochRow(*row) for row in state["history"]]
         self.epoch_seconds = list(state["epoch_seconds"])
         self.best, self.best_epoch = tuple(state["best"]), int(state["best_epoch"])

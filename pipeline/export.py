@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
         [prepared] = dvc_yaml_paths(Path("."), "prepared")
         test_path = Path(prepared) / checkpoint.dataset / split_file("test")
     test = load_split(test_path)
+    if not len(test.labels):
+        raise portable.PortableError(f"{test_path}: holds no images to check the export "
+                                     "against; give a split with some (--test)")
     if tuple(test.images.shape[1:]) != tuple(checkpoint.input_shape):
         raise portable.PortableError(
             f"{test_path}: images of {'x'.join(map(str, test.images.shape[1:]))}, but "

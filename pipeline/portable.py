@@ -82,12 +82,15 @@ def load_portable(path: Path) -> PortableModel:
         shape = tuple(int(v) for v in json.loads(meta[INPUT_SHAPE]))
         drawing = json.loads(meta.get(DRAWING, "null"))
         seeds = int(meta.get(SEEDS, "1"))
-    except (KeyError, ValueError, TypeError) as error:
-        raise PortableError(f"{path}: an ONNX model without this pipeline's metadata ("
-                            f"{error}); export it with pipeline-export") from None
-    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)
-            and len(shape) == 3):
-        raise PortableError(f"{path}: its metadata's classes or input shape are malformed; "
-                            "export it again with pipeline-export")
+        recipe = Drawing.model_validate(drawing) if drawing else None
+    except (KeyError, ValueError, TypeError) as error:  # pydantic's errors are ValueErrors
+        raise PortableError(f"{path}: an ONNX model without this pipeline's metadata, or with "
+                            f"malformed metadata ({str(error).splitlines()[0][:160]}); export "
+                            "it with pipeline-export") from None
+    if not (isinstance(classes, list) and len(classes) >= 2
+            and all(isinstance(c, str) for c in classes)
+            and len(shape) == 3 and all(side >= 1 for side in shape) and seeds >= 1):
+        raise PortableError(f"{path}: its metadata's classes, input shape or seed count are "
+                            "malformed; export it again with pipeline-export")
     return PortableModel(path, session, classes, shape, meta.get(DATASET), meta.get(MODEL),
-                         seeds, Drawing.model_validate(drawing) if drawing else None)
+                         seeds, recipe)

@@ -225,7 +225,7 @@ def queue_figures(section: DatasetSection, train_split_path: Path, per_class: in
     for recipe, models in augmentation_recipes(section).items():
         queue.add(section.figures, f"augmented:{', '.join(models)}", plots.augmented_grid,
                   augmented_examples(train.images[:AUGMENTED_SHOWN], recipe),
-                  f"{ds}: what {', '.join(models)} trained on (train.augment: "
+                  f"{ds}: {', '.join(models)}'s augmentation, examples (train.augment: "
                   f"{recipe.model_dump_json(exclude_defaults=True)})")
     queue.add(section.figures, "balance", plots.class_balance,
               section.quality["class_counts"], classes,

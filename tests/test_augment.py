@@ -1,4 +1,4 @@
-"""train.augment: the batch transforms (pipeline/augment.py), their params and training with them."""
+"""train.augment: the batch transforms (pipeline/augment.py), their params, training with them."""
 
 from __future__ import annotations
 

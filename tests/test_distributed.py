@@ -311,3 +311,36 @@ def test_ctrl_c_stops_every_worker_and_says_so(tmp_path):
     assert stderr.strip().splitlines()[-1] == "interrupted; no partial outputs were kept"
     assert wait_until_gone(marker) == []
     assert list((tmp_path / "out").rglob("*")) == []
+
+
+def test_two_workers_killed_at_random_resume_to_the_same_bytes(tmp_path):
+    """Each worker saves its own state, the same epochs (worker 0's clock decides), and keeps
+    the save before; killed between two workers' saves they resume from the epoch both have."""
+    args = stage_args(tmp_path, 2, {**CONV, "dropout": 0.3}, epochs=120)
+    state = tmp_path / "state"
+    params = Path(args[args.index("--params") + 1])
+    settings = yaml.safe_load(params.read_text())
+    settings["execution"].update(save_state_every_s=0)
+    params.write_text(yaml.safe_dump(settings))
+    whole = args[:]
+    whole[whole.index("--checkpoint") + 1] = str(tmp_path / "whole.pt")
+    done = run_module("pipeline.stages.train", *whole, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+    killed = [*args, "--state", str(state)]
+    for delay in (0.3, 1.1):
+        run = subprocess.Popen([sys.executable, "-m", "pipeline.stages.train", *killed],
+                               cwd=tmp_path, env=environ, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while not ((state / "rank0.pt").exists() and (state / "rank1.pt").exists()):
+            assert run.poll() is None and time.monotonic() < deadline, "no state was saved"
+            time.sleep(0.01)
+        time.sleep(delay)
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    finished = run_module("pipeline.stages.train", *killed, cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    assert "resuming digits/net at epoch " in finished.stdout
+    assert (tmp_path / "out/model.pt").read_bytes() == (tmp_path / "whole.pt").read_bytes()
+    assert not state.exists()

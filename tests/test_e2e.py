@@ -223,7 +223,7 @@ def test_dvc_repro_end_to_end(built, tmp_path):
     assert "stopped early: diverging: train loss " in linear_row
     assert "above early_stopping.max_loss 0.01" in linear_row
     assert 'id="digits-augmentation"' in html and 'id="fashion_sample-augmentation"' in html
-    assert "training images as augmentation changed them for linearnet" in html
+    assert "training images as augmentation changes them for linearnet" in html
 
     metrics = json.loads(sh(["dvc", "metrics", "show", "--json"], repo))
     shown = json.dumps(metrics)

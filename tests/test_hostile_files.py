@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from tests.conftest import ROOT, run_module, serve_bytes
 from tests.test_hostile import (
@@ -452,3 +453,20 @@ def test_pipeline_compare_prints_a_changed_value_holding_escapes_as_text_on_a_te
     for output in (piped.stdout.encode(), on_terminal.replace(b"\r\n", b"\n")):
         assert not {byte for byte in output if byte < 0x20} - {0x09, 0x0A}, output[:2000]
         assert b"datasets.digits.classes=['\\x1b]0;pwned\\x07\\x1b[" in output, output[:2000]
+
+
+def test_a_full_disk_for_the_resume_state_only_turns_saving_off(tmp_path):
+    from tests.test_tracking import train_args
+
+    args = train_args(tmp_path, tensorboard=False)
+    params = Path(args[args.index("--params") + 1])
+    settings = yaml.safe_load(params.read_text())
+    settings["execution"]["save_state_every_s"] = 0
+    params.write_text(yaml.safe_dump(settings))
+    state = tmp_path / "state"
+    done = on_a_small_disk(state, 4, "pipeline.stages.train", *args, "--state", str(state))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("note: saving the training state failed") == 1
+    assert "training goes on" in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "left:"
+    assert (tmp_path / "tiny.pt").is_file()

@@ -128,7 +128,10 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
         {"dataset": args.dataset, "model": args.model, "architecture": architecture.model_dump(),
          "settings": settings.model_dump(), "seeds": seeds, "amp": train_params.amp,
          "channels_last": train_params.channels_last, "device": device.type,
-         "world_size": world.size, "torch": str(torch.__version__)},
+         "world_size": world.size, "torch": str(torch.__version__),
+         # both change the bits: the order of float sums, captured or eager Adam
+         "threads": torch.get_num_threads(),
+         "cuda_graphs": execution.cuda_graphs and device.type == "cuda"},
         [*(args.data / split_file(name) for name in SPLITS), *code_files()])
     store = ResumeStore(args.state, key, world.rank, execution.save_state_every_s)
     saved = agreed_state(store.load(), world)
@@ -152,7 +155,7 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
             done = [r.to_state() for r in results]
 
             def save_state(training, done=done) -> None:
-                if store.due():
+                if world.any(store.due()):  # every worker saves the same epochs
                     store.save({"done": done, "current": training.state_dict()})
 
             results.append(fit(
@@ -169,6 +172,7 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
 
     if not world.main:  # the other workers train and write nothing
         train_copies(None)
+        world.barrier()  # their states go once worker 0 has written the outputs
         store.clear()
         return
     # Both folders are built aside and swapped in whole, so a failed run leaves no half-log.
@@ -204,6 +208,7 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
         Checkpoint(architecture, input_shape, classes, [r.state_dict for r in results],
                    results[0].initial_state_dict, args.dataset, args.model,
                    run_info).save(args.checkpoint)
+    world.barrier()
     store.clear()  # the outputs are written (a kill before the folders' swap resumes again)
     first = results[0]
     samples = len(first.epoch_seconds) * len(splits["train"].labels)

@@ -74,6 +74,6 @@ lock: $(LOCK_VENV)/bin/pip-compile
 
 # Everything the pipeline and the set-up made that git does not track (reports/live is in git).
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) data/raw data/downloads data/prepared models reports/evaluation \
-	  reports/tensorboard reports/tensorboard-runs \
+	rm -rf $(VENV) $(LOCK_VENV) data/raw data/downloads data/prepared data/resume models \
+	  reports/evaluation reports/tensorboard reports/tensorboard-runs \
 	  reports/timing reports/index.html reports/run.js dvc_plots

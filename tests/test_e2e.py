@@ -217,7 +217,7 @@ def test_dvc_repro_end_to_end(built, tmp_path):
     images = re.findall(r'<img src="([^"]+)"', html)
     assert images and all(src.startswith("data:image/png;base64,") for src in images)
     assert "T-shirt/top" in html
-    linear_row = html[html.index('<a href="#digits-linear">'):]
+    linear_row = html[html.index('<td><a href="#digits-linear">linear</a></td>'):]
     linear_row = linear_row[:linear_row.index("</tr>")]
     assert "<td>1 of 2<br>" in linear_row
     assert "stopped early: diverging: train loss " in linear_row

@@ -120,8 +120,6 @@ class _DatasetBase(Strict):
     classes: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         min_length=2, max_length=MAX_CLASSES)
     mirrors: list[str] = []
-    drawing: Drawing | None = Field(
-        None, description="how the images were made from drawings, for pipeline-predict")
     flip: bool = Field(False, description="a left-right mirror image is of the same class "
                                           "(clothes, photos; not digits or letters): allows "
                                           "train.augment.flip")

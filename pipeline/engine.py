@@ -564,6 +564,7 @@ def fit(
             if on_epoch is not None:
                 on_epoch(row, None)
     per_epoch = len(training.data["train"])
+    started, first_epoch = time.perf_counter(), len(training.history)
     with tqdm(total=settings.epochs * per_epoch, initial=len(training.history) * per_epoch,
               unit="img", disable=not show_progress, leave=False,
               file=sys.__stderr__) as progress:
@@ -575,10 +576,12 @@ def fit(
                     f"{row.train_loss:.4g} on train, {row.valid_loss:.4g} on valid; it was "
                     f"stopped and nothing was written: lower the learning rate (now "
                     f"{settings.lr:g}) or train without bf16 (train.amp: false)")
+            per_epoch_s = (time.perf_counter() - started) / (row.epoch - first_epoch)
             line = (f"epoch {row.epoch:>3}/{settings.epochs}  train loss "
                     f"{row.train_loss:.4f} acc {row.train_accuracy:.4f}  valid loss "
                     f"{row.valid_loss:.4f} acc {row.valid_accuracy:.4f}  "
-                    f"{training.epoch_seconds[-1]:.2f}s")
+                    f"{training.epoch_seconds[-1]:.2f}s  "
+                    f"eta {duration(per_epoch_s * (settings.epochs - row.epoch))}")
             if show_progress:
                 progress.write(line)
             else:
@@ -592,6 +595,13 @@ def fit(
             elif save_state is not None and not training.done:
                 save_state(training)
     return training.finish()
+
+
+def duration(seconds: float) -> str:
+    """`0:42`, `12:05`, `3:02:10`: the ETA in an epoch's line."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 class TrainingError(PipelineError):

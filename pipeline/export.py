@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     checkpoint = load_checkpoint(args.checkpoint)
-    dataset = (load_params(args.params).datasets.get(checkpoint.dataset or "")
-               if args.params.is_file() else None)
+    recipe = (load_params(args.params).drawing.get(checkpoint.dataset or "")
+              if args.params.is_file() else None)
     test_path = args.test
     if test_path is None:
         if checkpoint.dataset is None:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{test_path}: images of {'x'.join(map(str, test.images.shape[1:]))}, but "
             f"{args.checkpoint} takes {'x'.join(map(str, checkpoint.input_shape))}; give its "
             "dataset's test split with --test")
-    exported = onnx_bytes(checkpoint, dataset.drawing if dataset else None)
+    exported = onnx_bytes(checkpoint, recipe)
     difference = largest_difference(checkpoint, exported, test.images)
     if difference > portable.MAX_ABS_DIFFERENCE:
         raise portable.PortableError(

@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from pipeline.architectures import ARCHITECTURES, Architecture
-from pipeline.datasets import FORMATS, AnyDataset, Dataset
+from pipeline.datasets import FORMATS, AnyDataset, Dataset, Drawing
 from pipeline.errors import PipelineError
 from pipeline.schema import Fraction, Strict
 from pipeline.userfiles import UserFileError, read_bounded
@@ -210,6 +210,10 @@ class Params(Strict):
     prepare: PrepareParams = PrepareParams()
     train: TrainParams = TrainParams()
     execution: ExecutionParams = ExecutionParams()
+    # How a drawing or photo becomes one of a dataset's images, by dataset: for pipeline-predict,
+    # pipeline-export and the report's draw canvas. No training stage reads it, so adding or
+    # editing a recipe re-runs the report only.
+    drawing: dict[str, Drawing] = {}
     report: ReportParams = ReportParams()
     verify: VerifyParams = VerifyParams()
 
@@ -230,6 +234,10 @@ class Params(Strict):
                 raise ValueError(f"run.{kind} lists a name twice: {chosen}")
         for name in self.datasets:
             _check_name(f"datasets.{name}", name)
+        for name in self.drawing:
+            if name not in self.datasets:
+                raise ValueError(f"drawing.{name}: no dataset {name!r} is defined under "
+                                 f"'datasets:'{_did_you_mean(name, list(self.datasets))}")
         for name, model in self.models.items():
             _check_name(f"models.{name}", name)
             if self.train.seed + model.seeds - 1 > MAX_SEED:
@@ -330,6 +338,12 @@ def _format_errors(error: ValidationError, source: str) -> str:
             lines.append(f"  - {key}: moved to execution.{loc[1]} (how the pipeline runs is "
                          "kept apart from the experiment, so changing it retrains nothing)")
             continue
+        if item["type"] == "extra_forbidden" and loc[:1] == ("datasets",) and len(loc) == 3 \
+                and loc[2] == "drawing":
+            lines.append(f"  - {key}: moved to drawing.{loc[1]} (a setting only inference "
+                         "uses, kept out of the dataset so changing it re-runs no download, "
+                         "preparation or training)")
+            continue
         if item["type"] == "extra_forbidden":
             allowed = [k for k in _allowed_keys(item["loc"]) if k != loc[-1]]
             hint = _did_you_mean(str(loc[-1]), allowed)
@@ -352,7 +366,17 @@ def _short(value: Any, limit: int = 80) -> str:
 
 def upgrade(raw: dict) -> dict:
     """An older revision's params tree in today's layout (to compare revisions): the execution
-    settings that lived under `train:` moved to `execution:` (`threads: 0` is today's `auto`)."""
+    settings that lived under `train:` moved to `execution:` (`threads: 0` is today's `auto`),
+    and the drawing recipes under `datasets.<ds>.drawing` to `drawing.<ds>`."""
+    datasets = raw.get("datasets")
+    if isinstance(datasets, dict) and any(isinstance(d, dict) and "drawing" in d
+                                          for d in datasets.values()):
+        recipes = {name: d["drawing"] for name, d in datasets.items()
+                   if isinstance(d, dict) and d.get("drawing") is not None}
+        raw = {**raw, "datasets": {name: ({k: v for k, v in d.items() if k != "drawing"}
+                                          if isinstance(d, dict) else d)
+                                   for name, d in datasets.items()},
+               "drawing": {**recipes, **(raw.get("drawing") or {})}}
     train = raw.get("train")
     if not isinstance(train, dict) or not set(train) & set(ExecutionParams.model_fields):
         return raw

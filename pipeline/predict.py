@@ -327,12 +327,14 @@ def doubts(probabilities_row: np.ndarray, image: np.ndarray) -> str:
     return f"  [{'; '.join(notes)}]" if notes else ""
 
 
-def checkpoint_dataset(params_path: Path, dataset_name: str | None) -> AnyDataset | None:
-    """The checkpoint's dataset as params.yaml defines it (its CSV layout and drawing recipe),
-    read once; None without a parameters file or a definition of that dataset."""
+def checkpoint_dataset(params_path: Path, dataset_name: str | None
+                       ) -> tuple[AnyDataset | None, Drawing | None]:
+    """The checkpoint's dataset as params.yaml defines it (its CSV layout) and its drawing
+    recipe, read once; None for what the file does not hold (or without a parameters file)."""
     if dataset_name is None or not params_path.is_file():
-        return None
-    return load_params(params_path).datasets.get(dataset_name)
+        return None, None
+    params = load_params(params_path)
+    return params.datasets.get(dataset_name), params.drawing.get(dataset_name)
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as a formula
@@ -387,8 +389,8 @@ def main(argv: list[str] | None = None) -> None:
               "seed alone)", file=sys.stderr)
     classes = model.classes
     shape = model.input_shape
-    dataset = checkpoint_dataset(args.params, model.dataset)
-    drawing = model.drawing or (dataset.drawing if dataset is not None else None)
+    dataset, recipe = checkpoint_dataset(args.params, model.dataset)
+    drawing = model.drawing or recipe
     guessing = drawing is None and shape[0] == 1  # said once an image file was read
     options = CsvOptions({"yes": True, "no": False}.get(args.header),
                          _label_column(args.label_column))
@@ -413,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
                         if guessing and path.suffix.lower() in IMAGE_SUFFIXES:
                             guessing = False
                             print(f"note: no drawing recipe for {model.dataset or 'this model'}"
-                                  f"'s images (datasets.{model.dataset or '<dataset>'}.drawing "
+                                  f"'s images (drawing.{model.dataset or '<dataset>'} "
                                   f"in {args.params}, or an export made with one): image files "
                                   "are resized whole, which reads a drawing worse than cropping "
                                   "its ink the way the dataset's images were made",

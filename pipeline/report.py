@@ -155,9 +155,9 @@ def draw_data(section: DatasetSection, params: Params) -> dict:
     (their layers, float32 weights in base64) and the selftest's images and PyTorch
     probabilities. Empty for colour datasets and those without a `drawing:` recipe (a drawing
     could not be made into one of their images the way pipeline-predict makes it)."""
-    dataset = params.dataset(section.name)
+    recipe = params.drawing.get(section.name)
     shape = list(section.test.images.shape[1:])
-    if shape[0] != 1 or dataset.drawing is None:
+    if shape[0] != 1 or recipe is None:
         return {}
     budget = params.report.draw_max_params
     models, left_out = [], []
@@ -171,7 +171,7 @@ def draw_data(section: DatasetSection, params: Params) -> dict:
                        "selftest": m.evaluation.selftest_probabilities.tolist()})
     count = len(models[0]["selftest"]) if models else 0
     return {"dataset": section.name, "classes": section.classes, "shape": shape,
-            "recipe": dataset.drawing.model_dump(), "models": models, "left_out": left_out,
+            "recipe": recipe.model_dump(), "models": models, "left_out": left_out,
             "budget": budget,
             "selftest_images": base64.b64encode(
                 np.ascontiguousarray(section.test.images[:count]).tobytes()).decode("ascii")}

@@ -47,7 +47,7 @@ def test_drawings_become_the_same_inputs_in_the_page_and_in_python(tmp_path):
     """Ten PIL-drawn digits (200x200, thick, off-centre, dark on light) through every built-in
     drawing recipe: the page's arrays equal Python's."""
     params = load_params(ROOT / "params.yaml")
-    recipes = {name: (params.datasets[name].drawing, list(params.datasets[name].shape[1:]))
+    recipes = {name: (params.drawing[name], list(params.datasets[name].shape[1:]))
                for name in ("digits", "mnist", "fashion_mnist")}
     drawings = [np.asarray(draw_digit(d), dtype=np.uint8) for d in range(10)]
     # plus a small one, upscaled rather than shrunk, and an off-grid aspect ratio

@@ -153,6 +153,18 @@ def test_dvc_reruns_only_the_stages_an_edit_touches(tmp_path: Path) -> None:
         assert marked == expected, f"editing {name} marks {sorted(marked)} changed"
 
 
+def test_editing_a_drawing_recipe_marks_only_the_report_changed(tmp_path: Path) -> None:
+    """The recipes are inference's: no download, preparation or training depends on them."""
+    copy_repository(tmp_path, keep_lock=True)
+    params = tmp_path / "params.yaml"
+    text = params.read_text()
+    assert "    supersample: 4\n" in text
+    params.write_text(text.replace("    supersample: 4\n", "    supersample: 2\n"))
+    marked = {stage for stage, changes in dvc_status(tmp_path).items() for change in changes
+              if isinstance(change, dict) and "params.yaml" in change.get("changed deps", {})}
+    assert marked == {"report"}
+
+
 if __name__ == "__main__":  # python -m tests.test_dvc_graph: each stage's closure, for dvc.yaml
     for stage_name, definition in stage_definitions().items():
         print(stage_name)

@@ -53,7 +53,8 @@ def built(tmp_path_factory) -> Iterator[tuple[Path, dict, LocalServer]]:
         params["datasets"]["fashion_sample"] = {   # a user CSV, added through params only
             "format": "csv", "train": {"url": url}, "test": {"path": str(local_test)},
             "header": True, "label_column": "label", "shape": [1, 28, 28],
-            "classes": FASHION_CLASSES, "drawing": {"fit": 1.0, "center": "box"}}
+            "classes": FASHION_CLASSES}
+        params["drawing"]["fashion_sample"] = {"fit": 1.0, "center": "box"}
         params["train"]["epochs"] = 2
         # bit-identical re-runs need the same thread count; `auto` follows the machine's load
         params["execution"]["threads"] = 1

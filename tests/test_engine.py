@@ -270,3 +270,14 @@ def test_early_stopping_ends_fit_and_keeps_the_best_weights():
     assert len(full.history) == 40 and full.stop_reason is None
     # the stopped run is the full run's first epochs, to the bit
     assert [r.valid_loss for r in full.history[:epochs]] == [r.valid_loss for r in result.history]
+
+
+def test_each_epoch_line_ends_with_the_time_left():
+    from pipeline.engine import duration
+
+    assert [duration(s) for s in (0, 42.4, 725, 10_930)] == ["0:00", "0:42", "12:05", "3:02:10"]
+    said: list[str] = []
+    fit(Linear(), TrainSettings(epochs=3, lr=0.05), toy_splits(), CPU, seed=0, log=said.append)
+    assert [line.split("  eta ")[0][:9] for line in said] == ["epoch   1", "epoch   2",
+                                                             "epoch   3"]
+    assert said[-1].endswith("  eta 0:00") and all("  eta " in line for line in said)

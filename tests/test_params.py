@@ -162,3 +162,21 @@ def test_a_count_names_numbered_classes_and_many_names_are_checked_in_linear_tim
     assert listed.dataset("digits").classes == names
     message = refused(params_with(datasets__digits__classes=[*names[:-1], "class 7"]))
     assert "repeated: ['class 7']" in message
+
+
+def test_a_drawing_recipe_under_a_dataset_is_told_where_it_moved():
+    old_place = params_with(datasets__digits__drawing={"fit": 1.0, "center": "box"})
+    message = refused(old_place)
+    assert "datasets.digits.drawing: moved to drawing.digits (a setting only inference uses" \
+        in message
+    assert "drawing.digtis: no dataset 'digtis' is defined under 'datasets:' (did you mean " \
+           "'digits'?)" in refused(params_with(drawing={"digtis": {"fit": 1.0}}))
+
+
+def test_an_older_revisions_drawing_recipes_are_read_where_they_are_now():
+    from pipeline.params import upgrade
+
+    old = params_with(drawing=None)
+    old["datasets"]["digits"]["drawing"] = {"fit": 0.5, "center": "mass"}
+    upgraded = parse_params(upgrade(old))
+    assert upgraded.drawing["digits"].fit == 0.5 and upgraded.drawing["digits"].center == "mass"

@@ -175,9 +175,10 @@ def _bytes_under(folder: Path) -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+def atomic_write(path: str | Path, mode: str = "wb", torch_save: bool = False) -> Iterator[IO]:
     """Open a temporary file beside `path`; on success fsync it and rename it to `path` (a link
-    there is replaced, not followed; anything but a regular file is refused)."""
+    there is replaced, not followed; anything but a regular file is refused). `torch_save`: the
+    body is a torch.save, whose full disk shows as a RuntimeError (see `disk_full`)."""
     path = Path(path)
     _refuse_to_replace(path, "file")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +194,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         os.replace(tmp_name, path)
     except BaseException as error:
         full = disk_full(error, path, os.stat(tmp_name).st_size if os.path.exists(tmp_name)
-                         else 0, stream_errors=True)
+                         else 0, stream_errors=torch_save)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         if full:

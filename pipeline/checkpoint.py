@@ -60,7 +60,7 @@ class Checkpoint:
                     "state_dicts": self.state_dicts,
                     "initial_state_dict": self.initial_state_dict,
                     "dataset": self.dataset, "model": self.model, "run": self.run}, buffer)
-        with atomic_write(path) as handle:
+        with atomic_write(path, torch_save=True) as handle:
             handle.write(buffer.getvalue())
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import os
 import re
 import signal
@@ -48,9 +49,19 @@ DEFAULT_JOIN_TIMEOUT_S = 600  # torchrun's own default for a static rendezvous
 # How the launcher (`python -m pipeline.distributed`) tells the stage why it stopped
 WORKER_FAILED_STATUS, NOT_JOINED_STATUS = 1, 3
 _CPP_LOG_ENV, _USER_CPP_LOG_ENV = "TORCH_CPP_LOG_LEVEL", "PIPELINE_USER_TORCH_CPP_LOG_LEVEL"
-# a host name (Docker Compose's may hold "_"), an IPv4 address, or an IPv6 one, bracketed or not
-_HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}"
-                   r"|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*")
+_HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")  # Compose's names hold "_"
+
+
+def _is_host(address: str) -> bool:
+    """A host name, an IPv4 address, or an IPv6 one, bracketed or not (no port: that goes in
+    MASTER_PORT)."""
+    if _HOST_NAME.fullmatch(address):
+        return True
+    bare = address[1:-1] if address.startswith("[") and address.endswith("]") else address
+    try:
+        return ipaddress.ip_address(bare).version == 6
+    except ValueError:
+        return False
 
 
 class DistributedError(PipelineError):
@@ -187,9 +198,10 @@ def cluster_from(environ: Mapping[str, str] = os.environ) -> Cluster:
         raise DistributedError(f"{NNODES_ENV}={nodes} needs {' and '.join(missing)} in the "
                                "environment: the address and port of machine 0")
     address = environ["MASTER_ADDR"]
-    if not _HOST.fullmatch(address):
+    if not _is_host(address):
         raise DistributedError(f"environment variable MASTER_ADDR={address!r}: expected the "
-                               "host name or IP address of machine 0 (such as 10.0.0.1)")
+                               "host name or IP address of machine 0 (such as 10.0.0.1; its "
+                               "port goes in MASTER_PORT)")
     port = _environment_int(environ, "MASTER_PORT", 0, 1, 65535)
     timeout = _environment_int(environ, JOIN_TIMEOUT_ENV, DEFAULT_JOIN_TIMEOUT_S, 1, 86_400)
     return Cluster(nodes, node_rank, address, port, timeout)

@@ -550,12 +550,14 @@ def fit(
     cuda_graphs: bool = False,
     resume: dict | None = None,
     save_state: Callable[[Training], None] | None = None,
+    epochs_after: int = 0,
 ) -> TrainResult:
     """Train for `settings.epochs` (or until early stopping says), keep the weights with the
     best validation accuracy; `on_epoch(row, model)` sees every history row (the tracker logs
     it). With `resume` (a `Training.state_dict()`), continue from there: the rows before it are
     passed to `on_epoch` again, without a model. `save_state(training)` is offered the run after
-    every epoch that does not end it."""
+    every epoch that does not end it. `epochs_after`: epochs still to come after this run (the
+    seed copies after it), counted in each epoch line's time left."""
     training = Training(architecture, settings, splits, device, seed, amp, channels_last, world,
                         cuda_graphs)
     if resume is not None:
@@ -581,7 +583,7 @@ def fit(
                     f"{row.train_loss:.4f} acc {row.train_accuracy:.4f}  valid loss "
                     f"{row.valid_loss:.4f} acc {row.valid_accuracy:.4f}  "
                     f"{training.epoch_seconds[-1]:.2f}s  "
-                    f"eta {duration(per_epoch_s * (settings.epochs - row.epoch))}")
+                    f"eta {duration(per_epoch_s * (settings.epochs - row.epoch + epochs_after))}")
             if show_progress:
                 progress.write(line)
             else:

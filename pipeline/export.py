@@ -88,6 +88,8 @@ def largest_difference(checkpoint: Checkpoint, exported: bytes, images: np.ndarr
                 break
             expected = module(torch.from_numpy(block)).numpy()
             got = session.run([portable.OUTPUT], {portable.INPUT: block})[0]
+            if not (np.isfinite(got).all() and np.isfinite(expected).all()):
+                return float("inf")  # NaN would compare as no difference at all
             largest = max(largest, float(np.abs(got - expected).max()))
     return largest
 
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="models/<ds>/<model>.pt")
     parser.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="for the dataset's drawing recipe")
+                        help="for the dataset's drawing recipe, carried in the export")
     parser.add_argument("--test", type=Path,
                         help="the split to check against (default: the checkpoint dataset's "
                              "test split, where dvc.yaml puts prepared data)")

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.architectures import ARCHITECTURES, Architecture
 from pipeline.datasets import FORMATS, AnyDataset, Dataset, Drawing
@@ -214,6 +221,11 @@ class Params(Strict):
     # pipeline-export and the report's draw canvas. No training stage reads it, so adding or
     # editing a recipe re-runs the report only.
     drawing: dict[str, Drawing] = {}
+
+    @field_validator("drawing", mode="before")
+    @classmethod
+    def _no_recipes(cls, value: Any) -> Any:
+        return {} if value is None else value  # every recipe commented out
     report: ReportParams = ReportParams()
     verify: VerifyParams = VerifyParams()
 
@@ -369,14 +381,15 @@ def upgrade(raw: dict) -> dict:
     settings that lived under `train:` moved to `execution:` (`threads: 0` is today's `auto`),
     and the drawing recipes under `datasets.<ds>.drawing` to `drawing.<ds>`."""
     datasets = raw.get("datasets")
-    if isinstance(datasets, dict) and any(isinstance(d, dict) and "drawing" in d
-                                          for d in datasets.values()):
+    current = raw.get("drawing")
+    if isinstance(datasets, dict) and isinstance(current, dict | None) and any(
+            isinstance(d, dict) and "drawing" in d for d in datasets.values()):
         recipes = {name: d["drawing"] for name, d in datasets.items()
                    if isinstance(d, dict) and d.get("drawing") is not None}
         raw = {**raw, "datasets": {name: ({k: v for k, v in d.items() if k != "drawing"}
                                           if isinstance(d, dict) else d)
                                    for name, d in datasets.items()},
-               "drawing": {**recipes, **(raw.get("drawing") or {})}}
+               "drawing": {**recipes, **(current or {})}}
     train = raw.get("train")
     if not isinstance(train, dict) or not set(train) & set(ExecutionParams.model_fields):
         return raw

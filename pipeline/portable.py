@@ -49,9 +49,13 @@ class PortableModel:
 
     def probabilities(self, images: np.ndarray, batch: int = 1024) -> np.ndarray:
         """The class probabilities of uint8 (or float) images, N x C x H x W."""
-        chunks = [self.session.run([OUTPUT], {INPUT: images[start : start + batch]
-                                              .astype(np.float32)})[0]
-                  for start in range(0, len(images), batch)]
+        try:
+            chunks = [self.session.run([OUTPUT], {INPUT: images[start : start + batch]
+                                                  .astype(np.float32)})[0]
+                      for start in range(0, len(images), batch)]
+        except Exception as error:  # noqa: BLE001 - onnxruntime's own exception types
+            raise PortableError(f"{self.path}: ONNX Runtime could not run it "
+                                f"({str(error).splitlines()[0][:200]})") from None
         return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
 
 
@@ -92,5 +96,20 @@ def load_portable(path: Path) -> PortableModel:
             and len(shape) == 3 and all(side >= 1 for side in shape) and seeds >= 1):
         raise PortableError(f"{path}: its metadata's classes, input shape or seed count are "
                             "malformed; export it again with pipeline-export")
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    graph_in = [i.shape for i in inputs if i.name == INPUT]
+    graph_out = [o.shape for o in outputs if o.name == OUTPUT]
+    if not graph_in or not graph_out or not _fits(graph_in[0][1:], list(shape)) \
+            or not _fits(graph_out[0][1:], [len(classes)]):
+        raise PortableError(f"{path}: its graph does not take `{INPUT}` of "
+                            f"{'x'.join(map(str, shape))} or give `{OUTPUT}` of "
+                            f"{len(classes)} classes as its metadata says; export it again "
+                            "with pipeline-export")
     return PortableModel(path, session, classes, shape, meta.get(DATASET), meta.get(MODEL),
                          seeds, recipe)
+
+
+def _fits(dimensions: list, expected: list[int]) -> bool:
+    """A graph's dimensions (numbers, or names where any size goes) against the metadata's."""
+    return len(dimensions) == len(expected) and all(
+        not isinstance(d, int) or d == e for d, e in zip(dimensions, expected, strict=True))

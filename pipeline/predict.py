@@ -33,7 +33,7 @@ from pipeline.artifacts import atomic_write
 from pipeline.datasets import AnyDataset, CsvLayout, Drawing
 from pipeline.drawing import normalise
 from pipeline.ingest import DataError, iter_image_csv, max_line_bytes
-from pipeline.params import load_params
+from pipeline.params import ParamsError, load_params
 from pipeline.userfiles import UserFileError, open_regular
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -97,7 +97,7 @@ def load_image(path: Path, shape: tuple[int, int, int], invert: str = "auto",
         normalised = normalise(255 - grey if light else grey, (height, width), drawing)
         if normalised is None:
             raise PredictError(f"{path}: no ink found, the image is blank (or the ink is "
-                               "fainter than the dataset's drawing.threshold)")
+                               "fainter than the recipe's threshold, drawing.<dataset>.threshold)")
         return np.ascontiguousarray(normalised[None])
     resized = image.resize((width, height), Image.Resampling.LANCZOS)
     array = np.asarray(resized, dtype=np.uint8)
@@ -367,7 +367,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch, or onnx (ONNX Runtime, no torch needed); auto: onnx for a "
                              ".onnx file")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="for the CSV layout of the checkpoint's dataset")
+                        help="for the CSV layout of the checkpoint's dataset and its drawing "
+                             "recipe (an ONNX export carries its own)")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto")
     parser.add_argument("--out", type=Path, help="also write every probability to this CSV")
@@ -389,7 +390,15 @@ def main(argv: list[str] | None = None) -> None:
               "seed alone)", file=sys.stderr)
     classes = model.classes
     shape = model.input_shape
-    dataset, recipe = checkpoint_dataset(args.params, model.dataset)
+    try:
+        dataset, recipe = checkpoint_dataset(args.params, model.dataset)
+    except ParamsError as error:
+        needs_layout = any(p.name.lower().endswith(CSV_SUFFIXES) for p in args.inputs)
+        if model.drawing is None or needs_layout:
+            raise
+        print(f"note: {args.params} was not read ({str(error).splitlines()[0]}); the model's "
+              "own drawing recipe is used", file=sys.stderr)
+        dataset, recipe = None, None
     drawing = model.drawing or recipe
     guessing = drawing is None and shape[0] == 1  # said once an image file was read
     options = CsvOptions({"yes": True, "no": False}.get(args.header),

@@ -103,7 +103,7 @@ class ResumeStore:
         try:
             if self.path.is_file():
                 os.replace(self.path, self.previous)
-            with atomic_write(self.path) as handle:
+            with atomic_write(self.path, torch_save=True) as handle:
                 torch.save({"key": self.key, **state}, handle)
         except (OSError, ArtifactError) as error:
             self.failed = True

@@ -243,6 +243,10 @@ def test_the_launcher_is_set_by_params_and_the_cluster_by_the_environment():
         launcher_arguments(1, {**cluster, "MASTER_PORT": "abc"})
     with pytest.raises(DistributedError, match="MASTER_ADDR='10.0.0.5; rm': expected the host"):
         launcher_arguments(1, {**cluster, "MASTER_ADDR": "10.0.0.5; rm"})
+    with pytest.raises(DistributedError, match="its port goes in MASTER_PORT"):
+        launcher_arguments(1, {**cluster, "MASTER_ADDR": "10.0.0.5:29500"})
+    for address in ("node_1", "fe80::1", "[::1]"):
+        assert launcher_arguments(1, {**cluster, "MASTER_ADDR": address})[7] == address
     with pytest.raises(DistributedError, match="PIPELINE_JOIN_TIMEOUT='0'"):
         launcher_arguments(1, {**cluster, JOIN_TIMEOUT_ENV: "0"})
     assert launcher_arguments(1, {**cluster, JOIN_TIMEOUT_ENV: "30"})[-2:] == [

@@ -103,3 +103,27 @@ def test_predict_refuses_what_is_not_an_export_in_one_line(tmp_path):
     pt = run(["pipeline-predict", "--checkpoint", str(garbage), "--backend", "torch",
               str(tmp_path / "x.png")], ROOT)
     assert pt.stderr == f"error: {garbage}: an ONNX model; run it with --backend onnx\n"
+
+
+def test_an_export_whose_metadata_does_not_fit_its_graph_is_refused(tmp_path, test_split):
+    import onnx
+
+    from pipeline.architectures import Linear
+    from pipeline.models import build
+
+    state = build(Linear(), SHAPE, 10).state_dict()
+    checkpoint = tmp_path / "linear.pt"
+    Checkpoint(Linear(), SHAPE, CLASSES, [state], state, "digits", "linear").save(checkpoint)
+    exported = tmp_path / "linear.onnx"
+    assert run(["pipeline-export", "--checkpoint", str(checkpoint), "--out", str(exported),
+                "--test", str(test_split)], tmp_path).returncode == 0
+    model = onnx.load(str(exported))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                        "pipeline.classes": '["a", "b"]'})
+    onnx.save(model, str(exported))
+    done = run([sys.executable, "-c", WITHOUT_TORCH, "--checkpoint", str(exported),
+                str(tmp_path / "x.png")], ROOT)
+    assert done.returncode == 1
+    assert done.stderr == (f"error: {exported}: its graph does not take `pixels` of 1x8x8 or "
+                           "give `probabilities` of 2 classes as its metadata says; export it "
+                           "again with pipeline-export\n")

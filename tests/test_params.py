@@ -180,3 +180,12 @@ def test_an_older_revisions_drawing_recipes_are_read_where_they_are_now():
     old["datasets"]["digits"]["drawing"] = {"fit": 0.5, "center": "mass"}
     upgraded = parse_params(upgrade(old))
     assert upgraded.drawing["digits"].fit == 0.5 and upgraded.drawing["digits"].center == "mass"
+
+
+def test_a_drawing_section_with_every_recipe_commented_out_holds_none():
+    assert parse_params(params_with(drawing=None)).drawing == {}
+    from pipeline.params import upgrade
+
+    odd = params_with(drawing=["not", "a", "mapping"])
+    odd["datasets"]["digits"]["drawing"] = {"fit": 0.5}
+    assert upgrade(odd)["drawing"] == ["not", "a", "mapping"]  # left for the schema to refuse

@@ -122,3 +122,36 @@ def test_a_run_killed_while_saving_its_state_resumes_from_the_previous_one(tmp_p
     assert "resuming digits/tiny at epoch " in finished.stdout
     assert (tmp_path / "killed/tiny.pt").read_bytes() == (tmp_path / "whole/tiny.pt").read_bytes()
     assert not state.exists()  # the state and the killed save's temporary are gone
+
+
+def test_a_resume_under_threads_auto_takes_the_saved_runs_thread_count(tmp_path):
+    """The thread count orders the float sums: a run saved with 1 thread and resumed under
+    `auto` goes on with 1, and ends with the bytes of a whole 1-thread run."""
+    write_prepared(tmp_path / "prepared")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["models"]["tiny"] = {"arch": "linearnet", "hidden": [256]}
+    params["train"].update(epochs=200, batch_size=32)
+    params["execution"].update(threads=1, save_state_every_s=0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+    whole = subprocess.run(stage(tmp_path, "whole"), env=environ, capture_output=True,
+                           text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    state = tmp_path / "killed" / "state"
+    run = subprocess.Popen(stage(tmp_path, "killed"), env=environ, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: run.poll() is not None or (state / "rank0.pt").exists())
+    finally:
+        run.kill()
+        run.wait()
+    assert run.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    params["execution"]["threads"] = "auto"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    finished = subprocess.run(stage(tmp_path, "killed"), env=environ, capture_output=True,
+                              text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    assert "note: resuming with the saved run's 1 threads" in finished.stdout \
+        or "1 threads" in finished.stdout.splitlines()[0]  # `auto` found 1 free core itself
+    assert "resuming digits/tiny at epoch " in finished.stdout
+    assert (tmp_path / "killed/tiny.pt").read_bytes() == (tmp_path / "whole/tiny.pt").read_bytes()

@@ -129,12 +129,25 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
          "settings": settings.model_dump(), "seeds": seeds, "amp": train_params.amp,
          "channels_last": train_params.channels_last, "device": device.type,
          "world_size": world.size, "torch": str(torch.__version__),
-         # both change the bits: the order of float sums, captured or eager Adam
-         "threads": torch.get_num_threads(),
+         # changes the bits: captured or eager Adam (the thread count: see below)
          "cuda_graphs": execution.cuda_graphs and device.type == "cuda"},
         [*(args.data / split_file(name) for name in SPLITS), *code_files()])
     store = ResumeStore(args.state, key, world.rank, execution.save_state_every_s)
-    saved = agreed_state(store.load(), world)
+    states = store.load()
+    saved = agreed_state(states, world)
+    if saved is None and states:  # the workers have no epoch in common: none is kept
+        store.clear()
+    if saved is not None and saved.get("threads") != torch.get_num_threads():
+        # the order of float sums follows the thread count: `auto` takes the saved run's,
+        # a number set since means other bits, so the run starts afresh
+        if execution.threads == "auto" and isinstance(saved.get("threads"), int):
+            torch.set_num_threads(saved["threads"])
+            say(f"note: resuming with the saved run's {saved['threads']} threads")
+        else:
+            say(f"note: the saved state used {saved.get('threads')} threads, "
+                f"execution.threads is now {execution.threads}: starting afresh")
+            saved = None
+            store.clear()
 
     def train_copies(on_epoch) -> list:
         """Every seed copy, the finished ones and the current one's epochs taken from the
@@ -155,8 +168,10 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
             done = [r.to_state() for r in results]
 
             def save_state(training, done=done) -> None:
-                if world.any(store.due()):  # every worker saves the same epochs
-                    store.save({"done": done, "current": training.state_dict()})
+                # every worker saves the same epochs, and none once one could not
+                if world.any(store.due()) and not world.any(store.failed):
+                    store.save({"done": done, "current": training.state_dict(),
+                                "threads": torch.get_num_threads()})
 
             results.append(fit(
                 architecture, settings, splits, device, seed, train_params.amp,
@@ -164,10 +179,12 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
                 log=lambda line, prefix=prefix: say(prefix + line),
                 on_epoch=on_epoch and (lambda row, model, seed=seed: on_epoch(row, model, seed)),
                 world=world, cuda_graphs=execution.cuda_graphs, resume=current,
-                save_state=save_state))
+                save_state=save_state,
+                epochs_after=(len(seeds) - len(results) - 1) * settings.epochs))
             current = None
-            if len(results) < len(seeds):
-                store.save({"done": [r.to_state() for r in results], "current": None})
+            if len(results) < len(seeds) and not world.any(store.failed):
+                store.save({"done": [r.to_state() for r in results], "current": None,
+                            "threads": torch.get_num_threads()})
         return results
 
     if not world.main:  # the other workers train and write nothing

@@ -73,7 +73,7 @@ class ResumeStore:
             return None
         if not isinstance(state, dict) or state.get("key") != self.key:
             print(f"note: {path}: a saved training state made from other inputs (params, "
-                  "data, code, threads or device) was discarded", file=sys.stderr)
+                  "data, code or device) was discarded", file=sys.stderr)
             return None
         return state
 

@@ -48,11 +48,10 @@ class SeedEnsemble(nn.Module):
         return torch.softmax(torch.stack([m(x) for m in self.copies]).mean(0), dim=1)
 
 
-def onnx_bytes(checkpoint: Checkpoint, drawing: Drawing | None) -> bytes:
-    """The checkpoint as an ONNX model (a batch dimension of any size), metadata included."""
+def onnx_bytes(checkpoint: Checkpoint, module: SeedEnsemble, drawing: Drawing | None) -> bytes:
+    """The checkpoint, run as `module`, as an ONNX model (any batch size), metadata included."""
     import onnx
 
-    module = SeedEnsemble([m.eval() for m in checkpoint.seed_models()]).eval()
     example = torch.zeros((2, *checkpoint.input_shape), dtype=torch.float32)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -76,10 +75,9 @@ def onnx_bytes(checkpoint: Checkpoint, drawing: Drawing | None) -> bytes:
     return model.SerializeToString()
 
 
-def largest_difference(checkpoint: Checkpoint, exported: bytes, images: np.ndarray) -> float:
+def largest_difference(module: SeedEnsemble, exported: bytes, images: np.ndarray) -> float:
     """The largest absolute difference between ONNX Runtime's and PyTorch's probabilities."""
     session = portable.session_for(exported)
-    module = SeedEnsemble([m.eval() for m in checkpoint.seed_models()]).eval()
     largest = 0.0
     with torch.no_grad():
         for start in range(0, max(len(images), 1), 1024):
@@ -124,8 +122,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{test_path}: images of {'x'.join(map(str, test.images.shape[1:]))}, but "
             f"{args.checkpoint} takes {'x'.join(map(str, checkpoint.input_shape))}; give its "
             "dataset's test split with --test")
-    exported = onnx_bytes(checkpoint, recipe)
-    difference = largest_difference(checkpoint, exported, test.images)
+    module = SeedEnsemble([m.eval() for m in checkpoint.seed_models()]).eval()
+    exported = onnx_bytes(checkpoint, module, recipe)
+    difference = largest_difference(module, exported, test.images)
     if difference > portable.MAX_ABS_DIFFERENCE:
         raise portable.PortableError(
             f"{args.checkpoint}: the ONNX export's probabilities differ from PyTorch's by up to "

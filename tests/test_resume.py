@@ -86,23 +86,32 @@ def stage(folder: Path, out: str) -> list[str]:
             "--timing", str(folder / out / "timing.json"), "--state", str(folder / out / "state")]
 
 
+ENVIRON = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def tiny_run_and_whole(folder: Path, hidden: list[int], epochs: int, batch_size: int) -> dict:
+    """Prepared toy data, params for a one-thread `tiny` linearnet saving every epoch, and an
+    uninterrupted run of it into folder/whole; returns the params written."""
+    write_prepared(folder / "prepared")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["models"]["tiny"] = {"arch": "linearnet", "hidden": hidden}
+    params["train"].update(epochs=epochs, batch_size=batch_size)
+    params["execution"].update(threads=1, save_state_every_s=0)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    whole = subprocess.run(stage(folder, "whole"), env=ENVIRON, capture_output=True,
+                           text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    return params
+
+
 def test_a_run_killed_while_saving_its_state_resumes_from_the_previous_one(tmp_path):
     """The state is written to a temporary name and renamed: a kill that leaves the
     temporary behind (the evidence it landed mid-save) leaves the previous state usable."""
-    write_prepared(tmp_path / "prepared")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["models"]["tiny"] = {"arch": "linearnet", "hidden": [512, 512]}
-    params["train"].update(epochs=300, batch_size=64)
-    params["execution"].update(threads=1, save_state_every_s=0)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
-    whole = subprocess.run(stage(tmp_path, "whole"), env=environ, capture_output=True,
-                           text=True, timeout=600)
-    assert whole.returncode == 0, whole.stderr
+    tiny_run_and_whole(tmp_path, [512, 512], epochs=300, batch_size=64)
     state = tmp_path / "killed" / "state"
     mid_save = False
     for _ in range(30):
-        run = subprocess.Popen(stage(tmp_path, "killed"), env=environ,
+        run = subprocess.Popen(stage(tmp_path, "killed"), env=ENVIRON,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for(lambda run=run: run.poll() is not None or (state / "rank0.pt").exists())
@@ -116,7 +125,7 @@ def test_a_run_killed_while_saving_its_state_resumes_from_the_previous_one(tmp_p
             mid_save = True
             break
     assert mid_save, "no kill landed while the state was being written"
-    finished = subprocess.run(stage(tmp_path, "killed"), env=environ, capture_output=True,
+    finished = subprocess.run(stage(tmp_path, "killed"), env=ENVIRON, capture_output=True,
                               text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr
     assert "resuming digits/tiny at epoch " in finished.stdout
@@ -127,18 +136,9 @@ def test_a_run_killed_while_saving_its_state_resumes_from_the_previous_one(tmp_p
 def test_a_resume_under_threads_auto_takes_the_saved_runs_thread_count(tmp_path):
     """The thread count orders the float sums: a run saved with 1 thread and resumed under
     `auto` goes on with 1, and ends with the bytes of a whole 1-thread run."""
-    write_prepared(tmp_path / "prepared")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["models"]["tiny"] = {"arch": "linearnet", "hidden": [256]}
-    params["train"].update(epochs=200, batch_size=32)
-    params["execution"].update(threads=1, save_state_every_s=0)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
-    whole = subprocess.run(stage(tmp_path, "whole"), env=environ, capture_output=True,
-                           text=True, timeout=600)
-    assert whole.returncode == 0, whole.stderr
+    params = tiny_run_and_whole(tmp_path, [256], epochs=200, batch_size=32)
     state = tmp_path / "killed" / "state"
-    run = subprocess.Popen(stage(tmp_path, "killed"), env=environ, stdout=subprocess.DEVNULL,
+    run = subprocess.Popen(stage(tmp_path, "killed"), env=ENVIRON, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: run.poll() is not None or (state / "rank0.pt").exists())
@@ -148,7 +148,7 @@ def test_a_resume_under_threads_auto_takes_the_saved_runs_thread_count(tmp_path)
     assert run.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     params["execution"]["threads"] = "auto"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    finished = subprocess.run(stage(tmp_path, "killed"), env=environ, capture_output=True,
+    finished = subprocess.run(stage(tmp_path, "killed"), env=ENVIRON, capture_output=True,
                               text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr
     assert "note: resuming with the saved run's 1 threads" in finished.stdout \

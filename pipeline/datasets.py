@@ -35,6 +35,14 @@ class Drawing(Strict):
                        "pixels in each block (UCI digits: 4, 32x32 into 8x8)")
     threshold: Annotated[int, Field(ge=1, le=254)] = Field(
         128, description="ink is brighter than this (0..255), for the bounding box and binarising")
+    min_contrast: Annotated[int, Field(ge=1, le=255)] = Field(
+        32, description="fewer grey levels than this between the image's lightest and darkest "
+                        "pixels: blank, no ink; more: the levels are stretched to 0..255 first "
+                        "(a light pencil, a grey photo)")
+    min_stroke: Annotated[float, Field(ge=0, le=8)] = Field(
+        0.0, description="thicken strokes thinner than this many pixels of the frame (the "
+                         "supersampled frame when supersample > 1) to about it, as the pen of the "
+                         "dataset's writers would have drawn them; 0: as drawn")
 
 
 

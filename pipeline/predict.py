@@ -96,8 +96,10 @@ def load_image(path: Path, shape: tuple[int, int, int], invert: str = "auto",
         light = invert == "yes" or (invert == "auto" and _light_background(grey[None]))
         normalised = normalise(255 - grey if light else grey, (height, width), drawing)
         if normalised is None:
-            raise PredictError(f"{path}: no ink found, the image is blank (or the ink is "
-                               "fainter than the recipe's threshold, drawing.<dataset>.threshold)")
+            raise PredictError(
+                f"{path}: no ink found: its darkest and lightest pixels are under "
+                f"{drawing.min_contrast} grey levels apart (drawing.<dataset>.min_contrast), so "
+                "it is blank or nearly; draw darker or lower that setting")
         return np.ascontiguousarray(normalised[None])
     resized = image.resize((width, height), Image.Resampling.LANCZOS)
     array = np.asarray(resized, dtype=np.uint8)

@@ -20,7 +20,7 @@ from pipeline.params import load_params
 from pipeline.web_model import export, reference_probabilities
 from tests.browser import chromium
 from tests.conftest import ROOT
-from tests.test_drawing import draw_digit
+from tests.drawn_digits import PenStyle, draw_digit
 
 DRAW_JS = ROOT / "pipeline" / "templates" / "draw.js"
 
@@ -49,9 +49,14 @@ def test_drawings_become_the_same_inputs_in_the_page_and_in_python(tmp_path):
     params = load_params(ROOT / "params.yaml")
     recipes = {name: (params.drawing[name], list(params.datasets[name].shape[1:]))
                for name in ("digits", "mnist", "fashion_mnist")}
+    # strokes thickened in grey as well as in a binary bitmap
+    recipes["mnist, thickened"] = (params.drawing["mnist"].model_copy(update={"min_stroke": 3.5}),
+                                   [28, 28])
+    assert params.drawing["digits"].min_stroke > 0
     drawings = [np.asarray(draw_digit(d), dtype=np.uint8) for d in range(10)]
-    # plus a small one, upscaled rather than shrunk, and an off-grid aspect ratio
+    # plus a small one, upscaled rather than shrunk, and an off-grid aspect ratio; thin pens
     drawings.append(np.asarray(draw_digit(7, size=40, offset=(-30, -45), width=3), np.uint8))
+    drawings += [np.asarray(PenStyle(width=2, slant=0.3).draw(d), np.uint8) for d in (2, 8)]
     payload = {"drawings": [base64.b64encode(d.tobytes()).decode() for d in drawings],
                "sizes": [list(d.shape) for d in drawings],
                "recipes": {n: {"recipe": r.model_dump(), "shape": s}

@@ -183,9 +183,62 @@
     return transpose(down, newWidth, newHeight);
   }
 
+  // Twice the ink area over its outline (4-neighbour edges, outside counts as background).
+  function strokeWidth(image, rows, cols, threshold) {
+    var area = 0, outline = 0;
+    function inked(r, c) { return r >= 0 && r < rows && c >= 0 && c < cols && image[r * cols + c] >= threshold; }
+    for (var r = -1; r < rows; r++) {
+      for (var c = -1; c < cols; c++) {
+        var here = inked(r, c);
+        if (here) { area++; }
+        if (c >= 0 && here !== inked(r + 1, c)) { outline++; }
+        if (r >= 0 && here !== inked(r, c + 1)) { outline++; }
+      }
+    }
+    return 2 * area / outline;
+  }
+
+  function thickeningPasses(width, longerSide, frameSide, target) {
+    if (target <= 0 || width * frameSide >= target * longerSide || target >= frameSide) { return 0; }
+    return Math.max(0, roundHalfEven((target * longerSide - width * frameSide) / (2 * (frameSide - target))));
+  }
+
+  // image padded by `passes` pixels and grown that many times by a 4-neighbour maximum
+  function dilate(image, rows, cols, passes) {
+    var h = rows + 2 * passes, w = cols + 2 * passes, out = new Float64Array(h * w);
+    for (var r = 0; r < rows; r++) {
+      for (var c = 0; c < cols; c++) { out[(r + passes) * w + c + passes] = image[r * cols + c]; }
+    }
+    for (var p = 0; p < passes; p++) {
+      var grown = new Float64Array(h * w);
+      for (r = 0; r < h; r++) {
+        for (c = 0; c < w; c++) {
+          var i = r * w + c, v = out[i];
+          if (r > 0) { v = Math.max(v, out[i - w]); }
+          if (r + 1 < h) { v = Math.max(v, out[i + w]); }
+          if (c > 0) { v = Math.max(v, out[i - 1]); }
+          if (c + 1 < w) { v = Math.max(v, out[i + 1]); }
+          grown[i] = v;
+        }
+      }
+      out = grown;
+    }
+    return {data: out, rows: h, cols: w};
+  }
+
   // ink: Float64Array (height*width) of 0..255, bright ink on dark; returns Uint8Array of size
   // H*W, or null when there is no ink
   function normalise(ink, height, width, size, recipe) {
+    var lightest = Infinity, darkest = -Infinity;
+    for (var p = 0; p < ink.length; p++) {
+      lightest = Math.min(lightest, ink[p]); darkest = Math.max(darkest, ink[p]);
+    }
+    if (!(darkest - lightest >= recipe.min_contrast)) { return null; }
+    if (lightest > 0 || darkest < 255) {
+      var stretched = new Float64Array(ink.length);
+      for (p = 0; p < ink.length; p++) { stretched[p] = (ink[p] - lightest) * 255 / (darkest - lightest); }
+      ink = stretched;
+    }
     var top = height, bottom = -1, left = width, right = -1;
     for (var y = 0; y < height; y++) {
       for (var x = 0; x < width; x++) {
@@ -201,6 +254,12 @@
       for (var c = 0; c < cropW; c++) { crop[r * cropW + c] = ink[(top + r) * width + left + c]; }
     }
     var k = recipe.supersample, frameH = size[0] * k, frameW = size[1] * k;
+    if (recipe.min_stroke > 0) {
+      var passes = thickeningPasses(strokeWidth(crop, cropH, cropW, recipe.threshold),
+        Math.max(cropH, cropW), recipe.fit * Math.min(frameH, frameW), recipe.min_stroke);
+      var thick = dilate(crop, cropH, cropW, passes);
+      crop = thick.data; cropH = thick.rows; cropW = thick.cols;
+    }
     var scale = recipe.fit * Math.min(frameH, frameW) / Math.max(cropH, cropW);
     var newH = Math.min(frameH, Math.max(1, roundHalfEven(cropH * scale)));
     var newW = Math.min(frameW, Math.max(1, roundHalfEven(cropW * scale)));

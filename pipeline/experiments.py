@@ -18,6 +18,7 @@ import numpy as np
 import yaml
 
 from pipeline import tracking
+from pipeline.analysis import softmax
 from pipeline.artifacts import ArtifactError
 from pipeline.evaluation import parse_evaluation
 from pipeline.layout import evaluation_file
@@ -33,8 +34,11 @@ class Experiment:
     params: dict[str, object]  # flattened: "train.lr" -> 0.02
     accuracy: dict[Run, float] = field(default_factory=dict)
     histories: dict[Run, list[tracking.EpochRow]] = field(default_factory=dict)
-    # per run: which test images the model got right, from its evaluation record
+    # per run: which test images the model got right, and its class probabilities, from its
+    # evaluation record; per dataset: the test labels the records hold
     correct: dict[Run, np.ndarray] = field(default_factory=dict)
+    probabilities: dict[Run, np.ndarray] = field(default_factory=dict)
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
     # per run whose evaluation record could not be read: why (not in the cache, damaged, ...)
     missing: dict[Run, str] = field(default_factory=dict)
     made_on: dict[Run, dict] = field(default_factory=dict)  # the run's machine.json
@@ -73,14 +77,36 @@ def normalised_params(raw: dict) -> dict[str, object]:
         return flatten(raw)
 
 
+def runs_of(raw: dict) -> list[Run] | None:
+    """The dataset x model runs a params.yaml asks for (its `run:` section), in its order; None
+    when it has no such lists (written under an older schema)."""
+    selection = raw.get("run")
+    datasets = selection.get("datasets") if isinstance(selection, dict) else None
+    models = selection.get("models") if isinstance(selection, dict) else None
+    if not isinstance(datasets, list) or not isinstance(models, list):
+        return None
+    return [(str(d), str(m)) for d in datasets for m in models]
+
+
+def all_runs(experiments: list[Experiment], first: list[Run]) -> list[Run]:
+    """`first`, then every other run some experiment made, in the order they appear: a model
+    added by one experiment (`dvc exp run -S +models.tiny...`) gets its column."""
+    columns = list(first)
+    for experiment in experiments:
+        columns += [run for run in experiment.accuracy if run not in columns]
+    return columns
+
+
 def read_revision(repo: Path, revision: str | None, name: str, runs: list[Run],
                   live_dir: str, evaluation_dir: str | None = None,
                   prepared_dir: str | None = None, strict: bool = False) -> Experiment | None:
     """One revision's params, test accuracies, curves, per-image predictions and machine
     records from git, the hash of each dataset's prepared data from its dvc.lock, and which
     test images each model got right from its evaluation record where this clone has it
-    (else the reason in `missing`); None if it has no usable run. `revision` None: the
-    workspace. Params that cannot be read make it None too, or, with `strict`, the error."""
+    (else the reason in `missing`); None if it has no usable run. Only the runs its params.yaml
+    asks for are read (`runs` where it names none): a dvclive folder another run left in git
+    is not this revision's result. `revision` None: the workspace. Params that cannot be read
+    make it None too, or, with `strict`, the error."""
     files = RevisionFiles(repo, revision)
     params_text = files.read_text("params.yaml")
     try:
@@ -94,7 +120,7 @@ def read_revision(repo: Path, revision: str | None, name: str, runs: list[Run],
         return None
     experiment = Experiment(name, normalised_params(raw))
     where = files.label
-    for dataset, model in runs:
+    for dataset, model in runs_of(raw) or runs:
         run_dir = f"{live_dir}/{dataset}/{model}"
         summary = files.read_text(f"{run_dir}/{tracking.METRICS_FILE}")
         try:
@@ -129,6 +155,8 @@ def read_revision(repo: Path, revision: str | None, name: str, runs: list[Run],
                     f"damaged ({str(error).removeprefix(f'{path} of {where}: ')})"
                 continue
             experiment.correct[(dataset, model)] = record.logits[0].argmax(1) == record.labels
+            experiment.probabilities[(dataset, model)] = softmax(record.logits[0])
+            experiment.labels[dataset] = record.labels
     if prepared_dir is not None and experiment.accuracy:
         experiment.prepared = _output_hashes(files, prepared_dir, {d for d, _ in runs})
     return experiment if experiment.accuracy else None
@@ -218,6 +246,43 @@ def paired_correct(ours: Experiment, theirs: Experiment, run: Run
             return "their test labels differ, so images are not compared one by one"
         return (_right(mine_predicted), _right(other_predicted), "dvclive predictions")
     return None
+
+
+@dataclass(frozen=True)
+class Flips:
+    """The test images (indices in the test split, from 0) one run got right and another wrong,
+    both ways: McNemar's discordant cells, image by image."""
+
+    fixed: np.ndarray   # wrong in the other run, right in this one
+    broken: np.ndarray  # right in the other run, wrong in this one
+    evidence: str       # what the pairing came from (`paired_correct`)
+
+
+def flips(ours: Experiment, theirs: Experiment, run: Run) -> Flips | str | None:
+    """What `ours` changed image by image against `theirs` for one run; or why the two cannot
+    be paired, or None when a side has no per-image results (`paired_correct`)."""
+    paired = paired_correct(ours, theirs, run)
+    if not isinstance(paired, tuple):
+        return paired
+    mine, other, evidence = paired
+    return Flips(np.flatnonzero(mine & ~other), np.flatnonzero(~mine & other), evidence)
+
+
+def suspected_label_errors(experiment: Experiment, dataset: str) -> set[int] | str | None:
+    """The test images of `dataset` whose label the experiment's models jointly and confidently
+    dispute (`evidence.label_issues` on their mean probabilities, as the report lists them);
+    why they are not claimed as label errors when the models are not good enough to tell
+    (`evidence.label_issue_doubt`); None without evaluation records to tell."""
+    from pipeline.evidence import label_issue_doubt, label_issues
+
+    probabilities = [p for (d, _), p in experiment.probabilities.items() if d == dataset]
+    if not probabilities or dataset not in experiment.labels:
+        return None
+    mean, labels = np.mean(probabilities, axis=0), experiment.labels[dataset]
+    doubt = label_issue_doubt(mean, labels)
+    if doubt is not None:
+        return doubt
+    return {issue.index for issue in label_issues(mean, labels)}
 
 
 def _right(predictions: tuple[list[str], list[str]]) -> np.ndarray:

@@ -182,24 +182,60 @@ def commit_of(repo: Path, rev: str) -> str:
                         "`dvc exp list -A`)")
 
 
-def stale_stages(repo: Path) -> list[str]:
-    """The stages `dvc status` says are not up to date (their code, params or data changed,
-    or their outputs are missing or changed); an output merely absent from the cache (`dvc gc`,
-    a damaged cache file) leaves its stage current. Where DVC cannot tell (its lock held by a
-    running `dvc repro`, a linked file gone), a one-line refusal: stale is not assumed away."""
+def experiments_of_other_commits(repo: Path) -> int:
+    """How many `dvc exp` experiments hang off commits other than HEAD (`dvc exp show` lists
+    only HEAD's; `dvc exp show -A` lists them all): their refs are
+    refs/exps/<baseline commit split 2/38>/<name>."""
+    head = _git(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}").stdout.strip()
+    refs = _git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()
+    count = 0
+    for ref in refs:
+        parts = ref.split("/")
+        if len(parts) == 5 and parts[2] + parts[3] != head:
+            count += 1
+    return count
+
+
+def _dvc_status(repo: Path) -> dict:
+    """`dvc status` of the workspace, or a one-line refusal where DVC cannot tell (its lock
+    held by a running `dvc repro`, a linked file gone): stale is not assumed away."""
     try:
         from dvc.repo import Repo
 
         with Repo(str(repo)) as dvc_repo:
-            status = dvc_repo.status()
+            return dvc_repo.status()
     except Exception as error:  # noqa: BLE001 (the boundary, as in RevisionFiles.read_bytes)
         raise PipelineError(f"cannot tell whether the workspace's results are current: "
                             f"`dvc status` failed ({_one_line(error)}); try again when no "
                             "other DVC command runs, or fix what it names") from None
+
+
+def stale_stages(repo: Path) -> list[str]:
+    """The stages `dvc status` says are not up to date (their code, params or data changed,
+    or their outputs are missing or changed); an output merely absent from the cache (`dvc gc`,
+    a damaged cache file) leaves its stage current."""
 
     def only_uncached(changes: object) -> bool:
         return isinstance(changes, list) and all(
             isinstance(change, dict) and set(change) == {"changed outs"}
             and set(change["changed outs"].values()) == {"not in cache"} for change in changes)
 
-    return sorted(stage for stage, changes in status.items() if not only_uncached(changes))
+    return sorted(stage for stage, changes in _dvc_status(repo).items()
+                  if not only_uncached(changes))
+
+
+ABSENT = ("deleted", "not in cache")  # `dvc status` words for a file that is merely not here
+
+
+def stages_run_with_other_inputs(repo: Path) -> list[str]:
+    """The stages whose code, params or data differ from what dvc.lock says they ran with
+    (`dvc status`'s changed deps: modified or new). A dependency merely absent (a clone that
+    has not pulled the data) is not a change: the committed results are still its inputs'."""
+
+    def changed(changes: object) -> bool:
+        return isinstance(changes, list) and any(
+            isinstance(change, dict) and isinstance(change.get("changed deps"), dict)
+            and any(state not in ABSENT for state in change["changed deps"].values())
+            for change in changes)
+
+    return sorted(stage for stage, changes in _dvc_status(repo).items() if changed(changes))

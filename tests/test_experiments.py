@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import copy
+import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,8 +18,8 @@ from pipeline.experiments import (
     read_revision,
 )
 from pipeline.params import ParamsError
-from pipeline.tracking import EpochRow, RunTracker, Summary
-from tests.conftest import ROOT, run_module, sh
+from pipeline.tracking import CONFUSION_PATH, EpochRow, RunTracker, Summary
+from tests.conftest import ROOT, copy_repository, run_module, sh
 
 RUNS = [("digits", "cnn")]
 
@@ -134,3 +138,86 @@ def test_a_revision_whose_params_are_a_yaml_bomb_is_skipped_not_expanded(tmp_pat
     assert read_revision(repo, "HEAD", "hostile", RUNS, "reports/live") is None
     with pytest.raises(ParamsError, match="does not allow anchors and aliases"):  # verify's way
         read_revision(repo, "HEAD", "hostile", RUNS, "reports/live", strict=True)
+
+
+def save_experiment(repo: Path, name: str) -> None:
+    """The workspace saved as experiment `name` of HEAD, as `dvc exp save` stores one (a commit
+    on HEAD under refs/exps/<HEAD split 2/38>/<name>), without needing the stages' outputs
+    here; then the workspace is back at HEAD."""
+    base = sh(["git", "rev-parse", "HEAD"], repo).strip()
+    sh(["git", "add", "-A"], repo)
+    tree = sh(["git", "write-tree"], repo).strip()
+    commit = sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit-tree", tree, "-p",
+                 base, "-m", name], repo).strip()
+    sh(["git", "update-ref", f"refs/exps/{base[:2]}/{base[2:]}/{name}", commit], repo)
+    sh(["git", "reset", "-q", "--hard"], repo)
+    sh(["git", "clean", "-qfd", "reports"], repo)
+
+
+def test_pipeline_compare_shows_what_each_run_trained_and_the_images_it_flipped(tmp_path):
+    """An experiment that trained only `linear` and a model it added (`tiny`) while the cnn's
+    dvclive folder from the commit stays in its tree: its row shows linear and tiny, blank for
+    the rest, and tiny gets a column. --flips names the test images it fixed and broke with
+    their labels and both predictions; a workspace whose params changed since its results were
+    made is marked stale; experiments of an older commit are counted, not dropped silently."""
+    copy_repository(tmp_path, keep_lock=True)
+    sh(["git", "add", "-A"], tmp_path)
+    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base"], tmp_path)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["run"]["models"] = ["linear", "tiny"]
+    params["models"]["tiny"] = copy.deepcopy(params["models"]["linear"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    live = tmp_path / "reports/live/digits"
+    shutil.copytree(live / "linear", live / "tiny")
+    confusion = live / "linear" / CONFUSION_PATH
+    rows = json.loads(confusion.read_text())
+    wrong = [i for i, r in enumerate(rows) if r["actual"] != r["predicted"]][:2]
+    right = next(i for i, r in enumerate(rows) if r["actual"] == r["predicted"])
+    was = {i: rows[i]["predicted"] for i in [*wrong, right]}
+    for i in wrong:
+        rows[i]["predicted"] = rows[i]["actual"]
+    rows[right]["predicted"] = "0" if rows[right]["actual"] != "0" else "1"
+    confusion.write_text(json.dumps(rows))
+    save_experiment(tmp_path, "small-run")
+
+    done = run_module("pipeline.compare", "--flips", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    table = done.stdout.split("\n\n")[0].splitlines()
+    columns = table[0].split()[5:]  # after "run  changed from the commit"
+    assert columns == [f"digits/{m}" for m in
+                       ["linear", "linearnet", "cnn", "keras_cnn", "cnn3", "tiny"]], table[0]
+    cells = next(line for line in table if line.startswith("small-run")).split()[-7:]
+    assert cells[0:2] == ["94.44%", "="] and cells[2:6] == ["-"] * 4 and cells[6] == "94.44%"
+    committed_row = next(line for line in table if "(committed)" in line)
+    assert committed_row.rstrip().endswith("-")  # the commit did not train tiny
+    assert "stale" not in done.stdout
+
+    flips = done.stdout[done.stdout.index("small-run vs"):done.stdout.index("workspace vs")]
+    assert "digits/linear: 2 fixed, 1 broken" in flips
+    fixed = ", ".join(f"#{i} ({rows[i]['actual']}: was {was[i]}, now {rows[i]['actual']})"
+                      for i in wrong)
+    assert f"fixed: {fixed}" in flips
+    assert f"broke: #{right} ({rows[right]['actual']}: was {was[right]}, now " \
+           f"{rows[right]['predicted']})" in flips
+    assert "digits/tiny: the commit did not train it" in flips
+    assert "counting from 0" in done.stdout
+
+    text = (tmp_path / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(text.replace("\n  epochs: 60 ", "\n  epochs: 7 ", 1))
+    stale = run_module("pipeline.compare", cwd=tmp_path)
+    assert re.search(r"^workspace \(stale\*\)\s+train\.epochs=7", stale.stdout, re.M), stale.stdout
+    assert "* stale: the workspace's results were not made from its params.yaml" in stale.stdout
+    assert "train@digits-cnn" in stale.stdout and "`dvc checkout`" in stale.stdout
+
+    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "next"], tmp_path)
+    later = run_module("pipeline.compare", cwd=tmp_path)
+    assert "small-run" not in later.stdout.split("\n\n")[0]
+    assert "1 experiment of other commits not shown (`dvc exp show -A`" in later.stdout
+
+
+def test_pipeline_compare_help_is_whole_sentences():
+    done = run_module("pipeline.compare", "--help", cwd=ROOT)
+    assert done.returncode == 0
+    description = done.stdout.split("\n\n", 1)[1].split("\noptions:")[0]
+    assert description.rstrip().endswith("gets a column."), description
+    assert "--flips" in description

@@ -75,6 +75,12 @@ def test_the_experiments_section_runs_as_written(tmp_path):
     for experiment in experiments:
         row = next(line for line in compared.splitlines() if line.startswith(experiment.name))
         assert re.search(r"\d+\.\d\d% [+=-]$", row), row
+        # --flips: what each changed image by image
+        assert re.search(rf"^{experiment.name} vs .*\n  digits/cnn: \d+ fixed, \d+ broken",
+                         compared, re.M), compared
+    # the clean start put the commit's results back: the workspace row is the commit's own
+    workspace = next(line for line in compared.splitlines() if line.startswith("workspace"))
+    assert "stale" not in compared and workspace.split()[1] == "-", compared
 
     # every experiment's TensorBoard logs side by side, one run per experiment and seed
     sweep = [e.name for e in experiments if e.params.get("execution.tensorboard")]

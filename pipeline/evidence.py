@@ -18,6 +18,11 @@ INTERVAL_LEVEL = 0.95  # of the bootstrap accuracy intervals
 ALPHA = 0.05
 CALIBRATION_BINS = 15
 MILESTONES = (0.9, 0.95, 0.99)  # shares of the best validation accuracy, for time to accuracy
+# Confident learning finds the images the models confidently disagree with; whether those are
+# label errors or the models' own mistakes depends on how good the models are. Below these, the
+# list is shown as disputed labels, not claimed as label errors.
+LABEL_ERRORS_MIN_ACCURACY = 0.95
+LABEL_ERRORS_MAX_ECE = 0.05
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,8 @@ class Method:
     alpha: float = ALPHA
     calibration_bins: int = CALIBRATION_BINS
     milestones: tuple[float, ...] = MILESTONES
+    label_errors_min_accuracy: float = LABEL_ERRORS_MIN_ACCURACY
+    label_errors_max_ece: float = LABEL_ERRORS_MAX_ECE
 
 
 METHOD = Method()
@@ -224,6 +231,23 @@ class LabelIssue:
     given: int
     suggested: int
     confidence: float  # the models' mean probability of the suggested class
+
+
+def label_issue_doubt(probabilities: np.ndarray, labels: np.ndarray) -> str | None:
+    """Why the models' disputed labels should not be read as label errors (they are not
+    accurate or calibrated enough to tell a wrong label from their own mistake), or None when
+    they are good enough to claim them."""
+    accuracy = float((probabilities.argmax(axis=1) == labels).mean())
+    if accuracy < LABEL_ERRORS_MIN_ACCURACY:
+        return (f"the models together are {100 * accuracy:.1f} % accurate (under "
+                f"{100 * LABEL_ERRORS_MIN_ACCURACY:.0f} %), so most of these are likely their "
+                "own mistakes")
+    ece = calibration(probabilities, labels).ece
+    if ece > LABEL_ERRORS_MAX_ECE:
+        return (f"the models' probabilities are miscalibrated (expected calibration error "
+                f"{ece:.3f}, over {LABEL_ERRORS_MAX_ECE}), so their confidence cannot single "
+                "out wrong labels")
+    return None
 
 
 def label_issues(probabilities: np.ndarray, labels: np.ndarray) -> list[LabelIssue]:

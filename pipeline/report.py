@@ -145,6 +145,7 @@ def dataset_evidence(models: list[ModelResult], labels: np.ndarray) -> dict:
         "verdict": evidence.verdict({n: float(c.mean()) for n, c in correct.items()}, tests),
         "intervals": intervals,
         "label_issues": evidence.label_issues(probabilities, labels),
+        "label_issue_doubt": evidence.label_issue_doubt(probabilities, labels),
         "milestones": {m.name: evidence.time_to_accuracy([r.valid_accuracy for r in m.history],
                                                          None) for m in models},
     }
@@ -342,6 +343,7 @@ def compare_experiments(sections: list[DatasetSection], params: Params, inputs: 
              for s in sections for m in s.models})
     committed = next((e for e in found if e.committed), None)
     reference = committed.params if committed else workspace.params
+    runs = experiments.all_runs([workspace, *found], runs)
     rows = experiments.comparison_rows([workspace, *found], committed, runs, reference)
     drift = experiments.drift(workspace, committed) if committed is not None else {}
     figures = {}
@@ -365,7 +367,8 @@ def compare_experiments(sections: list[DatasetSection], params: Params, inputs: 
             "committed": committed.name if committed else None,
             "baseline": committed.revision if committed else None, "drift": drift,
             "missing": experiments.missing_comparisons([workspace, *found]),
-            "reproduced": reproduced}
+            "reproduced": reproduced,
+            "other_commits": revisions.experiments_of_other_commits(repo_root)}
 
 
 def _environment() -> jinja2.Environment:
@@ -401,17 +404,28 @@ def render(sections: list[DatasetSection], environment: dict, run_script: str) -
         label_issues_shown=LABEL_ISSUES_SHOWN)
 
 
+def used_params(params: Params) -> dict:
+    """The parameters as the run used them: every section, but of the datasets, models and
+    drawing recipes only those `run:` names (params.yaml may define many more)."""
+    used = params.model_dump(mode="json", exclude_none=True)
+    for key, ran in (("datasets", params.run.datasets), ("models", params.run.models),
+                     ("drawing", params.run.datasets)):
+        used[key] = {name: value for name, value in used.get(key, {}).items() if name in ran}
+    return used
+
+
 def run_fragments(sections: list[DatasetSection], params: Params,
                   comparison: dict) -> dict[str, str]:
     """The page's slots that change from run to run, as HTML fragments keyed by slot name.
-    The whole params.yaml is one of them: the page itself depends only on `run` and `report`
-    (and on the files the other settings produced)."""
+    The parameters the run used are one of them: the page itself depends only on `run` and
+    `report` (and on the files the other settings produced)."""
     escape = markupsafe.escape
-    params_yaml = yaml.safe_dump(params.model_dump(mode="json", exclude_none=True),
-                                 sort_keys=False, width=100)
+    params_yaml = yaml.safe_dump(used_params(params), sort_keys=False, width=100)
     fragments = {
         "generated": str(escape(dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))),
-        "params": f"<pre>{escape(params_yaml)}</pre>",
+        "params": ('<p class="muted">Every section of params.yaml, but of the datasets, models '
+                   "and drawing recipes only those <code>run:</code> names.</p>"
+                   f"<pre>{escape(params_yaml)}</pre>"),
         "experiments": _environment().get_template("experiments.html.j2").render(
             comparison=comparison),
         "drift": _environment().get_template("drift.html.j2").render(comparison=comparison),

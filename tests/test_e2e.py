@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 from collections.abc import Iterator
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def built(tmp_path_factory) -> Iterator[tuple[Path, dict, LocalServer]]:
         # and an augmented model, whose images the report shows
         params["models"]["linearnet"]["train"] = {"augment": {"translate": 0.1, "erase": 0.5}}
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        sh(["dvc", "repro"], repo)
+        (repo.parent / "repro.log").write_text(sh(["dvc", "repro"], repo))
         yield repo, params, server
     finally:
         server.httpd.shutdown()
@@ -226,6 +227,28 @@ def test_dvc_repro_end_to_end(built, tmp_path):
     assert 'id="digits-augmentation"' in html and 'id="fashion_sample-augmentation"' in html
     assert "training images as augmentation changes them for linearnet" in html
 
+    # one verdict everywhere: the summary, the models table and the report stage's last lines
+    printed = (repo.parent / "repro.log").read_text()
+    for dataset in ("digits", "fashion_sample"):
+        summary = html[html.index(f'<td><a href="#{dataset}">{dataset}</a></td>'):]
+        summary = " ".join(summary[:summary.index("</tr>")].split())
+        table = html[html.index(f'id="{dataset}-models"'):]
+        table = table[:table.index("</table>")]
+        marked = re.findall(rf'<tr class="(best|tied)"[^>]*>\s*<td><a href="#{dataset}-(\w+)">',
+                            table)
+        kinds, names = {kind for kind, _ in marked}, [name for _, name in marked]
+        if kinds == {"best"}:
+            assert len(names) == 1 and f"<td>{names[0]} <span" in summary, (summary, marked)
+            assert f"{dataset}: best model {names[0]} (" in printed
+        else:
+            tied = re.search(r"tied: ([\w, ]+) <span", summary)
+            assert kinds == {"tied"} and tied, (summary, marked)
+            assert sorted(tied.group(1).split(", ")) == sorted(names), (summary, marked)
+            assert f"{dataset}: tied at the top: {tied.group(1)} (" in printed
+        # two epochs make weak models: their disputed labels are not claimed as label errors
+        assert "none claimed" in summary and " disputed</a>" in summary, summary
+    assert "<b>Not claimed as label errors</b>: the models together are " in html
+
     metrics = json.loads(sh(["dvc", "metrics", "show", "--json"], repo))
     shown = json.dumps(metrics)
     for dataset in ("digits", "fashion_sample"):
@@ -244,6 +267,13 @@ def test_dvc_repro_end_to_end(built, tmp_path):
 
     # Timings are shown, but only through the sidecar: nothing DVC hashes holds them.
     slots = run_slots(repo)
+    # "Parameters used": of the datasets, models and recipes, only those that ran
+    used = yaml.safe_load(unescape(slots["params"].split("<pre>")[1].split("</pre>")[0]))
+    assert list(used["datasets"]) == params["run"]["datasets"]
+    assert list(used["models"]) == sorted(params["run"]["models"], key=list(
+        params["models"]).index)
+    assert set(used["drawing"]) <= set(params["run"]["datasets"])
+    assert used["train"]["epochs"] == 2
     assert slots["seconds:digits/cnn"].endswith(" s") and "rate:fashion_sample/linear" in slots
     assert 'data-run="seconds:digits/cnn"' in html and "samples/s" in html
 

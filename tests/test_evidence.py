@@ -143,3 +143,20 @@ def test_time_to_accuracy():
     assert [(m.fraction, m.epoch, m.seconds) for m in milestones] == [
         (0.9, 4, 6.0), (0.95, 4, 6.0), (0.99, 5, 8.0)]
     assert evidence.time_to_accuracy([0.5, 1.0], None)[0].seconds is None
+
+
+def test_disputed_labels_are_claimed_as_label_errors_only_from_good_models():
+    labels = np.arange(400) % 4
+    sure = np.full((400, 4), 0.01 / 3)
+    sure[np.arange(400), labels] = 0.99
+    assert evidence.label_issue_doubt(sure, labels) is None  # right, and as sure as right
+
+    weak = sure.copy()
+    weak[:40] = np.roll(weak[:40], 1, axis=1)  # 90 % right
+    doubt = evidence.label_issue_doubt(weak, labels)
+    assert doubt is not None and "90.0 % accurate (under 95 %)" in doubt
+
+    timid = np.full((400, 4), 0.4 / 3)
+    timid[np.arange(400), labels] = 0.6  # always right, but only 60 % sure
+    doubt = evidence.label_issue_doubt(timid, labels)
+    assert doubt is not None and "miscalibrated (expected calibration error 0.400" in doubt

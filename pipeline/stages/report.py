@@ -35,10 +35,16 @@ def main(argv: list[str] | None = None) -> None:
     sections = build_report(params, inputs, args.out, args.run_script,
                             Path(args.params).resolve().parent)
     for section in sections:
-        best = section.best
-        print(f"{section.name}: best model {best.name} "
-              f"({best.summary.test_accuracy:.2%} test accuracy, "
-              f"{best.summary.params:,} parameters)")
+        best, verdict = section.best, section.evidence["verdict"]
+        if verdict["best"] == best.name:
+            print(f"{section.name}: best model {best.name} "
+                  f"({best.summary.test_accuracy:.2%} test accuracy, "
+                  f"{best.summary.params:,} parameters; significantly better than the "
+                  "runner-up)")
+        else:
+            print(f"{section.name}: tied at the top: {', '.join(verdict['tied'])} (no "
+                  f"significant difference; highest: {best.name}, "
+                  f"{best.summary.test_accuracy:.2%})")
     print(f"report written to {args.out}")
 
 

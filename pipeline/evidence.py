@@ -250,6 +250,15 @@ def label_issue_doubt(probabilities: np.ndarray, labels: np.ndarray) -> str | No
     return None
 
 
+def label_quality(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per test image, how likely its given label is right, 0..1 (cleanlab's
+    `get_label_quality_scores`, self-confidence: the models' probability of the given label)."""
+    from cleanlab.rank import get_label_quality_scores
+
+    return np.asarray(get_label_quality_scores(labels, probabilities,
+                                               method="self_confidence"), dtype=np.float64)
+
+
 def label_issues(probabilities: np.ndarray, labels: np.ndarray) -> list[LabelIssue]:
     """Test images whose given label the models jointly and confidently disagree with:
     confident learning (cleanlab's `find_label_issues`, pruned by the noise rate estimated from

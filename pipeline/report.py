@@ -31,7 +31,16 @@ import markupsafe
 import numpy as np
 import yaml
 
-from pipeline import analysis, evidence, experiments, plots, reproduction, revisions, tracking
+from pipeline import (
+    analysis,
+    error_browser,
+    evidence,
+    experiments,
+    plots,
+    reproduction,
+    revisions,
+    tracking,
+)
 from pipeline.artifacts import atomic_write, read_json
 from pipeline.cli import phase
 from pipeline.datasets import PIXEL_MAX
@@ -44,6 +53,8 @@ from pipeline.splits import Split, load_split
 PACKAGES = ("dvc", "torch", "numpy", "pandas", "scikit-learn", "matplotlib", "jinja2", "pydantic")
 PROBABILITY_EXAMPLES = 4  # test images shown with every model's class probabilities
 LABEL_ISSUES_SHOWN = 24  # the most doubtful suspected label errors, in the table and gallery
+ERROR_IMAGES_PER_LIST = 24  # click-through: the most confident of a confusion cell, the least
+                            # sure of a class, per view (pipeline/error_browser.py)
 
 
 @dataclass
@@ -79,6 +90,7 @@ class DatasetSection:
     figures: dict[str, str] = field(default_factory=dict)
     evidence: dict = field(default_factory=dict)  # see dataset_evidence
     draw: dict = field(default_factory=dict)  # the draw canvas's data, see draw_data
+    errors: dict = field(default_factory=dict)  # the click-through's data, see error_browser
 
     @property
     def best(self) -> ModelResult:
@@ -146,6 +158,7 @@ def dataset_evidence(models: list[ModelResult], labels: np.ndarray) -> dict:
         "intervals": intervals,
         "label_issues": evidence.label_issues(probabilities, labels),
         "label_issue_doubt": evidence.label_issue_doubt(probabilities, labels),
+        "label_quality": evidence.label_quality(probabilities, labels),
         "milestones": {m.name: evidence.time_to_accuracy([r.valid_accuracy for r in m.history],
                                                          None) for m in models},
     }
@@ -486,6 +499,12 @@ def build_report(params: Params, inputs: Inputs, out: Path, run_script: Path,
             sections.append(section)
         for section in sections:
             section.evidence = dataset_evidence(section.models, section.test.labels)
+            section.errors, section.figures["sprite"] = error_browser.browser_data(
+                error_browser.views({m.name: m.logits for m in section.models},
+                                    {m.name: m.evaluation.logits for m in section.models}),
+                section.test.labels, section.test.images, section.evidence["label_quality"],
+                ERROR_IMAGES_PER_LIST)
+            section.errors["classes"] = section.classes
             queue_evidence_figures(section, queue)
         comparison = compare_experiments(sections, params, inputs, repo_root)
         fragments = run_fragments(sections, params, comparison)

@@ -134,6 +134,60 @@ def test_drawing_a_stroke_updates_every_model(built):
     assert all(len(row.split("=")[1].split(",")) == 10 for row in result["after"])
 
 
+def test_a_confusion_cell_and_a_class_open_their_test_images(built):
+    """In Chromium: in each dataset's error browser, for the first model and the all-model
+    ensemble, clicking the fullest off-diagonal cell shows its images (given and predicted as
+    the cell says, the most confident first, as many as the cell holds up to what the page
+    carries), and clicking a class shows its images, the least sure first."""
+    repo, params, _ = built
+    script = """
+      var found = [];
+      document.querySelectorAll('.errors-panel').forEach(function (panel) {
+        var select = panel.querySelector('select');
+        [0, select.options.length - 1].forEach(function (option) {
+          select.value = String(option);
+          select.dispatchEvent(new Event('change'));
+          var cells = Array.from(panel.querySelectorAll('td.error'));
+          cells.sort(function (a, b) { return b.dataset.count - a.dataset.count; });
+          function shown() {
+            return Array.from(panel.querySelectorAll('.errors-thumb')).map(function (f) {
+              return [Number(f.dataset.label), Number(f.dataset.predicted),
+                      f.querySelector('figcaption').textContent,
+                      f.querySelector('.errors-sprite').style.backgroundPosition]; });
+          }
+          cells[0].querySelector('button').click();
+          var cell = shown(), title = panel.querySelector('.errors-title').textContent;
+          panel.querySelectorAll('th button')[1].click();
+          found.push({dataset: panel.dataset.dataset, view: select.selectedOptions[0].text,
+                      given: Number(cells[0].dataset.given),
+                      predicted: Number(cells[0].dataset.predicted),
+                      count: Number(cells[0].dataset.count), title: title, cell: cell,
+                      klass: shown()});
+        });
+      });
+      var out = document.createElement('pre'); out.id = 'errors-check';
+      out.textContent = JSON.stringify(found);
+      document.body.appendChild(out);"""
+    dom = dump_dom(repo / "reports" / "index.html", script=script)
+    found = re.search(r'<pre id="errors-check">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    opened = json.loads(unescape(found.group(1)))
+    assert [o["dataset"] for o in opened] == [d for d in params["run"]["datasets"]
+                                              for _ in range(2)]
+    assert [o["view"] for o in opened[:2]] == [params["run"]["models"][0], "all-model ensemble"]
+    for case in opened:
+        cell = case["cell"]
+        assert 0 < len(cell) == min(case["count"], 24), case["title"]
+        assert {(label, guess) for label, guess, *_ in cell} == {(case["given"],
+                                                                  case["predicted"])}
+        confidence = [float(re.search(r"top: [^(]+\(([\d.]+) %\)", caption).group(1))
+                      for *_, caption, _ in cell]
+        assert confidence == sorted(confidence, reverse=True)
+        assert len({position for *_, position in cell}) == len(cell)  # distinct thumbnails
+        assert f": {case['count']} test image" in case["title"]
+        assert case["klass"] and {label for label, *_ in case["klass"]} == {1}
+
+
 def test_a_photo_dropped_on_the_canvas_is_turned_upright_as_predict_turns_it(built, tmp_path):
     """A JPEG stored sideways with EXIF Orientation 6 is read upright by the page's file drop
     (the browser applies the tag) and by pipeline-predict (Pillow's exif_transpose): the same
@@ -213,7 +267,7 @@ def test_dvc_repro_end_to_end(built, tmp_path):
             arch = ARCHITECTURES[params["models"][model]["arch"]]
             assert has_filters == arch.convolutional
         for section in ("data", "models", "tradeoff", "ensemble", "curves", "params",
-                        "significance", "calibration", "roc", "label-errors",
+                        "significance", "calibration", "roc", "label-errors", "errors",
                         "time-to-accuracy", "draw"):
             assert f'id="{dataset}-{section}"' in html, (dataset, section)
     images = re.findall(r'<img src="([^"]+)"', html)

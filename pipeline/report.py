@@ -53,6 +53,7 @@ from pipeline.splits import Split, load_split
 PACKAGES = ("dvc", "torch", "numpy", "pandas", "scikit-learn", "matplotlib", "jinja2", "pydantic")
 PROBABILITY_EXAMPLES = 4  # test images shown with every model's class probabilities
 LABEL_ISSUES_SHOWN = 24  # the most doubtful suspected label errors, in the table and gallery
+FLIPS_SHOWN = 16  # per experiment, model and direction, in What flipped
 ERROR_IMAGES_PER_LIST = 24  # click-through: the most confident of a confusion cell, the least
                             # sure of a class, per view (pipeline/error_browser.py)
 
@@ -332,6 +333,44 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
+def flipped_images(section: DatasetSection, runs: list[experiments.Experiment],
+                   committed: experiments.Experiment) -> list[dict]:
+    """Per run (an experiment or the workspace) and model of `section`: the test images it
+    fixed and broke against the commit (`experiments.flips`), each list as a strip of
+    thumbnails with their numbers, labels and both predictions, suspected label errors marked
+    where the models are good enough to claim them; or why the two cannot be paired."""
+    suspects = set() if section.evidence.get("label_issue_doubt") else {
+        issue.index for issue in section.evidence.get("label_issues", [])}
+    classes = section.classes
+    found = []
+    for run in runs:
+        if run is committed:
+            continue
+        for model in section.models:
+            key = (section.name, model.name)
+            if key not in run.accuracy or key not in committed.accuracy:
+                continue
+            flips = experiments.flips(run, committed, key)
+            entry: dict = {"run": run.name, "model": model.name}
+            if not isinstance(flips, experiments.Flips):
+                entry["reason"] = flips or "a side has no per-image results"
+                found.append(entry)
+                continue
+            mine, theirs = run.predictions.get(key), committed.predictions.get(key)
+            for direction, images in (("fixed", flips.fixed), ("broken", flips.broken)):
+                shown = images[:FLIPS_SHOWN]
+                entry[direction] = {"count": len(images), "images": [
+                    {"index": int(i), "label": classes[section.test.labels[i]],
+                     "was": theirs[1][i] if theirs else None,
+                     "now": mine[1][i] if mine else None, "suspect": int(i) in suspects}
+                    for i in shown],
+                    "strip": error_browser.sprite_sheet(section.test.images[shown])
+                    if len(shown) else None}
+            entry["evidence"] = flips.evidence
+            found.append(entry)
+    return found
+
+
 def compare_experiments(sections: list[DatasetSection], params: Params, inputs: Inputs,
                         repo_root: Path) -> dict:
     """The workspace next to the committed baseline and the experiments `dvc exp show` lists,
@@ -376,7 +415,10 @@ def compare_experiments(sections: list[DatasetSection], params: Params, inputs: 
             commit = committed.name
         reproduced = {"headline": reproduction.headline(verdicts, commit, committed),
                       "verdicts": verdicts}
+    flipped = {section.name: flipped_images(section, [workspace, *found], committed)
+               for section in sections} if committed is not None else {}
     return {"runs": runs, "rows": rows, "figures": figures, "count": len(found),
+            "flips": flipped, "flips_shown": FLIPS_SHOWN,
             "committed": committed.name if committed else None,
             "baseline": committed.revision if committed else None, "drift": drift,
             "missing": experiments.missing_comparisons([workspace, *found]),
@@ -442,6 +484,9 @@ def run_fragments(sections: list[DatasetSection], params: Params,
         "experiments": _environment().get_template("experiments.html.j2").render(
             comparison=comparison),
         "drift": _environment().get_template("drift.html.j2").render(comparison=comparison),
+        **{f"flips:{section.name}": _environment().get_template("flips.html.j2").render(
+            comparison=comparison, dataset=section.name,
+            tile=section.test.images.shape[2:]) for section in sections},
         "reproduction": _environment().get_template("reproduction.html.j2").render(
             comparison=comparison),
     }

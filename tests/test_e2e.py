@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from pipeline.architectures import ARCHITECTURES
-from pipeline.experiments import changed_params, list_experiments
+from pipeline.experiments import Flips, changed_params, flips, list_experiments, read_revision
 from tests.browser import check_page, dump_dom
 from tests.conftest import (
     FASHION_CLASSES,
@@ -424,6 +424,24 @@ def test_an_experiment_is_logged_by_dvclive_and_compared_in_the_report(built):
     # each cell of this run is tested against the commit's model on the same test images
     assert len(re.findall(r"(▲ better|▼ worse|≈ same), p=", experiments)) == len(
         params["run"]["datasets"]) * len(params["run"]["models"])
+
+    # What flipped: the images the run (the workspace while `dvc exp run` runs the report)
+    # fixed and broke against the commit, as the experiments module pairs them
+    runs = [(d, m) for d in params["run"]["datasets"] for m in params["run"]["models"]]
+    committed_run = list_experiments(repo, runs, "reports/live")[0]
+    this_run = read_revision(repo, None, "workspace", runs, "reports/live")
+    for dataset in params["run"]["datasets"]:
+        flipped = flips(this_run, committed_run, (dataset, "linearnet"))
+        assert isinstance(flipped, Flips)
+        blocks = {part.split(">")[0]: part for part in
+                  slots[f"flips:{dataset}"].split('<div class="flips-run"')[1:]}
+        block = blocks[' data-run-name="workspace" data-model="linearnet"']
+        assert (f"workspace · linearnet: {len(flipped.fixed)} fixed, {len(flipped.broken)} "
+                "broken") in " ".join(block.split())
+        shown = [int(i) for i in re.findall(r'<span data-index="(\d+)">', block)]
+        assert shown == [*flipped.fixed[:16], *flipped.broken[:16]]
+        unchanged = blocks[' data-run-name="workspace" data-model="cnn"']
+        assert "cnn: 0 fixed, 0 broken" in " ".join(unchanged.split())
 
     assert "narrow" in sh(["dvc", "exp", "show", "--json"], repo)
     ref = sh(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo).split()

@@ -73,10 +73,14 @@ class Evaluation:
     # what made it (pipeline/machine.py records): `evaluated` here, `trained` from the
     # checkpoint (None for checkpoints from before it was recorded; empty in older records)
     made_on: dict = field(default_factory=dict)
+    # the embedding map (pipeline/embedding.py): the placed test images' indices, the feature
+    # count, their PCA and t-SNE coordinates (t-SNE None where not run); None in older records
+    embedding: dict | None = None
 
 
 FIELDS = tuple(f.name for f in fields(Evaluation))
-REQUIRED = tuple(f.name for f in fields(Evaluation) if f.name != "made_on")
+OPTIONAL = ("made_on", "embedding")  # absent from records written before they existed
+REQUIRED = tuple(name for name in FIELDS if name not in OPTIONAL)
 
 
 def to_record(evaluation: Evaluation) -> dict:
@@ -122,7 +126,22 @@ def from_record(payload: dict, source: str) -> Evaluation:
             and logits.shape[0] >= 1):
         raise ArtifactError(f"{source}: logits do not match the labels; re-run the evaluate "
                             "stage (dvc repro)")
+    if evaluation.embedding is not None and not _is_embedding(evaluation.embedding,
+                                                              len(labels)):
+        raise ArtifactError(f"{source}: its embedding map is not one the evaluate stage "
+                            "writes; re-run it (dvc repro)")
     return evaluation
+
+
+def _is_embedding(embedding: object, images: int) -> bool:
+    if not isinstance(embedding, dict) or set(embedding) != {"index", "features", "pca", "tsne"}:
+        return False
+    index = embedding["index"]
+    if not (isinstance(index, np.ndarray) and index.dtype.kind in "iu" and index.ndim == 1
+            and (len(index) == 0 or (index.min() >= 0 and index.max() < images))):
+        return False
+    return all(isinstance(embedding[k], np.ndarray) and embedding[k].shape == (len(index), 2)
+               for k in ("pca", "tsne") if k == "pca" or embedding[k] is not None)
 
 
 def save_evaluation(path: Path, evaluation: Evaluation) -> None:

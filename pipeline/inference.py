@@ -8,6 +8,7 @@ import torch
 
 from pipeline import analysis, evidence, machine, web_model
 from pipeline.checkpoint import Checkpoint
+from pipeline.embedding import embedding_record
 from pipeline.evaluation import Confusion, Evaluation, WeightHistogram
 from pipeline.forward import batched_logits
 from pipeline.models import count_params
@@ -66,6 +67,8 @@ def evaluate(checkpoint: Checkpoint, test: Split, threads: int) -> Evaluation:
             model, test.images[: web_model.SELFTEST_IMAGES]),
         made_on={"evaluated": machine.record("cpu", bf16, threads),
                  "trained": checkpoint.run.get("machine")},
+        # last: it puts the model in eval mode
+        embedding=embedding_record(model, test.images, test.labels, bf16, channels_last=False),
     )
 
 

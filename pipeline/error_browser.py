@@ -25,6 +25,9 @@ from pipeline.datasets import PIXEL_MAX
 
 SPRITE_COLUMNS = 64
 TOP_K = 3
+# the class colours of the page's scatter plots (matplotlib's tab10, which its figures use)
+CLASS_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                 "#7f7f7f", "#bcbd22", "#17becf")
 
 
 @dataclass(frozen=True)
@@ -87,13 +90,17 @@ def sprite_sheet(images: np.ndarray) -> str:
 
 
 def browser_data(all_views: list[View], labels: np.ndarray, images: np.ndarray,
-                 label_quality: np.ndarray, per_list: int) -> tuple[dict, str]:
+                 label_quality: np.ndarray, per_list: int,
+                 also: np.ndarray | None = None) -> tuple[dict, str]:
     """The click-through's data for one dataset (JSON-ready): the chosen images' test indices,
     labels, label-quality scores (thousandths) and sprite layout; per view its full confusion
     matrix and, per chosen image, the predicted class, the top-3 classes with their
     probabilities and the probability of the given label (thousandths). And the sprite sheet's
-    data URI, which the page holds once, in a style rule."""
+    data URI, which the page holds once, in a style rule. `also`: more test images to carry
+    (the embedding map's points), so every view of the page draws from the one sprite."""
     chosen = chosen_images(all_views, labels, per_list)
+    if also is not None:
+        chosen = np.union1d(chosen, also).astype(np.int64)
     classes = int(all_views[0].logits.shape[1]) if all_views else 0
     shown = []
     for view in all_views:
@@ -121,5 +128,6 @@ def browser_data(all_views: list[View], labels: np.ndarray, images: np.ndarray,
         "sprite": {"columns": SPRITE_COLUMNS, "tile": [int(height), int(width)],
                    "rows": max(1, -(-len(chosen) // SPRITE_COLUMNS))},
         "per_list": per_list,
+        "colours": list(CLASS_COLOURS),
         "views": shown,
     }, sprite_sheet(images[chosen])

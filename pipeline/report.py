@@ -333,6 +333,30 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
+def embedding_data(section: DatasetSection, maps: dict[str, dict]) -> dict:
+    """The embedding map's data (JSON-ready): the placed images as positions among the images
+    the page carries (`section.errors["index"]`), which of them are suspected label errors
+    (where claimed), and per model its feature count and PCA and t-SNE coordinates."""
+    if not maps:
+        return {}
+    carried = {index: k for k, index in enumerate(section.errors["index"])}
+    placed = next(iter(maps.values()))["index"]
+    claimed = not section.evidence.get("label_issue_doubt")
+    suspects = {issue.index for issue in section.evidence.get("label_issues", [])} \
+        if claimed else set()
+    return {
+        "points": [carried[int(i)] for i in placed],
+        "suspects": [carried[int(i)] for i in placed if int(i) in suspects],
+        "placed": len(placed),
+        "total": len(section.test.labels),
+        "models": [{"name": name, "view": next(k for k, v in enumerate(section.errors["views"])
+                                                if v["name"] == name),
+                    "features": found["features"], "pca": found["pca"].ravel().tolist(),
+                    "tsne": None if found["tsne"] is None else found["tsne"].ravel().tolist()}
+                   for name, found in maps.items() if np.array_equal(found["index"], placed)],
+    }
+
+
 def flipped_images(section: DatasetSection, runs: list[experiments.Experiment],
                    committed: experiments.Experiment) -> list[dict]:
     """Per run (an experiment or the workspace) and model of `section`: the test images it
@@ -544,12 +568,16 @@ def build_report(params: Params, inputs: Inputs, out: Path, run_script: Path,
             sections.append(section)
         for section in sections:
             section.evidence = dataset_evidence(section.models, section.test.labels)
+            maps = {m.name: m.evaluation.embedding for m in section.models
+                    if m.evaluation.embedding is not None}
             section.errors, section.figures["sprite"] = error_browser.browser_data(
                 error_browser.views({m.name: m.logits for m in section.models},
                                     {m.name: m.evaluation.logits for m in section.models}),
                 section.test.labels, section.test.images, section.evidence["label_quality"],
-                ERROR_IMAGES_PER_LIST)
+                ERROR_IMAGES_PER_LIST,
+                also=next(iter(maps.values()))["index"] if maps else None)
             section.errors["classes"] = section.classes
+            section.errors["embedding"] = embedding_data(section, maps)
             queue_evidence_figures(section, queue)
         comparison = compare_experiments(sections, params, inputs, repo_root)
         fragments = run_fragments(sections, params, comparison)

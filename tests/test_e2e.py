@@ -13,7 +13,9 @@ import pytest
 import yaml
 
 from pipeline.architectures import ARCHITECTURES
+from pipeline.evaluation import load_evaluation
 from pipeline.experiments import Flips, changed_params, flips, list_experiments, read_revision
+from pipeline.splits import load_split
 from tests.browser import check_page, dump_dom
 from tests.conftest import (
     FASHION_CLASSES,
@@ -188,6 +190,52 @@ def test_a_confusion_cell_and_a_class_open_their_test_images(built):
         assert case["klass"] and {label for label, *_ in case["klass"]} == {1}
 
 
+def test_hovering_a_point_of_the_embedding_map_shows_its_image_and_prediction(built):
+    """In Chromium: each dataset's map places every test image (fewer than the cap here) for
+    every model; hovering a mistake of the chosen model names the image, its label and the
+    model's prediction, as the evaluation records say; t-SNE can be chosen."""
+    repo, params, _ = built
+    script = """
+      var found = [];
+      document.querySelectorAll('.embedding-panel').forEach(function (panel) {
+        var model = panel.querySelector('.embedding-model');
+        model.value = String(model.options.length - 1);
+        model.dispatchEvent(new Event('change'));
+        var projection = panel.querySelector('.embedding-projection');
+        projection.value = 'tsne';
+        projection.dispatchEvent(new Event('change'));
+        var points = panel.querySelectorAll('.embedding-point');
+        var wrong = panel.querySelector('.embedding-point.wrong');
+        wrong.dispatchEvent(new MouseEvent('mouseover'));
+        found.push({dataset: panel.dataset.dataset, model: model.selectedOptions[0].text,
+                    points: points.length, index: Number(wrong.dataset.index),
+                    x: [points[0].getAttribute('cx'), points[1].getAttribute('cx')],
+                    caption: panel.querySelector('.embedding-caption').textContent,
+                    picture: !!panel.querySelector('.embedding-tip .errors-sprite')});
+      });
+      var out = document.createElement('pre'); out.id = 'map-check';
+      out.textContent = JSON.stringify(found);
+      document.body.appendChild(out);"""
+    dom = dump_dom(repo / "reports" / "index.html", script=script)
+    found = re.search(r'<pre id="map-check">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    hovered = json.loads(unescape(found.group(1)))
+    assert [h["dataset"] for h in hovered] == params["run"]["datasets"]
+    last = params["run"]["models"][-1]
+    for case in hovered:
+        test = load_split(repo / "data/prepared" / case["dataset"] / "test.pkl")
+        record = load_evaluation(repo / "reports/evaluation" / case["dataset"] / f"{last}.pkl")
+        assert case["model"].startswith(f"{last} (") and case["points"] == len(test.labels)
+        assert case["x"][0] != case["x"][1] and case["picture"]
+        index = case["index"]
+        classes = json.loads((repo / "data/prepared" / case["dataset"] / "quality.json")
+                             .read_text())["classes"]
+        predicted = classes[int(record.logits[0][index].argmax())]
+        assert case["caption"].startswith(
+            f"#{index}: given {classes[test.labels[index]]}, {last} predicts {predicted} (")
+        assert ": a mistake" in case["caption"] and predicted != classes[test.labels[index]]
+
+
 def test_a_photo_dropped_on_the_canvas_is_turned_upright_as_predict_turns_it(built, tmp_path):
     """A JPEG stored sideways with EXIF Orientation 6 is read upright by the page's file drop
     (the browser applies the tag) and by pipeline-predict (Pillow's exif_transpose): the same
@@ -268,7 +316,7 @@ def test_dvc_repro_end_to_end(built, tmp_path):
             assert has_filters == arch.convolutional
         for section in ("data", "models", "tradeoff", "ensemble", "curves", "params",
                         "significance", "calibration", "roc", "label-errors", "errors",
-                        "time-to-accuracy", "draw"):
+                        "embedding", "flips", "time-to-accuracy", "draw"):
             assert f'id="{dataset}-{section}"' in html, (dataset, section)
     images = re.findall(r'<img src="([^"]+)"', html)
     assert images and all(src.startswith("data:image/png;base64,") for src in images)

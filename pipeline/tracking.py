@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
 METRICS_FILE = "metrics.json"
+# the model's parameter count in metrics.json: not "params", which `dvc metrics show` and
+# `dvc exp show` would read as DVC's params (older runs wrote "params"; both are read)
+PARAMETER_COUNT = "parameter_count"
 CONFUSION_FILE = "confusion_matrix.json"
 CONFUSION_PATH = f"plots/sklearn/{CONFUSION_FILE}"  # relative to the run folder
 MACHINE_FILE = "machine.json"  # what made the run (pipeline/machine.py), in git beside metrics
@@ -87,7 +90,8 @@ class Summary:
     def metrics(self) -> dict[str, float | int]:
         values = {"test/accuracy": self.test_accuracy, "test/loss": self.test_loss,
                   "best/epoch": self.best_epoch,
-                  "best/valid_accuracy": self.best_valid_accuracy, "params": self.params}
+                  "best/valid_accuracy": self.best_valid_accuracy,
+                  PARAMETER_COUNT: self.params}
         if self.seeds is not None:
             values.update({f"seeds/{k}": v for k, v in dataclasses.asdict(self.seeds).items()})
         return values
@@ -113,7 +117,8 @@ class Summary:
                                 number("seeds.ensemble_test_accuracy"))
         return cls(number("test.accuracy"), number("test.loss"),
                    int(number("best.epoch", int, 0)), number("best.valid_accuracy", float, 0.0),
-                   int(number("params", int)), seeds)
+                   int(number(PARAMETER_COUNT if PARAMETER_COUNT in data else "params", int)),
+                   seeds)
 
 
 def curve_path(column: str) -> str:

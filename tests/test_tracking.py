@@ -65,6 +65,7 @@ def test_the_train_stage_logs_through_dvclive_and_tensorboard(tmp_path):
     summary = read_summary(live)
     raw = json.loads((live / "metrics.json").read_text())
     assert raw["step"] == 3 and summary.params == 34
+    assert raw["parameter_count"] == 34 and "params" not in raw  # not DVC's params
     assert 0.9 <= summary.test_accuracy <= 1.0
     assert summary.seeds.count == 2
     history = read_history(live)
@@ -158,3 +159,10 @@ def test_logging_works_in_a_git_repository_without_commits(tmp_path, monkeypatch
     tracker.log_summary(Summary(0.5, 1.0, 1, 0.5, 7))
     tracker.close()
     assert len(read_history(tmp_path / "run")) == 1
+
+
+def test_a_summary_written_before_the_rename_still_reads():
+    older = {"test": {"accuracy": 0.9, "loss": 0.3}, "best": {"epoch": 2,
+             "valid_accuracy": 0.8}, "params": 34}
+    assert Summary.from_json(older, "old metrics.json").params == 34
+

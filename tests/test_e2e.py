@@ -357,7 +357,8 @@ def test_dvc_repro_end_to_end(built, tmp_path):
         for model in params["run"]["models"]:
             assert f"reports/live/{dataset}/{model}/metrics.json" in shown
     cnn = json.loads((repo / "reports/live/fashion_sample/cnn/metrics.json").read_text())
-    assert cnn["params"] == 26_194 and cnn["step"] == 2  # step: epochs logged by dvclive
+    assert cnn["parameter_count"] == 26_194 and "params" not in cnn  # not DVC's params
+    assert cnn["step"] == 2  # epochs logged by dvclive
     assert cnn["seeds"]["count"] == params["models"]["cnn"]["seeds"] == 3
     assert 'id="fashion_sample-ensemble"' in html and "Seed ensembles" in html
     tensorboard = repo / "reports/tensorboard/fashion_sample/cnn"
@@ -472,6 +473,9 @@ def test_an_experiment_is_logged_by_dvclive_and_compared_in_the_report(built):
     # each cell of this run is tested against the commit's model on the same test images
     assert len(re.findall(r"(▲ better|▼ worse|≈ same), p=", experiments)) == len(
         params["run"]["datasets"]) * len(params["run"]["models"])
+    # one table per dataset, so a wide one never hides the others' columns
+    assert re.findall(r'<h4 id="experiments-(\w+)">', experiments) == params["run"]["datasets"]
+    assert experiments.count("<table>") == len(params["run"]["datasets"])
 
     # What flipped: the images the run (the workspace while `dvc exp run` runs the report)
     # fixed and broke against the commit, as the experiments module pairs them

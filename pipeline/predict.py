@@ -362,7 +362,9 @@ def csv_rows(batch: Batch, probs: np.ndarray, shown: list[str]) -> Iterator[list
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("inputs", nargs="+", type=Path, help="PNG/JPEG files or CSV files")
+    parser.add_argument("inputs", nargs="+", type=Path,
+                        help="PNG/JPEG files or CSV files (a CSV row is shown as file.csv:N, the "
+                             "N-th data row counting from 1, a header line not counted)")
     parser.add_argument("--checkpoint", required=True, type=Path,
                         help="models/<ds>/<model>.pt, or a .onnx file from pipeline-export")
     parser.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",

@@ -320,6 +320,8 @@ def test_dvc_repro_end_to_end(built, tmp_path):
             assert f'id="{dataset}-{section}"' in html, (dataset, section)
     images = re.findall(r'<img src="([^"]+)"', html)
     assert images and all(src.startswith("data:image/png;base64,") for src in images)
+    # the size budget, 2 datasets x 6 models (README: Reading the report)
+    assert len(html.encode()) < 10_000_000
     assert "T-shirt/top" in html
     linear_row = html[html.index('<td><a href="#digits-linear">linear</a></td>'):]
     linear_row = linear_row[:linear_row.index("</tr>")]

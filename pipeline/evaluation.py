@@ -76,10 +76,15 @@ class Evaluation:
     # the embedding map (pipeline/embedding.py): the placed test images' indices, the feature
     # count, their PCA and t-SNE coordinates (t-SNE None where not run); None in older records
     embedding: dict | None = None
+    # where the model looks (pipeline/saliency.py): its saliency gallery (method, the most
+    # confidently wrong and least confident right test indices, their maps), and the occlusion
+    # maps of the first selftest images for the page's check (None without a web model)
+    saliency: dict | None = None
+    selftest_saliency: np.ndarray | None = None
 
 
 FIELDS = tuple(f.name for f in fields(Evaluation))
-OPTIONAL = ("made_on", "embedding")  # absent from records written before they existed
+OPTIONAL = ("made_on", "embedding", "saliency", "selftest_saliency")  # absent from older records
 REQUIRED = tuple(name for name in FIELDS if name not in OPTIONAL)
 
 
@@ -130,7 +135,23 @@ def from_record(payload: dict, source: str) -> Evaluation:
                                                               len(labels)):
         raise ArtifactError(f"{source}: its embedding map is not one the evaluate stage "
                             "writes; re-run it (dvc repro)")
+    if evaluation.saliency is not None and not _is_saliency(evaluation.saliency, len(labels)):
+        raise ArtifactError(f"{source}: its saliency gallery is not one the evaluate stage "
+                            "writes; re-run it (dvc repro)")
     return evaluation
+
+
+def _is_saliency(saliency: object, images: int) -> bool:
+    if not isinstance(saliency, dict) or set(saliency) != {"method", "wrong", "unsure", "maps"}:
+        return False
+    chosen = [saliency[k] for k in ("wrong", "unsure")]
+    if not all(isinstance(c, np.ndarray) and c.dtype.kind in "iu" and c.ndim == 1
+               and (len(c) == 0 or (c.min() >= 0 and c.max() < images)) for c in chosen):
+        return False
+    maps = saliency["maps"]
+    return (saliency["method"] in ("occlusion", "gradient_x_input")
+            and isinstance(maps, np.ndarray) and maps.ndim == 3
+            and len(maps) == sum(len(c) for c in chosen))
 
 
 def _is_embedding(embedding: object, images: int) -> bool:

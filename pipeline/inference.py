@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline import analysis, evidence, machine, web_model
+from pipeline import analysis, evidence, machine, saliency, web_model
 from pipeline.checkpoint import Checkpoint
 from pipeline.embedding import embedding_record
 from pipeline.evaluation import Confusion, Evaluation, WeightHistogram
@@ -42,6 +42,7 @@ def evaluate(checkpoint: Checkpoint, test: Split, threads: int) -> Evaluation:
     maps = None if conv is None else analysis.first_block_maps(model, test.images[0])
     initial = checkpoint.build(checkpoint.initial_state_dict)
     seeds = list(checkpoint.run.get("seeds") or range(len(logits)))
+    web_layers = web_model.export(model)
     return Evaluation(
         arch=checkpoint.architecture.arch,
         convolutional=checkpoint.architecture.convolutional,
@@ -62,13 +63,18 @@ def evaluate(checkpoint: Checkpoint, test: Split, threads: int) -> Evaluation:
             {k: v.detach().float().numpy() for k, v in model.named_parameters()}),
         training={key: checkpoint.run[key] for key in TRAINING_KEYS if key in checkpoint.run},
         **model_evidence(np.stack(logits), test.labels),  # type: ignore[arg-type]
-        web_layers=web_model.export(model),
+        web_layers=web_layers,
         selftest_probabilities=web_model.reference_probabilities(
             model, test.images[: web_model.SELFTEST_IMAGES]),
         made_on={"evaluated": machine.record("cpu", bf16, threads),
                  "trained": checkpoint.run.get("machine")},
-        # last: it puts the model in eval mode
+        # last: these put the model in eval mode
         embedding=embedding_record(model, test.images, test.labels, bf16, channels_last=False),
+        saliency=saliency.gallery(model, checkpoint.architecture.convolutional, test.images,
+                                  logits[0], test.labels),
+        selftest_saliency=None if web_layers is None else np.stack(
+            [saliency.occlusion(model, image)
+             for image in test.images[: saliency.SELFTEST_IMAGES]]).astype(np.float32),
     )
 
 

@@ -547,6 +547,35 @@ def class_curves(curves: dict[str, ClassCurves], classes: list[str], title: str)
     return to_data_uri(figure)
 
 
+def saliency_overlay(image: np.ndarray, saliency: np.ndarray) -> np.ndarray:
+    """A uint8 3 x H x W picture: the image as the report shows it (grey: dark ink on light)
+    with the saliency over it, red where it raises the predicted class, blue where it lowers
+    it, as strong as its share of the map's largest magnitude."""
+    if image.shape[0] == 1:
+        base = np.repeat(255.0 - image[:1].astype(np.float64), 3, axis=0)
+    else:
+        base = image[:3].astype(np.float64)
+    bound = float(np.abs(saliency).max()) or 1.0
+    weight = 0.7 * np.clip(np.abs(saliency) / bound, 0, 1)
+    tint = np.where(saliency >= 0, np.array([215.0, 40, 40])[:, None, None],
+                    np.array([40.0, 90, 215])[:, None, None])
+    return np.rint(base * (1 - weight) + tint * weight).astype(np.uint8)
+
+
+def saliency_gallery(rows: dict[str, tuple[np.ndarray, np.ndarray, list[str]]],
+                     title: str) -> str:
+    """Rows of saliency overlays (`saliency_overlay`), one per kind of image: label ->
+    (uint8 images N x C x H x W, maps N x H x W, a caption per image)."""
+    columns = max([len(images) for images, _, _ in rows.values()] + [1])
+    grid = _ImageGrid(len(rows), columns, (1.25, 1.55), 1.05, title, row_labels=1.6)
+    for row, (label, (images, maps, captions)) in enumerate(rows.items()):
+        grid.row_label(row, label)
+        for column, (image, saliency, caption) in enumerate(zip(images, maps, captions,
+                                                                strict=True)):
+            grid.image(row, column, saliency_overlay(image, saliency), caption)
+    return grid.to_data_uri()
+
+
 def label_issue_gallery(images: np.ndarray, given: list[str], suggested: list[str],
                         confidence: list[float], title: str) -> str:
     """Suspected label errors: the image, its given label and what the models say instead."""

@@ -183,7 +183,9 @@ def draw_data(section: DatasetSection, params: Params) -> dict:
             continue
         models.append({"name": m.name, "convolutional": m.evaluation.convolutional,
                        "layers": [_encode_layer(layer) for layer in layers],
-                       "selftest": m.evaluation.selftest_probabilities.tolist()})
+                       "selftest": m.evaluation.selftest_probabilities.tolist(),
+                       "selftest_saliency": None if m.evaluation.selftest_saliency is None
+                       else np.round(m.evaluation.selftest_saliency, 8).tolist()})
     count = len(models[0]["selftest"]) if models else 0
     return {"dataset": section.name, "classes": section.classes, "shape": shape,
             "recipe": recipe.model_dump(), "models": models, "left_out": left_out,
@@ -302,6 +304,31 @@ def queue_evidence_figures(section: DatasetSection, queue: plots.FigureQueue) ->
                   [classes[i.given] for i in issues],
                   [classes[i.suggested] for i in issues], [i.confidence for i in issues],
                   f"{ds}: test images whose label the models doubt")
+
+
+def queue_saliency_figures(section: DatasetSection, queue: plots.FigureQueue) -> None:
+    """Per model, its saliency gallery: where it looks on its most confidently wrong and its
+    least confident right test images (the evaluate stage's maps, pipeline/saliency.py)."""
+    classes, images = plots.literal(section.classes), section.test.images
+    for model in section.models:
+        found = model.evaluation.saliency
+        if found is None:
+            continue
+        probabilities = analysis.softmax(model.logits)
+        rows = {}
+        offset = 0
+        for label, key in (("confidently\nwrong", "wrong"), ("least sure\nright", "unsure")):
+            chosen = found[key]
+            captions = [f"#{i} {classes[section.test.labels[i]]}→"
+                        f"{classes[int(probabilities[i].argmax())]} "
+                        f"{100 * probabilities[i].max():.0f}%" for i in chosen]
+            rows[label] = (images[chosen], found["maps"][offset : offset + len(chosen)],
+                           captions)
+            offset += len(chosen)
+        if any(len(chosen) for chosen, _, _ in rows.values()):
+            method = "occlusion" if found["method"] == "occlusion" else "input gradient x input"
+            queue.add(model.figures, "saliency", plots.saliency_gallery, rows,
+                      f"{section.name} / {model.name}: where it looks ({method})")
 
 
 def git_commit(cwd: Path) -> str:
@@ -579,6 +606,7 @@ def build_report(params: Params, inputs: Inputs, out: Path, run_script: Path,
             section.errors["classes"] = section.classes
             section.errors["embedding"] = embedding_data(section, maps)
             queue_evidence_figures(section, queue)
+            queue_saliency_figures(section, queue)
         comparison = compare_experiments(sections, params, inputs, repo_root)
         fragments = run_fragments(sections, params, comparison)
         fragments["commit"] = str(markupsafe.escape(git_commit(repo_root)))

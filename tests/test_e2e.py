@@ -92,16 +92,17 @@ def test_the_report_renders_in_a_real_browser(built, tmp_path):
 
 
 def test_the_page_checks_its_own_forward_pass(built):
-    """#selftest: every embedded model re-classifies embedded test images in JavaScript."""
+    """#selftest: every embedded model re-classifies embedded test images in JavaScript, and
+    computes the occlusion saliency of the first ones as PyTorch did."""
     repo, params, _ = built
     dom = dump_dom(repo / "reports" / "index.html", "selftest")
-    found = re.search(r'<pre id="selftest">max_abs_diff=([0-9.e+-]+) models=(\d+) images=(\d+)',
-                      dom)
+    found = re.search(r'<pre id="selftest">max_abs_diff=([0-9.e+-]+) models=(\d+) images=(\d+)'
+                      r' saliency_max_abs_diff=([0-9.e+-]+)', dom)
     assert found, dom[-2000:]
     html = (repo / "reports" / "index.html").read_text()
     embedded = sum(len(json.loads(block)["models"]) for block in re.findall(
         r'<script type="application/json" class="draw-data">(.*?)</script>', html, re.S))
-    assert float(found.group(1)) <= 1e-4
+    assert float(found.group(1)) <= 1e-4 and float(found.group(4)) <= 1e-4
     assert int(found.group(2)) == embedded == 6 + 4  # cnn3 and simple_convnet left out at 28x28
     assert "Left out: " in html and "report.draw_max_params" in html
 
@@ -316,7 +317,7 @@ def test_dvc_repro_end_to_end(built, tmp_path):
             assert has_filters == arch.convolutional
         for section in ("data", "models", "tradeoff", "ensemble", "curves", "params",
                         "significance", "calibration", "roc", "label-errors", "errors",
-                        "embedding", "flips", "time-to-accuracy", "draw"):
+                        "embedding", "saliency", "flips", "time-to-accuracy", "draw"):
             assert f'id="{dataset}-{section}"' in html, (dataset, section)
     images = re.findall(r'<img src="([^"]+)"', html)
     assert images and all(src.startswith("data:image/png;base64,") for src in images)

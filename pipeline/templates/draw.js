@@ -327,6 +327,70 @@
     return ink;
   }
 
+  // ---- occlusion saliency, window for window as pipeline/saliency.py computes it ----
+  function occlusionWindows(height, width) {
+    var side = Math.max(2, roundHalfEven(Math.min(height, width) / 7));
+    var stride = Math.max(1, Math.floor(side / 2));
+    function starts(size) {
+      var found = [];
+      for (var s = 0; s <= Math.max(size - side, 0); s += stride) { found.push(s); }
+      if (found[found.length - 1] + side < size) { found.push(size - side); }
+      return found;
+    }
+    return {side: side, tops: starts(height), lefts: starts(width)};
+  }
+
+  // The mean drop of the predicted class's probability over the squares of no ink covering
+  // each pixel (H x W, channel-major pixels 0..255 as `forward` takes them).
+  function occlusion(model, pixels, shape) {
+    var channels = shape[0], height = shape[1], width = shape[2];
+    var windows = occlusionWindows(height, width), side = windows.side;
+    var base = softmax(forward(model, pixels, shape).logits);
+    var predicted = base.indexOf(Math.max.apply(null, base));
+    var total = new Float64Array(height * width), covered = new Float64Array(height * width);
+    var copy = new Uint8Array(pixels.length);
+    windows.tops.forEach(function (top) {
+      windows.lefts.forEach(function (left) {
+        copy.set(pixels);
+        for (var c = 0; c < channels; c++) {
+          for (var y = top; y < top + side; y++) {
+            for (var x = left; x < left + side; x++) { copy[(c * height + y) * width + x] = 0; }
+          }
+        }
+        var drop = base[predicted] - softmax(forward(model, copy, shape).logits)[predicted];
+        for (y = top; y < top + side; y++) {
+          for (x = left; x < left + side; x++) {
+            total[y * width + x] += drop;
+            covered[y * width + x] += 1;
+          }
+        }
+      });
+    });
+    for (var i = 0; i < total.length; i++) { total[i] = covered[i] ? total[i] / covered[i] : 0; }
+    return total;
+  }
+
+  // The input (dark ink on light) with the map over it: red where it raises the predicted
+  // class, blue where it lowers it (pipeline/plots.py saliency_overlay's colours).
+  function paintSaliency(canvas, pixels, map, height, width) {
+    var context = canvas.getContext("2d"), image = context.createImageData(width, height);
+    var bound = 0;
+    for (var i = 0; i < map.length; i++) { bound = Math.max(bound, Math.abs(map[i])); }
+    bound = bound || 1;
+    for (i = 0; i < height * width; i++) {
+      var weight = 0.7 * Math.min(1, Math.abs(map[i]) / bound), grey = 255 - pixels[i];
+      var tint = map[i] >= 0 ? [215, 40, 40] : [40, 90, 215];
+      for (var k = 0; k < 3; k++) { image.data[4 * i + k] = Math.round(grey * (1 - weight) + tint[k] * weight); }
+      image.data[4 * i + 3] = 255;
+    }
+    var scratch = document.createElement("canvas");
+    scratch.width = width; scratch.height = height;
+    scratch.getContext("2d").putImageData(image, 0, 0);
+    context.imageSmoothingEnabled = false;
+    context.clearRect(0, 0, canvas.width, canvas.height);
+    context.drawImage(scratch, 0, 0, canvas.width, canvas.height);
+  }
+
   function paint(canvas, pixels, height, width, scaleToMax) {
     var context = canvas.getContext("2d"), image = context.createImageData(width, height);
     var top = 0;
@@ -349,7 +413,25 @@
     var board = panel.querySelector(".draw-board"), context = board.getContext("2d");
     var inputView = panel.querySelector(".draw-input"), bars = panel.querySelector(".draw-bars");
     var mapsModel = panel.querySelector(".draw-maps-model"), maps = panel.querySelector(".draw-maps");
-    var shape = data.shape, pending = false, drawing = false;
+    var saliencyView = panel.querySelector(".draw-saliency");
+    var saliencyModel = panel.querySelector(".draw-saliency-model");
+    var shape = data.shape, pending = false, drawing = false, saliencyTimer = null;
+
+    // occlusion takes a forward pass per square: computed once the strokes pause
+    function showSaliency(pixels) {
+      if (saliencyTimer !== null) { window.clearTimeout(saliencyTimer); }
+      saliencyTimer = window.setTimeout(function () {
+        saliencyTimer = null;
+        var model = data.models.filter(function (m) { return m.name === saliencyModel.value; })[0];
+        if (pixels === null || !model) {
+          paint(saliencyView, new Uint8Array(shape[1] * shape[2]), shape[1], shape[2], false);
+          saliencyView.dataset.model = "";
+          return;
+        }
+        paintSaliency(saliencyView, pixels, occlusion(model, pixels, shape), shape[1], shape[2]);
+        saliencyView.dataset.model = model.name;
+      }, 150);
+    }
 
     function clear() {
       context.fillStyle = "#fff";
@@ -359,7 +441,8 @@
 
     function show(pixels) {
       bars.innerHTML = "";
-      maps.innerHTML = "";
+      if (maps) { maps.innerHTML = ""; }
+      if (saliencyView && saliencyModel) { showSaliency(pixels); }
       if (pixels === null) {
         bars.textContent = "Draw something: every model's probabilities appear here.";
         paint(inputView, new Uint8Array(shape[1] * shape[2]), shape[1], shape[2], false);
@@ -444,6 +527,7 @@
     });
     panel.querySelector(".draw-clear").addEventListener("click", clear);
     if (mapsModel) { mapsModel.addEventListener("change", update); }
+    if (saliencyModel) { saliencyModel.addEventListener("change", update); }
 
     function load(file) {
       if (!file) { return; }
@@ -475,7 +559,7 @@
   }
 
   function selftest(panels) {
-    var worst = 0, models = 0, images = 0;
+    var worst = 0, models = 0, images = 0, worstSaliency = 0;
     panels.forEach(function (data) {
       data.models.forEach(prepareModel);
       var text = atob(data.selftest_images), pixels = new Uint8Array(text.length);
@@ -488,11 +572,20 @@
           var got = softmax(forward(model, pixels.subarray(n * size, (n + 1) * size), data.shape).logits);
           got.forEach(function (p, k) { worst = Math.max(worst, Math.abs(p - model.selftest[n][k])); });
         }
+        (model.selftest_saliency || []).forEach(function (expected, n) {
+          var map = occlusion(model, pixels.subarray(n * size, (n + 1) * size), data.shape);
+          expected.forEach(function (row, y) {
+            row.forEach(function (v, x) {
+              worstSaliency = Math.max(worstSaliency, Math.abs(v - map[y * data.shape[2] + x]));
+            });
+          });
+        });
       });
     });
     var out = document.getElementById("selftest") || document.body.appendChild(document.createElement("pre"));
     out.id = "selftest";
-    out.textContent = "max_abs_diff=" + worst.toExponential(2) + " models=" + models + " images=" + images;
+    out.textContent = "max_abs_diff=" + worst.toExponential(2) + " models=" + models + " images=" + images +
+      " saliency_max_abs_diff=" + worstSaliency.toExponential(2);
   }
 
   var panels = [];

@@ -24,7 +24,7 @@ from pipeline.params import load_params
 from pipeline.revisions import (
     dvc_yaml_paths,
     experiments_of_other_commits,
-    stages_run_with_other_inputs,
+    stages_not_made_here,
 )
 
 MARKS = {"better": "+", "worse": "-", None: "="}
@@ -73,17 +73,19 @@ def render(table: list[list[str]], max_changed: int = 48) -> str:
 
 def stale_note(repo: Path) -> str | None:
     """Why the workspace row's results are not its params' (`dvc status` names stages whose
-    code, params or data changed since they ran), or None when they are."""
+    code, params or data changed since they ran, or whose outputs were replaced), or None
+    when they are."""
     try:
-        stale = [stage for stage in stages_run_with_other_inputs(repo) if stage != REPORT_STAGE]
+        stale = [stage for stage in stages_not_made_here(repo) if stage != REPORT_STAGE]
     except PipelineError as error:
         return f"* {error}"
     if not stale:
         return None
     shown = ", ".join(stale[:4]) + (f" and {len(stale) - 4} more" if len(stale) > 4 else "")
     return ("* stale: the workspace's results were not made from its params.yaml and code "
-            f"(`dvc status`: {shown}): its row shows what the last run left under parameters "
-            "changed since (an experiment's results after `git checkout -- params.yaml`). "
+            f"(`dvc status`: {shown} changed or replaced since): its row mixes what the last "
+            "run left with what was checked out since (an experiment's results after `git "
+            "checkout -- params.yaml`, or its outputs after `git checkout -- .` alone). "
             "`dvc checkout` restores the outputs dvc.lock names, `dvc repro` makes them.")
 
 
@@ -133,7 +135,9 @@ def flips_report(every: list[experiments.Experiment], runs: list[tuple[str, str]
                          f"(from the {found.evidence})")
             for what, images in (("fixed", found.fixed), ("broke", found.broken)):
                 if len(images):
-                    described = [_image(i, experiment, committed, run, suspects[run[0]])
+                    marks = suspects[run[0]] if workspace is not None and \
+                        experiments.same_test_split(experiment, workspace, run[0]) else None
+                    described = [_image(i, experiment, committed, run, marks)
                                  for i in images[:shown]]
                     more = f", and {len(images) - shown} more" if len(images) > shown else ""
                     lines.append(f"    {what}: {', '.join(described)}{more}")

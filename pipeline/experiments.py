@@ -268,6 +268,19 @@ def flips(ours: Experiment, theirs: Experiment, run: Run) -> Flips | str | None:
     return Flips(np.flatnonzero(mine & ~other), np.flatnonzero(~mine & other), evidence)
 
 
+def same_test_split(ours: Experiment, theirs: Experiment, dataset: str) -> bool:
+    """Whether two runs tested on the same images in the same order: the same prepared data
+    (dvc.lock) where both record it, else the same test labels (evaluation records, else
+    dvclive's per-image predictions). False when neither can tell."""
+    if dataset in ours.prepared and dataset in theirs.prepared:
+        return ours.prepared[dataset] == theirs.prepared[dataset]
+    if dataset in ours.labels and dataset in theirs.labels:
+        return np.array_equal(ours.labels[dataset], theirs.labels[dataset])
+    mine = next((p[0] for (d, _), p in ours.predictions.items() if d == dataset), None)
+    other = next((p[0] for (d, _), p in theirs.predictions.items() if d == dataset), None)
+    return mine is not None and mine == other
+
+
 def suspected_label_errors(experiment: Experiment, dataset: str) -> set[int] | str | None:
     """The test images of `dataset` whose label the experiment's models jointly and confidently
     dispute (`evidence.label_issues` on their mean probabilities, as the report lists them);

@@ -384,12 +384,14 @@ def embedding_data(section: DatasetSection, maps: dict[str, dict]) -> dict:
     }
 
 
-def flipped_images(section: DatasetSection, runs: list[experiments.Experiment],
+def flipped_images(section: DatasetSection, workspace: experiments.Experiment,
+                   runs: list[experiments.Experiment],
                    committed: experiments.Experiment) -> list[dict]:
     """Per run (an experiment or the workspace) and model of `section`: the test images it
     fixed and broke against the commit (`experiments.flips`), each list as a strip of
     thumbnails with their numbers, labels and both predictions, suspected label errors marked
-    where the models are good enough to claim them; or why the two cannot be paired."""
+    where the models are good enough to claim them; or why the two cannot be paired, or why
+    the images cannot be shown (a run tested on another split than this workspace's)."""
     suspects = set() if section.evidence.get("label_issue_doubt") else {
         issue.index for issue in section.evidence.get("label_issues", [])}
     classes = section.classes
@@ -403,6 +405,11 @@ def flipped_images(section: DatasetSection, runs: list[experiments.Experiment],
                 continue
             flips = experiments.flips(run, committed, key)
             entry: dict = {"run": run.name, "model": model.name}
+            if isinstance(flips, experiments.Flips) and run is not workspace \
+                    and not experiments.same_test_split(run, workspace, section.name):
+                flips = ("it tested on another split than this run's (the prepared data "
+                         "differ), so its images are not shown here; `pipeline-compare "
+                         "--flips` lists them by number")
             if not isinstance(flips, experiments.Flips):
                 entry["reason"] = flips or "a side has no per-image results"
                 found.append(entry)
@@ -446,8 +453,9 @@ def compare_experiments(sections: list[DatasetSection], params: Params, inputs: 
              for s in sections for m in s.models})
     committed = next((e for e in found if e.committed), None)
     reference = committed.params if committed else workspace.params
-    runs = experiments.all_runs([workspace, *found], runs)
-    rows = experiments.comparison_rows([workspace, *found], committed, runs, reference)
+    # a model an experiment added gets a column; reproduction is judged on this run's models
+    columns = experiments.all_runs([workspace, *found], runs)
+    rows = experiments.comparison_rows([workspace, *found], committed, columns, reference)
     drift = experiments.drift(workspace, committed) if committed is not None else {}
     figures = {}
     if found:
@@ -466,9 +474,9 @@ def compare_experiments(sections: list[DatasetSection], params: Params, inputs: 
             commit = committed.name
         reproduced = {"headline": reproduction.headline(verdicts, commit, committed),
                       "verdicts": verdicts}
-    flipped = {section.name: flipped_images(section, [workspace, *found], committed)
+    flipped = {section.name: flipped_images(section, workspace, [workspace, *found], committed)
                for section in sections} if committed is not None else {}
-    return {"runs": runs, "rows": rows, "figures": figures, "count": len(found),
+    return {"runs": columns, "rows": rows, "figures": figures, "count": len(found),
             "flips": flipped, "flips_shown": FLIPS_SHOWN,
             "committed": committed.name if committed else None,
             "baseline": committed.revision if committed else None, "drift": drift,

@@ -227,15 +227,28 @@ def stale_stages(repo: Path) -> list[str]:
 ABSENT = ("deleted", "not in cache")  # `dvc status` words for a file that is merely not here
 
 
-def stages_run_with_other_inputs(repo: Path) -> list[str]:
-    """The stages whose code, params or data differ from what dvc.lock says they ran with
-    (`dvc status`'s changed deps: modified or new). A dependency merely absent (a clone that
-    has not pulled the data) is not a change: the committed results are still its inputs'."""
+def stages_not_made_here(repo: Path) -> list[str]:
+    """The stages whose results in the workspace are not what dvc.lock says their inputs made:
+    their code, params or data changed since (`dvc status`'s changed deps: modified or new),
+    their command changed, or their outputs were replaced (changed outs: modified; what a
+    `git checkout` of dvc.lock without `dvc checkout` leaves). A file merely absent (a clone
+    that has not pulled the data) is not a mismatch: the committed results are still its
+    inputs'."""
 
-    def changed(changes: object) -> bool:
-        return isinstance(changes, list) and any(
-            isinstance(change, dict) and isinstance(change.get("changed deps"), dict)
-            and any(state not in ABSENT for state in change["changed deps"].values())
-            for change in changes)
+    def mismatched(changes: object) -> bool:
+        if not isinstance(changes, list):
+            return False
+        for change in changes:
+            if change == "changed command" or (isinstance(change, dict)
+                                               and "changed command" in change):
+                return True
+            if not isinstance(change, dict):
+                continue
+            for kind in ("changed deps", "changed outs"):
+                states = change.get(kind)
+                if isinstance(states, dict) and any(state not in ABSENT
+                                                    for state in states.values()):
+                    return True
+        return False
 
-    return sorted(stage for stage, changes in _dvc_status(repo).items() if changed(changes))
+    return sorted(stage for stage, changes in _dvc_status(repo).items() if mismatched(changes))

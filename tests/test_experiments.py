@@ -6,6 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -16,6 +17,7 @@ from pipeline.experiments import (
     flatten,
     list_experiments,
     read_revision,
+    same_test_split,
 )
 from pipeline.params import ParamsError
 from pipeline.tracking import CONFUSION_PATH, EpochRow, RunTracker, Summary
@@ -208,8 +210,16 @@ def test_pipeline_compare_shows_what_each_run_trained_and_the_images_it_flipped(
     assert re.search(r"^workspace \(stale\*\)\s+train\.epochs=7", stale.stdout, re.M), stale.stdout
     assert "* stale: the workspace's results were not made from its params.yaml" in stale.stdout
     assert "train@digits-cnn" in stale.stdout and "`dvc checkout`" in stale.stdout
+    (tmp_path / "params.yaml").write_text(text)
+    # an output replaced (what `git checkout -- .` without `dvc checkout` leaves): stale too
+    (live / "cnn" / "metrics.json").write_text(
+        (live / "cnn" / "metrics.json").read_text().replace('"step"', '"step" ', 1))
+    replaced = run_module("pipeline.compare", cwd=tmp_path)
+    assert "workspace (stale*)" in replaced.stdout and "train@digits-cnn" in replaced.stdout
+    sh(["git", "checkout", "-q", "--", "reports"], tmp_path)
 
-    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "next"], tmp_path)
+    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty",
+        "-m", "next"], tmp_path)
     later = run_module("pipeline.compare", cwd=tmp_path)
     assert "small-run" not in later.stdout.split("\n\n")[0]
     assert "1 experiment of other commits not shown (`dvc exp show -A`" in later.stdout
@@ -221,3 +231,17 @@ def test_pipeline_compare_help_is_whole_sentences():
     description = done.stdout.split("\n\n", 1)[1].split("\noptions:")[0]
     assert description.rstrip().endswith("gets a column."), description
     assert "--flips" in description
+
+
+def test_two_runs_share_a_test_split_only_when_their_data_or_labels_say_so():
+    a = Experiment("a", {}, prepared={"digits": "h1"})
+    assert same_test_split(a, Experiment("b", {}, prepared={"digits": "h1"}), "digits")
+    assert not same_test_split(a, Experiment("c", {}, prepared={"digits": "h2"}), "digits")
+    labelled = Experiment("d", {}, labels={"digits": np.array([1, 2])})
+    assert same_test_split(labelled, Experiment("e", {}, labels={"digits": np.array([1, 2])}),
+                           "digits")
+    predicted = {("digits", "cnn"): (["1", "2"], ["1", "1"])}
+    assert same_test_split(Experiment("f", {}, predictions=predicted),
+                           Experiment("g", {}, predictions={("digits", "linear"):
+                                                            (["1", "2"], ["2", "2"])}), "digits")
+    assert not same_test_split(Experiment("h", {}), labelled, "digits")  # nothing to tell by

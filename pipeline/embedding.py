@@ -22,18 +22,20 @@ SEED = 0
 
 
 def shown_points(labels: np.ndarray, limit: int = MAX_POINTS) -> np.ndarray:
-    """The test images placed on the map (sorted indices): all of them up to `limit`, else the
-    same share of every class, chosen by a fixed seed (so every model of a dataset shows the
-    same images)."""
+    """The test images placed on the map (sorted indices): all of them up to `limit`, else
+    `limit` of them, each class's share of it (largest remainders round), chosen by a fixed
+    seed, so every model of a dataset shows the same images."""
     if len(labels) <= limit:
         return np.arange(len(labels), dtype=np.int64)
+    classes, counts = np.unique(labels, return_counts=True)
+    shares = limit * counts / len(labels)
+    take = np.floor(shares).astype(int)
+    for k in np.argsort(-(shares - take), kind="stable")[: limit - int(take.sum())]:
+        take[k] += 1
     rng = np.random.default_rng(SEED)
-    chosen = []
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        take = max(1, round(limit * len(members) / len(labels)))
-        chosen.append(rng.choice(members, size=min(take, len(members)), replace=False))
-    return np.sort(np.concatenate(chosen))[:limit].astype(np.int64)
+    chosen = [rng.choice(np.flatnonzero(labels == label), size=int(n), replace=False)
+              for label, n in zip(classes, take, strict=True)]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
 def penultimate_features(model: nn.Module, images: torch.Tensor, bf16: bool,

@@ -71,13 +71,18 @@ def chosen_images(all_views: list[View], labels: np.ndarray, per_list: int) -> n
     return np.array(sorted(chosen), dtype=np.int64)
 
 
+def sprite_layout(count: int) -> tuple[int, int]:
+    """The sprite sheet's rows and columns for `count` images: SPRITE_COLUMNS to a row, fewer
+    when there are fewer images."""
+    return max(1, -(-count // SPRITE_COLUMNS)), min(max(count, 1), SPRITE_COLUMNS)
+
+
 def sprite_sheet(images: np.ndarray) -> str:
     """The images (N, C, H, W uint8) as one PNG data URI, SPRITE_COLUMNS to a row, as the
     report's other figures show them: grey (a one-channel PNG) as dark ink on light, colour as
     stored."""
     count, channels, height, width = images.shape
-    rows = max(1, -(-count // SPRITE_COLUMNS))
-    columns = min(max(count, 1), SPRITE_COLUMNS)
+    rows, columns = sprite_layout(count)
     grey = channels == 1
     tiles = PIXEL_MAX - images[:, 0] if grey else np.transpose(images[:, :3], (0, 2, 3, 1))
     sheet = np.full((rows * height, columns * width, *tiles.shape[3:]), PIXEL_MAX, np.uint8)
@@ -125,8 +130,8 @@ def browser_data(all_views: list[View], labels: np.ndarray, images: np.ndarray,
         "index": chosen.tolist(),
         "labels": labels[chosen].tolist(),
         "quality": np.rint(1000 * label_quality[chosen]).astype(int).tolist(),
-        "sprite": {"columns": SPRITE_COLUMNS, "tile": [int(height), int(width)],
-                   "rows": max(1, -(-len(chosen) // SPRITE_COLUMNS))},
+        "sprite": dict(zip(("rows", "columns"), sprite_layout(len(chosen)), strict=True),
+                       tile=[int(height), int(width)]),
         "per_list": per_list,
         "colours": list(CLASS_COLOURS),
         "views": shown,

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 DPI = 96
 PALETTE_COLOURS = 256  # each figure is saved as a palette PNG of at most this many colours
+PALETTE_MAX_ERROR = 1.0  # unless that moves its pixels by more than this on average (0..255)
 
 
 def literal(names: list[str]) -> list[str]:
@@ -68,9 +69,14 @@ def to_data_uri(figure: Figure) -> str:
         buffer = io.BytesIO()
     plt.close(figure)
     # an opaque figure in a 256-colour palette: the page's figures take less than half the
-    # bytes of RGBA and look the same (docs/performance.md, "Page size")
-    image.convert("RGB").quantize(PALETTE_COLOURS, method=Image.Quantize.MEDIANCUT,
-                                  dither=Image.Dither.NONE).save(buffer, "png")
+    # bytes of RGBA and look the same (docs/performance.md, "Page size"); one whose colours a
+    # palette cannot hold (photos in colour) stays RGB
+    rgb = image.convert("RGB")
+    palette = rgb.quantize(PALETTE_COLOURS, method=Image.Quantize.MEDIANCUT,
+                           dither=Image.Dither.NONE)
+    error = np.abs(np.asarray(palette.convert("RGB"), np.int16)
+                   - np.asarray(rgb, np.int16)).mean()
+    (palette if error <= PALETTE_MAX_ERROR else rgb).save(buffer, "png")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

@@ -37,8 +37,9 @@ def occlusion_windows(height: int, width: int) -> tuple[int, list[int], list[int
 
 
 @torch.no_grad()
-def occlusion(model: nn.Module, image: np.ndarray) -> np.ndarray:
-    """The occlusion map (H x W, float32) of one uint8 C x H x W image, in fp32 on the CPU."""
+def occlusion(model: nn.Module, image: np.ndarray, target: int | None = None) -> np.ndarray:
+    """The occlusion map (H x W, float32) of one uint8 C x H x W image for class `target`
+    (None: the class the model predicts for it here), in fp32 on the CPU."""
     model.eval()
     channels, height, width = image.shape
     side, tops, lefts = occlusion_windows(height, width)
@@ -47,7 +48,7 @@ def occlusion(model: nn.Module, image: np.ndarray) -> np.ndarray:
         batch[1 + k, :, top : top + side, left : left + side] = 0
     logits = model(model_inputs(torch.from_numpy(batch), channels_last=False))
     probabilities = torch.softmax(logits.double(), dim=1).numpy()
-    predicted = int(probabilities[0].argmax())
+    predicted = int(probabilities[0].argmax()) if target is None else target
     drops = probabilities[0, predicted] - probabilities[1:, predicted]
     total, covered = np.zeros((height, width)), np.zeros((height, width))
     for k, (top, left) in enumerate((t, lf) for t in tops for lf in lefts):
@@ -56,14 +57,15 @@ def occlusion(model: nn.Module, image: np.ndarray) -> np.ndarray:
     return (total / np.maximum(covered, 1)).astype(np.float32)
 
 
-def gradient_x_input(model: nn.Module, image: np.ndarray) -> np.ndarray:
-    """The input gradient of the predicted class's logit times the input, summed over channels
-    (H x W, float32), in fp32 on the CPU."""
+def gradient_x_input(model: nn.Module, image: np.ndarray, target: int | None = None
+                     ) -> np.ndarray:
+    """The input gradient of class `target`'s logit (None: the predicted class) times the
+    input, summed over channels (H x W, float32), in fp32 on the CPU."""
     model.eval()
     x = model_inputs(torch.from_numpy(image[None].copy()), channels_last=False)
     x.requires_grad_(True)
     logits = model(x)
-    logits[0, int(logits[0].argmax())].backward()
+    logits[0, int(logits[0].argmax()) if target is None else target].backward()
     assert x.grad is not None
     return (x.grad * x).detach()[0].sum(dim=0).numpy().astype(np.float32)
 
@@ -82,7 +84,10 @@ def gallery(model: nn.Module, convolutional: bool, images: np.ndarray, logits: n
     unsure = right[np.argsort(confidence[right], kind="stable")[:GALLERY_IMAGES]]
     method = occlusion if convolutional else gradient_x_input
     chosen = np.concatenate([wrong, unsure]).astype(np.int64)
-    maps = np.stack([method(model, images[i]) for i in chosen]) if len(chosen) else \
+    # for the class the caption names (the evaluation's logits, bf16 where it trained so),
+    # even where fp32 here would tip a near tie the other way
+    maps = np.stack([method(model, images[i], int(predicted[i])) for i in chosen]) \
+        if len(chosen) else \
         np.zeros((0, *images.shape[2:]), np.float32)
     return {"method": "occlusion" if convolutional else "gradient_x_input",
             "wrong": wrong.astype(np.int64), "unsure": unsure.astype(np.int64),

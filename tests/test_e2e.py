@@ -15,6 +15,7 @@ import yaml
 from pipeline.architectures import ARCHITECTURES
 from pipeline.evaluation import load_evaluation
 from pipeline.experiments import Flips, changed_params, flips, list_experiments, read_revision
+from pipeline.saliency import SELFTEST_IMAGES as SELFTEST_SALIENCY
 from pipeline.splits import load_split
 from tests.browser import check_page, dump_dom
 from tests.conftest import (
@@ -97,12 +98,13 @@ def test_the_page_checks_its_own_forward_pass(built):
     repo, params, _ = built
     dom = dump_dom(repo / "reports" / "index.html", "selftest")
     found = re.search(r'<pre id="selftest">max_abs_diff=([0-9.e+-]+) models=(\d+) images=(\d+)'
-                      r' saliency_max_abs_diff=([0-9.e+-]+)', dom)
+                      r' saliency_max_abs_diff=([0-9.e+-]+) saliency_maps=(\d+)', dom)
     assert found, dom[-2000:]
     html = (repo / "reports" / "index.html").read_text()
     embedded = sum(len(json.loads(block)["models"]) for block in re.findall(
         r'<script type="application/json" class="draw-data">(.*?)</script>', html, re.S))
     assert float(found.group(1)) <= 1e-4 and float(found.group(4)) <= 1e-4
+    assert int(found.group(5)) == int(found.group(2)) * SELFTEST_SALIENCY  # every map checked
     assert int(found.group(2)) == embedded == 6 + 4  # cnn3 and simple_convnet left out at 28x28
     assert "Left out: " in html and "report.draw_max_params" in html
 

@@ -23,6 +23,9 @@ def test_every_test_image_is_placed_up_to_the_cap_then_the_same_share_of_each_cl
     assert len(chosen) == 100 and np.all(np.diff(chosen) > 0)
     assert np.bincount(labels[chosen]).tolist() == [60, 30, 10]
     assert np.array_equal(chosen, shown_points(labels, limit=100))  # the same for every model
+    odd = shown_points(np.repeat([0, 1, 2], [1, 1, 998]), limit=10)  # shares 0.01, 0.01, 9.98
+    assert len(odd) == 10 and np.bincount(np.repeat([0, 1, 2], [1, 1, 998])[odd]).tolist() \
+        == [0, 0, 10]
 
 
 def test_the_features_are_what_the_last_linear_layer_receives():

@@ -49,6 +49,7 @@ def test_a_colour_sprite_keeps_the_colours():
                              np.ones(3), per_list=3)
     sheet = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
     assert sheet.shape == (4, 12, 3)
+    assert data["sprite"] == {"rows": 1, "columns": 3, "tile": [4, 4]}  # as the page lays it out
     for k, index in enumerate(data["index"]):
         assert np.array_equal(sheet[:, 4 * k : 4 * k + 4], images[index].transpose(1, 2, 0))
 
@@ -63,6 +64,7 @@ def test_the_sprite_holds_each_carried_image_at_its_index_dark_ink_on_light():
                              per_list=len(images))
     sheet = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
     assert sheet.shape == (2 * 6, SPRITE_COLUMNS * 5)  # grey: one channel
+    assert data["sprite"] == {"rows": 2, "columns": SPRITE_COLUMNS, "tile": [6, 5]}
     for k, index in enumerate(data["index"]):
         row, column = divmod(k, SPRITE_COLUMNS)
         tile = sheet[row * 6 : row * 6 + 6, column * 5 : column * 5 + 5]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline import plots
 
@@ -109,3 +112,12 @@ def test_a_figure_is_cut_to_what_it_draws_and_keeps_what_it_draws_past_its_edges
     pixels = _decode(plots.to_data_uri(figure))
     assert pixels.shape[1] > 0.3 * 4 * plots.DPI + 100  # the outside label is in the picture
     assert (pixels[:, : pad - 2] == 1).all()  # and padded like the rest
+
+
+def test_figures_are_palette_pngs_unless_their_colours_would_suffer():
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (20, 1, 8, 8), dtype=np.uint8)
+    colour = rng.integers(0, 256, (20, 3, 8, 8), dtype=np.uint8)  # noise: no palette holds it
+    for images, mode in ((grey, "P"), (colour, "RGB")):
+        uri = plots.sample_grid(images, np.arange(20) % 2, ["a", "b"], 4, "t")
+        assert Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).mode == mode

@@ -75,8 +75,9 @@ def test_the_gallery_shows_the_most_confidently_wrong_and_the_least_sure_right()
     unsure = [i for i in np.argsort(confidence) if predicted[i] == labels[i]][:GALLERY_IMAGES]
     assert found["wrong"].tolist() == wrong and found["unsure"].tolist() == unsure
     assert found["method"] == "gradient_x_input" and found["maps"].shape == (12, 8, 8)
-    np.testing.assert_allclose(found["maps"][0], gradient_x_input(quadrant_model(),
-                                                                  images[wrong[0]]))
+    # the map explains the class the caption names (from the given logits), not a refit
+    np.testing.assert_allclose(found["maps"][0], gradient_x_input(
+        quadrant_model(), images[wrong[0]], int(predicted[wrong[0]])))
 
 
 def test_the_evaluation_record_holds_the_gallery_and_the_selftest_maps(tmp_path):

@@ -341,33 +341,66 @@
   }
 
   // The mean drop of the predicted class's probability over the squares of no ink covering
-  // each pixel (H x W, channel-major pixels 0..255 as `forward` takes them).
-  function occlusion(model, pixels, shape) {
-    var channels = shape[0], height = shape[1], width = shape[2];
-    var windows = occlusionWindows(height, width), side = windows.side;
-    var base = softmax(forward(model, pixels, shape).logits);
-    var predicted = base.indexOf(Math.max.apply(null, base));
-    var total = new Float64Array(height * width), covered = new Float64Array(height * width);
-    var copy = new Uint8Array(pixels.length);
+  // each pixel (H x W, channel-major pixels 0..255 as `forward` takes them): the state of one
+  // map, a window at a time, then the map.
+  function occlusionStart(model, pixels, shape) {
+    var windows = occlusionWindows(shape[1], shape[2]), places = [];
     windows.tops.forEach(function (top) {
-      windows.lefts.forEach(function (left) {
-        copy.set(pixels);
-        for (var c = 0; c < channels; c++) {
-          for (var y = top; y < top + side; y++) {
-            for (var x = left; x < left + side; x++) { copy[(c * height + y) * width + x] = 0; }
-          }
-        }
-        var drop = base[predicted] - softmax(forward(model, copy, shape).logits)[predicted];
-        for (y = top; y < top + side; y++) {
-          for (x = left; x < left + side; x++) {
-            total[y * width + x] += drop;
-            covered[y * width + x] += 1;
-          }
-        }
-      });
+      windows.lefts.forEach(function (left) { places.push([top, left]); });
     });
-    for (var i = 0; i < total.length; i++) { total[i] = covered[i] ? total[i] / covered[i] : 0; }
-    return total;
+    var base = softmax(forward(model, pixels, shape).logits);
+    return {model: model, pixels: pixels, shape: shape, side: windows.side, places: places,
+            next: 0, base: base, predicted: base.indexOf(Math.max.apply(null, base)),
+            total: new Float64Array(shape[1] * shape[2]),
+            covered: new Float64Array(shape[1] * shape[2]), copy: new Uint8Array(pixels.length)};
+  }
+
+  function occlusionStep(state) {
+    var top = state.places[state.next][0], left = state.places[state.next][1], side = state.side;
+    var channels = state.shape[0], height = state.shape[1], width = state.shape[2];
+    var copy = state.copy, x, y;
+    copy.set(state.pixels);
+    for (var c = 0; c < channels; c++) {
+      for (y = top; y < top + side; y++) {
+        for (x = left; x < left + side; x++) { copy[(c * height + y) * width + x] = 0; }
+      }
+    }
+    var drop = state.base[state.predicted] -
+      softmax(forward(state.model, copy, state.shape).logits)[state.predicted];
+    for (y = top; y < top + side; y++) {
+      for (x = left; x < left + side; x++) {
+        state.total[y * width + x] += drop;
+        state.covered[y * width + x] += 1;
+      }
+    }
+    state.next += 1;
+  }
+
+  function occlusionMap(state) {
+    var map = new Float64Array(state.total.length);
+    for (var i = 0; i < map.length; i++) {
+      map[i] = state.covered[i] ? state.total[i] / state.covered[i] : 0;
+    }
+    return map;
+  }
+
+  function occlusion(model, pixels, shape) {
+    var state = occlusionStart(model, pixels, shape);
+    while (state.next < state.places.length) { occlusionStep(state); }
+    return occlusionMap(state);
+  }
+
+  // The same map computed ~25 ms at a time, so drawing stays responsive (a 28x28 map of a
+  // convolutional model is over a hundred forward passes); `stale()` true stops it.
+  function occlusionInSlices(model, pixels, shape, done, stale) {
+    var state = occlusionStart(model, pixels, shape);
+    function slice() {
+      if (stale()) { return; }
+      var until = performance.now() + 25;
+      while (state.next < state.places.length && performance.now() < until) { occlusionStep(state); }
+      if (state.next < state.places.length) { window.setTimeout(slice, 0); } else { done(occlusionMap(state)); }
+    }
+    slice();
   }
 
   // The input (dark ink on light) with the map over it: red where it raises the predicted
@@ -416,9 +449,12 @@
     var saliencyView = panel.querySelector(".draw-saliency");
     var saliencyModel = panel.querySelector(".draw-saliency-model");
     var shape = data.shape, pending = false, drawing = false, saliencyTimer = null;
+    var saliencyGeneration = 0;
 
-    // occlusion takes a forward pass per square: computed once the strokes pause
+    // occlusion takes a forward pass per square: started once the strokes pause, in slices,
+    // and dropped when the drawing changes again
     function showSaliency(pixels) {
+      var generation = ++saliencyGeneration;
       if (saliencyTimer !== null) { window.clearTimeout(saliencyTimer); }
       saliencyTimer = window.setTimeout(function () {
         saliencyTimer = null;
@@ -428,8 +464,10 @@
           saliencyView.dataset.model = "";
           return;
         }
-        paintSaliency(saliencyView, pixels, occlusion(model, pixels, shape), shape[1], shape[2]);
-        saliencyView.dataset.model = model.name;
+        occlusionInSlices(model, pixels, shape, function (map) {
+          paintSaliency(saliencyView, pixels, map, shape[1], shape[2]);
+          saliencyView.dataset.model = model.name;
+        }, function () { return generation !== saliencyGeneration; });
       }, 150);
     }
 
@@ -559,7 +597,7 @@
   }
 
   function selftest(panels) {
-    var worst = 0, models = 0, images = 0, worstSaliency = 0;
+    var worst = 0, models = 0, images = 0, worstSaliency = 0, saliencyMaps = 0;
     panels.forEach(function (data) {
       data.models.forEach(prepareModel);
       var text = atob(data.selftest_images), pixels = new Uint8Array(text.length);
@@ -574,6 +612,7 @@
         }
         (model.selftest_saliency || []).forEach(function (expected, n) {
           var map = occlusion(model, pixels.subarray(n * size, (n + 1) * size), data.shape);
+          saliencyMaps += 1;
           expected.forEach(function (row, y) {
             row.forEach(function (v, x) {
               worstSaliency = Math.max(worstSaliency, Math.abs(v - map[y * data.shape[2] + x]));
@@ -585,7 +624,7 @@
     var out = document.getElementById("selftest") || document.body.appendChild(document.createElement("pre"));
     out.id = "selftest";
     out.textContent = "max_abs_diff=" + worst.toExponential(2) + " models=" + models + " images=" + images +
-      " saliency_max_abs_diff=" + worstSaliency.toExponential(2);
+      " saliency_max_abs_diff=" + worstSaliency.toExponential(2) + " saliency_maps=" + saliencyMaps;
   }
 
   var panels = [];

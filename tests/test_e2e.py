@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Iterator
 from html import unescape
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -31,6 +32,15 @@ from tests.conftest import (
 from tests.test_dvc_graph import import_closure, stage_definitions, stage_module
 
 pytestmark = pytest.mark.e2e
+
+
+def page_result(repo: Path, script: str, name: str) -> Any:
+    """Run `script` at the end of the built report in Chromium; it writes JSON into a
+    `<pre id="name">`, returned parsed."""
+    dom = dump_dom(repo / "reports" / "index.html", script=script)
+    found = re.search(rf'<pre id="{name}">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    return json.loads(unescape(found.group(1)))
 
 
 def lock_hashes(repo: Path) -> dict[str, str]:
@@ -130,10 +140,7 @@ def test_drawing_a_stroke_updates_every_model(built):
         out.textContent = JSON.stringify({before: before, after: rows()});
         document.body.appendChild(out);
       }, 0); });"""
-    dom = dump_dom(repo / "reports" / "index.html", script=stroke)
-    found = re.search(r'<pre id="stroke">(.*?)</pre>', dom, re.S)
-    assert found, dom[-2000:]
-    result = json.loads(found.group(1).replace("&quot;", '"'))
+    result = page_result(repo, stroke, "stroke")
     assert result["before"] == []  # a blank board: nothing to classify
     assert len(result["after"]) >= 4
     assert all(len(row.split("=")[1].split(",")) == 10 for row in result["after"])
@@ -173,10 +180,7 @@ def test_a_confusion_cell_and_a_class_open_their_test_images(built):
       var out = document.createElement('pre'); out.id = 'errors-check';
       out.textContent = JSON.stringify(found);
       document.body.appendChild(out);"""
-    dom = dump_dom(repo / "reports" / "index.html", script=script)
-    found = re.search(r'<pre id="errors-check">(.*?)</pre>', dom, re.S)
-    assert found, dom[-2000:]
-    opened = json.loads(unescape(found.group(1)))
+    opened = page_result(repo, script, "errors-check")
     assert [o["dataset"] for o in opened] == [d for d in params["run"]["datasets"]
                                               for _ in range(2)]
     assert [o["view"] for o in opened[:2]] == [params["run"]["models"][0], "all-model ensemble"]
@@ -219,10 +223,7 @@ def test_hovering_a_point_of_the_embedding_map_shows_its_image_and_prediction(bu
       var out = document.createElement('pre'); out.id = 'map-check';
       out.textContent = JSON.stringify(found);
       document.body.appendChild(out);"""
-    dom = dump_dom(repo / "reports" / "index.html", script=script)
-    found = re.search(r'<pre id="map-check">(.*?)</pre>', dom, re.S)
-    assert found, dom[-2000:]
-    hovered = json.loads(unescape(found.group(1)))
+    hovered = page_result(repo, script, "map-check")
     assert [h["dataset"] for h in hovered] == params["run"]["datasets"]
     last = params["run"]["models"][-1]
     for case in hovered:
@@ -289,10 +290,7 @@ def test_a_photo_dropped_on_the_canvas_is_turned_upright_as_predict_turns_it(bui
         setTimeout(function () { results[names[i]] = rows(); next(i + 1); }, 1000);
       }
       next(0);"""
-    dom = dump_dom(repo / "reports" / "index.html", script=script)
-    found = re.search(r'<pre id="dropped">(.*?)</pre>', dom, re.S)
-    assert found, dom[-2000:]
-    shown = json.loads(found.group(1).replace("&quot;", '"'))
+    shown = page_result(repo, script, "dropped")
     assert shown["photo.jpg"] == shown["upright.png"] and shown["photo.jpg"]
     assert shown["stored.png"] != shown["upright.png"]
     tops = {}

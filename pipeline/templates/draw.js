@@ -403,6 +403,17 @@
     slice();
   }
 
+  // `image` (ImageData) scaled up to fill `canvas`, its pixels kept square and sharp.
+  function blit(canvas, image) {
+    var scratch = document.createElement("canvas");
+    scratch.width = image.width; scratch.height = image.height;
+    scratch.getContext("2d").putImageData(image, 0, 0);
+    var context = canvas.getContext("2d");
+    context.imageSmoothingEnabled = false;
+    context.clearRect(0, 0, canvas.width, canvas.height);
+    context.drawImage(scratch, 0, 0, canvas.width, canvas.height);
+  }
+
   // The input (dark ink on light) with the map over it: red where it raises the predicted
   // class, blue where it lowers it (pipeline/plots.py saliency_overlay's colours).
   function paintSaliency(canvas, pixels, map, height, width) {
@@ -416,12 +427,7 @@
       for (var k = 0; k < 3; k++) { image.data[4 * i + k] = Math.round(grey * (1 - weight) + tint[k] * weight); }
       image.data[4 * i + 3] = 255;
     }
-    var scratch = document.createElement("canvas");
-    scratch.width = width; scratch.height = height;
-    scratch.getContext("2d").putImageData(image, 0, 0);
-    context.imageSmoothingEnabled = false;
-    context.clearRect(0, 0, canvas.width, canvas.height);
-    context.drawImage(scratch, 0, 0, canvas.width, canvas.height);
+    blit(canvas, image);
   }
 
   function paint(canvas, pixels, height, width, scaleToMax) {
@@ -433,12 +439,7 @@
       image.data[4 * i] = image.data[4 * i + 1] = image.data[4 * i + 2] = 255 - v;
       image.data[4 * i + 3] = 255;
     }
-    var scratch = document.createElement("canvas");
-    scratch.width = width; scratch.height = height;
-    scratch.getContext("2d").putImageData(image, 0, 0);
-    context.imageSmoothingEnabled = false;
-    context.clearRect(0, 0, canvas.width, canvas.height);
-    context.drawImage(scratch, 0, 0, canvas.width, canvas.height);
+    blit(canvas, image);
   }
 
   function setupPanel(panel, data) {

@@ -2,7 +2,7 @@
 // as a point at its PCA or t-SNE position of a model's penultimate features
 // (pipeline/embedding.py), coloured by its given class; a mistake of that model drawn as a
 // ring, a suspected label error with a dark outline. Hovering or focusing a point shows the
-// image (from the dataset's sprite sheet, as in errors.js) and the model's prediction.
+// image (from the dataset's sprite sheet, sprite.js) and the model's prediction.
 (function () {
   "use strict";
 
@@ -13,8 +13,6 @@
     var map = data.embedding, select = panel.querySelector(".embedding-model");
     var projection = panel.querySelector(".embedding-projection");
     var plot = panel.querySelector(".embedding-plot"), tip = panel.querySelector(".embedding-tip");
-    var tile = data.sprite.tile, columns = data.sprite.columns;
-    var zoom = Math.max(1, Math.round(64 / Math.max(tile[0], tile[1])));
     var suspects = {};
     function colour(label) { return data.colours[label % data.colours.length]; }
     map.suspects.forEach(function (k) { suspects[k] = true; });
@@ -22,15 +20,7 @@
     function describe(k, model) {
       var v = data.views[model.view], predicted = v.predicted[k];
       tip.textContent = "";
-      var picture = document.createElement("div");
-      picture.className = "errors-sprite sprite-" + panel.dataset.dataset;
-      var row = Math.floor(k / columns), column = k % columns;
-      picture.style.width = tile[1] * zoom + "px";
-      picture.style.height = tile[0] * zoom + "px";
-      picture.style.backgroundSize = columns * tile[1] * zoom + "px " +
-        data.sprite.rows * tile[0] * zoom + "px";
-      picture.style.backgroundPosition = -column * tile[1] * zoom + "px " +
-        -row * tile[0] * zoom + "px";
+      var picture = window.reportThumbnail(data, panel.dataset.dataset, k);
       var text = document.createElement("p");
       text.className = "embedding-caption";
       text.textContent = "#" + data.index[k] + ": given " + data.classes[data.labels[k]] +

@@ -2,11 +2,9 @@
 // or ensemble, open a cell of its confusion matrix to see the test images in it (the most
 // confident first, with the top-3 probabilities and the label-quality score), or a class to see
 // its least sure images. The data is pipeline/error_browser.py's; the thumbnails come from one
-// sprite sheet per dataset, drawn by index.
+// sprite sheet per dataset, drawn by index (sprite.js).
 (function () {
   "use strict";
-
-  var LONGER_SIDE = 64;  // a thumbnail's longer side in CSS pixels, at a whole-number zoom
 
   function percent(thousandths) { return (thousandths / 10).toFixed(1) + " %"; }
 
@@ -23,8 +21,7 @@
     var select = panel.querySelector(".errors-view");
     var matrix = panel.querySelector(".errors-matrix");
     var gallery = panel.querySelector(".errors-gallery");
-    var classes = data.classes, tile = data.sprite.tile, columns = data.sprite.columns;
-    var zoom = Math.max(1, Math.round(LONGER_SIDE / Math.max(tile[0], tile[1])));
+    var classes = data.classes;
 
     function view() { return data.views[Number(select.value)]; }
 
@@ -34,17 +31,7 @@
       figure.dataset.index = data.index[k];
       figure.dataset.label = data.labels[k];
       figure.dataset.predicted = v.predicted[k];
-      var picture = document.createElement("div");
-      picture.className = "errors-sprite sprite-" + panel.dataset.dataset;
-      picture.setAttribute("role", "img");
-      picture.setAttribute("aria-label", "test image #" + data.index[k]);
-      var row = Math.floor(k / columns), column = k % columns;
-      picture.style.width = tile[1] * zoom + "px";
-      picture.style.height = tile[0] * zoom + "px";
-      picture.style.backgroundSize = columns * tile[1] * zoom + "px " +
-        data.sprite.rows * tile[0] * zoom + "px";
-      picture.style.backgroundPosition = -column * tile[1] * zoom + "px " +
-        -row * tile[0] * zoom + "px";
+      var picture = window.reportThumbnail(data, panel.dataset.dataset, k);
       var caption = document.createElement("figcaption");
       var top = v.top[k].map(function (c, j) {
         return classes[c] + " (" + percent(v.top_p[k][j]) + ")";

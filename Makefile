@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all setup dev browser repro test check lint bench lock clean
+.PHONY: all setup dev browser database repro test check lint bench lock clean
 
 all: repro
 
@@ -36,7 +36,17 @@ browser:
 	       apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; }; } \
 	  || echo "chromium could not be installed: the browser test will be skipped"
 
-test: lint browser $(VENV)/.bench-installed
+# The sweep test's PostgreSQL (Debian's package; the test starts its own server on 127.0.0.1 and
+# stops it): installed where apt-get can run as root, otherwise that one test skips and says why.
+database:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] \
+	  && command -v apt-get >/dev/null && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	       --no-install-recommends postgresql >/dev/null 2>&1 || { apt-get update -qq \
+	       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	       postgresql >/dev/null; }; }; } \
+	  || echo "PostgreSQL could not be installed: the sweep's database test will be skipped"
+
+test: lint browser database $(VENV)/.bench-installed
 	$(BIN)/python -m pytest
 
 bench: setup $(VENV)/.bench-installed
@@ -74,6 +84,6 @@ lock: $(LOCK_VENV)/bin/pip-compile
 
 # Everything the pipeline and the set-up made that git does not track (reports/live is in git).
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) data/raw data/downloads data/prepared data/resume models \
+	rm -rf $(VENV) $(LOCK_VENV) data/raw data/downloads data/prepared data/resume data/sweeps models \
 	  reports/evaluation reports/tensorboard reports/tensorboard-runs \
 	  reports/timing reports/index.html reports/run.js dvc_plots

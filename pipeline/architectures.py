@@ -56,13 +56,15 @@ class LinearNet(Architecture):
 
 class Cnn(Architecture):
     """The tutorial's CNN: [Conv "same" -> MaxPool2 -> activation] blocks (pooling while the map
-    is at least 2x2), global average pool, then Linear -> activation -> Linear."""
+    is at least 2x2), global average pool, then Linear -> activation -> Linear (with Dropout
+    before the last Linear when `dropout` > 0)."""
 
     convolutional: ClassVar[bool] = True
     arch: Literal["cnn"] = "cnn"
     channels: list[PositiveInt] = Field([8, 16, 32, 64], min_length=1)
     kernel_size: PositiveInt = 3
     head_hidden: PositiveInt = 24
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
     _kernel = field_validator("kernel_size")(lambda cls, k: _odd(k))
 

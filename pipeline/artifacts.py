@@ -43,12 +43,12 @@ _STAGING = re.compile(r"\..+\.pipeline-([A-Za-z0-9-]{1,64})-(\d+)\.[^.]+\.tmp\Z"
 _NOT_SWEPT = {".git", ".dvc", ".venv", "venv", "node_modules", "__pycache__"}
 
 
-def _host() -> str:
+def host_name() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
 
 
 def staging_prefix(path: Path) -> str:
-    return f".{path.name}.pipeline-{_host()}-{os.getpid()}."
+    return f".{path.name}.pipeline-{host_name()}-{os.getpid()}."
 
 
 def _remove(entry: Path) -> None:
@@ -58,21 +58,27 @@ def _remove(entry: Path) -> None:
         entry.unlink(missing_ok=True)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether the process runs: not gone, and not a zombie (killed, its exit not yet collected,
+    as a killed process's children are in a container without an init that reaps them)."""
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, OverflowError):  # gone, or too large to be a process id
         return False
     except PermissionError:  # alive, another user's
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):  # no /proc (not Linux): what kill(0) said
+        return True
+    return state != "Z"
 
 
 def _left_by_dead_writer(name: str) -> bool:
     """Whether `name` is a temporary this pipeline wrote on this host, whose writer is gone."""
     match = _STAGING.match(name)
-    return match is not None and match.group(1) == _host() \
-        and not _process_alive(int(match.group(2)))
+    return match is not None and match.group(1) == host_name() \
+        and not process_alive(int(match.group(2)))
 
 
 def _remove_leftovers(path: Path) -> None:

@@ -551,13 +551,16 @@ def fit(
     resume: dict | None = None,
     save_state: Callable[[Training], None] | None = None,
     epochs_after: int = 0,
+    stop_check: Callable[[EpochRow], str | None] | None = None,
 ) -> TrainResult:
     """Train for `settings.epochs` (or until early stopping says), keep the weights with the
     best validation accuracy; `on_epoch(row, model)` sees every history row (the tracker logs
     it). With `resume` (a `Training.state_dict()`), continue from there: the rows before it are
     passed to `on_epoch` again, without a model. `save_state(training)` is offered the run after
     every epoch that does not end it. `epochs_after`: epochs still to come after this run (the
-    seed copies after it), counted in each epoch line's time left."""
+    seed copies after it), counted in each epoch line's time left. `stop_check(row)`: asked
+    after every epoch early stopping lets go on; a reason ends the run there as an early stop
+    does (a sweep's pruner)."""
     training = Training(architecture, settings, splits, device, seed, amp, channels_last, world,
                         cuda_graphs)
     if resume is not None:
@@ -590,6 +593,8 @@ def fit(
                 log(line)
             if on_epoch is not None:
                 on_epoch(row, training.runner.model)
+            if stop_check is not None and not training.done:
+                training.stop_reason = stop_check(row)
             if training.stop_reason is not None:
                 log(f"stopped early after epoch {row.epoch} of {settings.epochs}: "
                     f"{training.stop_reason}; keeping epoch {training.best_epoch}'s weights "

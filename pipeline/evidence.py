@@ -86,6 +86,18 @@ class PairTest:
     adjusted: float  # Holm-adjusted over every pair of the dataset
 
 
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values for the number of tests made (each compared
+    with alpha then holds for the whole family), in the order given."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [1.0] * len(p_values)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
 def compare_all(correct: dict[str, np.ndarray], alpha: float = ALPHA
                 ) -> dict[tuple[str, str], PairTest]:
     """Every pair of models on the same test images, with Holm's step-down correction for the
@@ -95,12 +107,7 @@ def compare_all(correct: dict[str, np.ndarray], alpha: float = ALPHA
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
             raw[(first, second)] = mcnemar(correct[first], correct[second])
-    order = sorted(raw, key=lambda pair: raw[pair][2])
-    adjusted: dict[tuple[str, str], float] = {}
-    running = 0.0
-    for rank, pair in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * raw[pair][2]))
-        adjusted[pair] = running
+    adjusted = dict(zip(raw, holm([p for _, _, p in raw.values()]), strict=True))
     tests = {}
     for (first, second), (only_first, only_second, p) in raw.items():
         better = None

@@ -27,14 +27,7 @@ def evaluate(checkpoint: Checkpoint, test: Split, threads: int) -> Evaluation:
     on the checkpoint and the kind of CPU, never on which GPUs this machine has; `made_on`
     records where it ran."""
     bf16 = bool(checkpoint.run.get("bf16", False))
-    channels_last = bool(checkpoint.run.get("channels_last", False))
-    images = torch.from_numpy(test.images)
-    logits = []
-    for model in checkpoint.seed_models():
-        model.eval()
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        logits.append(batched_logits(model, images, "cpu", bf16, channels_last).numpy())
+    logits = list(seed_logits(checkpoint, test.images))
     model = checkpoint.build()
     predicted = logits[0].argmax(1)
     confusion = analysis.confusion_matrix(test.labels, predicted, len(checkpoint.classes))
@@ -76,6 +69,21 @@ def evaluate(checkpoint: Checkpoint, test: Split, threads: int) -> Evaluation:
             [saliency.occlusion(model, image)
              for image in test.images[: saliency.SELFTEST_IMAGES]]).astype(np.float32),
     )
+
+
+def seed_logits(checkpoint: Checkpoint, images: np.ndarray) -> np.ndarray:
+    """Every seed copy's logits on the images (seeds x images x classes), on the CPU at the
+    precision and memory format the checkpoint was trained with."""
+    bf16 = bool(checkpoint.run.get("bf16", False))
+    channels_last = bool(checkpoint.run.get("channels_last", False))
+    inputs = torch.from_numpy(images)
+    logits = []
+    for model in checkpoint.seed_models():
+        model.eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        logits.append(batched_logits(model, inputs, "cpu", bf16, channels_last).numpy())
+    return np.stack(logits)
 
 
 def model_evidence(logits: np.ndarray, labels: np.ndarray) -> dict:

@@ -88,6 +88,7 @@ def cnn_layers(architecture: Cnn, input_shape: Shape, num_classes: int) -> Layer
         ("flatten", nn.Flatten()),
         ("fc1", nn.Linear(in_channels, architecture.head_hidden)),
         ("act_fc1", _activation(architecture)),
+        *([("drop_fc1", nn.Dropout(architecture.dropout))] if architecture.dropout else []),
         ("fc2", nn.Linear(architecture.head_hidden, num_classes)),
     ]
 

@@ -168,6 +168,11 @@ class ModelRun(Strict):
     seeds: Annotated[int, Field(ge=1, le=16)] = Field(
         1, description="train this many copies (train.seed, +1, ...) for a seed ensemble")
     train: TrainOverrides = TrainOverrides()
+    trial: str | None = Field(
+        None, description="set by pipeline-sweep only: the sweep trial (`<sweep>/<number>`) "
+                          "this training reports each epoch's validation score to, and that "
+                          "may stop it early (pruned); part of the params so a pruned run "
+                          "is never taken for a full one from DVC's run cache")
 
     def architecture(self) -> Architecture:
         """The architecture alone: what the model is, without how it is trained."""
@@ -204,6 +209,97 @@ class VerifyParams(Strict):
                           "share of the differences between two of its seeds (0: never)")
 
 
+SweepChoice = str | int | float | bool
+
+
+class SearchDimension(Strict):
+    """One searched key of `sweep.space`: a range (`low`, `high`; `log: true` for a log scale,
+    `step` for a grid of values, `type: int` for whole numbers) or a list of `choices`."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: Annotated[float, Field(gt=0)] | None = None
+    type: Literal["float", "int"] = "float"
+    choices: Annotated[list[SweepChoice], Field(min_length=1, max_length=1000)] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchDimension:
+        ranged = self.low is not None or self.high is not None
+        if self.choices is not None:
+            if ranged or self.log or self.step is not None:
+                raise ValueError("give either choices or a range (low, high), not both")
+            if len({repr(c) for c in self.choices}) != len(self.choices):
+                raise ValueError(f"choices {self.choices} lists a value twice")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs both low and high (or give choices: [...])")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log scale needs low > 0 (got {self.low:g})")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined (Optuna samples a log range "
+                             "continuously); drop one")
+        if self.type == "int" and any(v is not None and float(v) != int(v)
+                                      for v in (self.low, self.high, self.step)):
+            raise ValueError("type: int needs whole numbers for low, high and step")
+        return self
+
+    def values_to_check(self) -> list[SweepChoice]:
+        """The values the schema must accept for every trial to be valid: the ends of a
+        range (an integer one as integers), every choice."""
+        if self.choices is not None:
+            return list(self.choices)
+        ends = [float(self.low or 0), float(self.high or 0)]
+        return [int(v) for v in ends] if self.type == "int" else [*ends]
+
+
+SWEEP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,47}\Z")
+SweepObjective = Literal["valid_accuracy", "valid_loss"]
+
+
+class SweepParams(Strict):
+    """`pipeline-sweep`'s search (README: Sweeps). Keys of `space` and `fixed` are paths under
+    `models.<model>` as params.yaml writes them (`train.lr`, `dropout`), checked by the
+    model's own schema; no stage lists this section, so editing it re-runs nothing."""
+
+    dataset: str
+    model: str
+    name: str | None = Field(None, description="the sweep's name (default <dataset>-<model>): "
+                             "its Optuna study and its experiments' prefix")
+    space: Annotated[dict[str, SearchDimension], Field(min_length=1)]
+    fixed: dict[str, SweepChoice | list[SweepChoice] | None] = Field(
+        {}, description="set in every trial (e.g. fewer epochs for the search)")
+    trials: Annotated[int, Field(ge=1, le=10_000)] = 20
+    timeout_s: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="no new trial starts after this many seconds of this sweep run")
+    objective: SweepObjective = "valid_accuracy"
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    warmup_epochs: Annotated[int, Field(ge=0, le=100_000)] = Field(
+        3, description="no trial is pruned before this many epochs")
+    startup_trials: Annotated[int, Field(ge=0, le=10_000)] = Field(
+        2, description="trials that finish before any is pruned (and before TPE guides)")
+    seed: Seed = 0
+
+    @property
+    def study(self) -> str:
+        return self.name or f"{self.dataset}-{self.model}"
+
+    @model_validator(mode="after")
+    def _valid_sweep(self) -> SweepParams:
+        if not SWEEP_NAME.match(self.study):
+            raise ValueError(f"sweep name {self.study[:80]!r} must start with a letter and use "
+                             "only letters, digits, _ and -, at most 48 characters")
+        if self.sampler == "grid":
+            ranged = [k for k, d in self.space.items() if d.choices is None and d.step is None]
+            if ranged:
+                raise ValueError(f"sampler: grid needs choices (or a step) for every key of "
+                                 f"space; {', '.join(ranged)} is a continuous range")
+        return self
+
+
 class RunSelection(Strict):
     datasets: list[str] = Field(min_length=1)
     models: list[str] = Field(min_length=1)
@@ -228,6 +324,7 @@ class Params(Strict):
         return {} if value is None else value  # every recipe commented out
     report: ReportParams = ReportParams()
     verify: VerifyParams = VerifyParams()
+    sweep: SweepParams | None = None
 
     @model_validator(mode="after")
     def _selection_is_defined(self) -> Params:
@@ -269,7 +366,70 @@ class Params(Strict):
                         f"{where} is true, but datasets.{dataset} does not say a mirrored image "
                         f"keeps its class (flip: true): a mirrored digit or letter is another "
                         f"one; set {where}: false, or flip: true on the dataset if it holds")
+        if self.sweep is not None:
+            self._check_sweep(self.sweep)
         return self
+
+    def _check_sweep(self, sweep: SweepParams) -> None:
+        """The sweep's dataset and model exist, and every value a trial can set is one the
+        model's own schema accepts."""
+        for kind, name, defined in (("dataset", sweep.dataset, self.datasets),
+                                    ("model", sweep.model, self.models)):
+            if name not in defined:
+                raise ValueError(f"sweep.{kind} = {name!r} is not defined under '{kind}s:' "
+                                 f"(defined: {', '.join(sorted(defined))})"
+                                 f"{_did_you_mean(name, list(defined))}")
+        for section, entries in (("space", sweep.space), ("fixed", sweep.fixed)):
+            for key, entry in entries.items():
+                if key.split(".")[0] in ("arch", "trial"):
+                    raise ValueError(f"sweep.{section}.{key}: pipeline-sweep sets "
+                                     f"models.{sweep.model}.{key.split('.')[0]} itself; "
+                                     "search other keys")
+                values = (entry.values_to_check() if isinstance(entry, SearchDimension)
+                          else [entry])
+                for value in values:
+                    problem = self.model_override_problem(sweep.model, {key: value})
+                    if problem:
+                        raise ValueError(f"sweep.{section}.{key}: {_short(value)} is refused "
+                                         f"for models.{sweep.model}.{key}: {problem}")
+
+    def with_model_values(self, model: str, values: dict[str, Any]) -> ModelRun:
+        """The model's entry with `values` set (keys are dotted paths under models.<model>),
+        validated by the model's own schema (a ValidationError if refused)."""
+        spec = self.models[model]
+        tree = spec.model_dump(exclude_defaults=False)
+        for key, value in values.items():
+            node = tree
+            *parents, last = key.split(".")
+            for part in parents:
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+                elif not isinstance(child, dict):
+                    raise ValueError(f"{part} is a value, not a section with keys")
+                node = child
+            node[last] = value
+        return type(spec).model_validate(tree)
+
+    def model_override_problem(self, model: str, values: dict[str, Any]) -> str | None:
+        """Why the model's schema refuses `values` (one line), or None."""
+        try:
+            self.with_model_values(model, values)
+        except ValidationError as error:
+            item = error.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in item["loc"])
+            if item["type"] == "extra_forbidden":
+                node: Any = type(self.models[model])
+                for part in item["loc"][:-1]:
+                    node = _unwrap(node.model_fields[str(part)].annotation) \
+                        if isinstance(node, type) and issubclass(node, BaseModel) else None
+                allowed = list(node.model_fields) \
+                    if isinstance(node, type) and issubclass(node, BaseModel) else []
+                return f"unknown key {where!r}" + _did_you_mean(str(item["loc"][-1]), allowed)
+            return (f"{where}: " if where else "") + item["msg"].removeprefix("Value error, ")
+        except ValueError as error:
+            return str(error)
+        return None
 
     def dataset(self, name: str) -> AnyDataset:
         return self._lookup("datasets", name)

@@ -27,6 +27,7 @@ from pipeline.cores import usable_cores
 if TYPE_CHECKING:
     from pipeline.evaluation import WeightHistogram
     from pipeline.evidence import Calibration, ClassCurves, Interval
+    from pipeline.sweep_record import SweepTrial
 
 DPI = 96
 PALETTE_COLOURS = 256  # each figure is saved as a palette PNG of at most this many colours
@@ -605,4 +606,116 @@ def accuracy_over_time(curves: dict[str, tuple[list[float], list[float]]], title
     ax.set_xscale("symlog", linthresh=1.0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    return to_data_uri(figure)
+
+
+def sweep_history(trials: list[SweepTrial], maximise: bool, objective: str, title: str) -> str:
+    """Left: every trial's reported objective by epoch, pruned ones ending in a cross. Right:
+    the objective of each finished trial in the order they ran, the best so far as a step."""
+    figure, (curve_ax, order_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
+    figure.subplots_adjust(bottom=0.15, wspace=0.25)
+    label = objective.replace("_", " ")
+    finished = [t for t in trials if t.state == "complete" and t.value is not None]
+    values = [t.value for t in finished if t.value is not None]
+    best = (max if maximise else min)(values) if values else None
+    for trial in trials:
+        if not trial.curve:
+            continue
+        epochs, reported = zip(*trial.curve, strict=True)
+        pruned = trial.state == "pruned"
+        color = "0.6" if pruned else ("tab:red" if trial.value == best else "tab:blue")
+        curve_ax.plot(epochs, reported, color=color, linewidth=1.6 if color == "tab:red" else 0.9,
+                      alpha=0.8)
+        if pruned:
+            curve_ax.plot(epochs[-1], reported[-1], marker="x", color="0.3", markersize=6)
+    curve_ax.set(title="Each trial by epoch (x: pruned there)", xlabel="epoch",
+                 ylabel=f"best {label} so far")
+    ordered = sorted(trials, key=lambda t: t.number)
+    shown = [(t.number, t.value) for t in ordered if t.state == "complete" and t.value is not None]
+    if shown:
+        numbers, scores = zip(*shown, strict=True)
+        order_ax.plot(numbers, scores, "o", color="tab:blue", label="finished")
+        running = (np.maximum if maximise else np.minimum).accumulate(np.array(scores))
+        order_ax.step(numbers, running, where="post", color="tab:red", label="best so far")
+    cut = [(t.number, t.curve[-1][1]) for t in ordered if t.state == "pruned" and t.curve]
+    if cut:
+        numbers, scores = zip(*cut, strict=True)
+        order_ax.plot(numbers, scores, "x", color="0.3", label="pruned (last report)")
+    order_ax.set(title="Trials in the order they ran", xlabel="trial", ylabel=label)
+    for ax in (curve_ax, order_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if shown or cut:
+        order_ax.legend(fontsize=8, loc="lower right" if maximise else "upper right")
+    figure.suptitle(title)
+    return to_data_uri(figure)
+
+
+def sweep_importance(weights: dict[str, float], title: str) -> str:
+    """Optuna's parameter importances (fANOVA: the share of the objective's variance each
+    searched key explains), largest on top."""
+    names = sorted(weights, key=lambda k: weights[k])
+    figure, ax = plt.subplots(figsize=(6.5, 0.5 + 0.4 * len(names)))
+    ax.barh(literal(names), [weights[n] for n in names], color="tab:blue")
+    ax.set(xlabel="importance (share of the objective's variance)", xlim=(0, 1), title=title)
+    ax.grid(axis="x", alpha=0.3)
+    return to_data_uri(figure)
+
+
+def sweep_parallel(trials: list[SweepTrial], space: dict[str, dict], maximise: bool,
+                   objective: str, title: str) -> str:
+    """Parallel coordinates: one vertical axis per searched key (log keys on a log scale, choices
+    in order) and the objective last; a line per trial, coloured by its objective, pruned trials
+    dashed grey at their last report."""
+    keys = list(space)
+
+    def position(key: str, value: Any) -> float:
+        dim = space[key]
+        if "choices" in dim:
+            choices = [repr(c) for c in dim["choices"]]
+            return choices.index(repr(value)) / max(1, len(choices) - 1) \
+                if repr(value) in choices else 0.5
+        low, high = float(dim["low"]), float(dim["high"])
+        if dim.get("log"):
+            return (np.log(float(value)) - np.log(low)) / (np.log(high) - np.log(low))
+        return (float(value) - low) / (high - low)
+
+    drawn = [t for t in trials if t.state in ("complete", "pruned") and
+             all(k in t.params for k in keys)]
+    scores = [t.value if t.value is not None else (t.curve[-1][1] if t.curve else None)
+              for t in drawn]
+    known = [s for s in scores if s is not None]
+    low, high = (min(known), max(known)) if known else (0.0, 1.0)
+    spread = (high - low) or 1.0
+    figure, ax = plt.subplots(figsize=(max(5.0, 1.8 * (len(keys) + 1)), 3.8))
+    cmap = plt.get_cmap("viridis" if maximise else "viridis_r")
+    for trial, value in zip(drawn, scores, strict=True):
+        ys = [position(k, trial.params[k]) for k in keys]
+        ys.append(0.5 if value is None else (value - low) / spread)
+        if trial.state == "pruned":
+            ax.plot(range(len(ys)), ys, color="0.6", linestyle="--", linewidth=0.9)
+        else:
+            ax.plot(range(len(ys)), ys, color=cmap((value - low) / spread if value is not None
+                                                    else 0.5), linewidth=1.6)
+    for index, key in enumerate(keys):
+        dim = space[key]
+        ax.axvline(index, color="0.2", linewidth=0.8)
+        if "choices" in dim:
+            ends = [str(c) for c in (dim["choices"][0], dim["choices"][-1])]
+        else:
+            ends = [f"{float(dim['low']):.3g}", f"{float(dim['high']):.3g}"]
+        ax.text(index, -0.06, ends[0], ha="center", va="top", fontsize=8)
+        ax.text(index, 1.06, ends[1], ha="center", va="bottom", fontsize=8)
+    ax.axvline(len(keys), color="0.2", linewidth=0.8)
+    ax.text(len(keys), -0.06, f"{low:.4g}", ha="center", va="top", fontsize=8)
+    ax.text(len(keys), 1.06, f"{high:.4g}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(keys) + 1),
+                  literal([*keys, objective.replace("_", " ")]), fontsize=9)
+    ax.tick_params(axis="x", pad=18)
+    ax.set_yticks([])
+    ax.set_ylim(-0.2, 1.2)
+    ax.set_xlim(-0.3, len(keys) + 0.3)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(title)
     return to_data_uri(figure)

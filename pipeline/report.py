@@ -49,6 +49,7 @@ from pipeline.evaluation import Evaluation, load_evaluation
 from pipeline.layout import QUALITY_FILE, evaluation_file, split_file, timing_file
 from pipeline.params import Augment, Params
 from pipeline.splits import Split, load_split
+from pipeline.sweep_record import SweepSummary, SweepTrial, read_summaries
 
 PACKAGES = ("dvc", "torch", "numpy", "pandas", "scikit-learn", "matplotlib", "jinja2", "pydantic")
 PROBABILITY_EXAMPLES = 4  # test images shown with every model's class probabilities
@@ -106,6 +107,38 @@ class Inputs:
     evaluation: Path
     live: Path
     timing: Path  # git-ignored timing files, shown through the sidecar only
+    sweeps: Path  # pipeline-sweep's summaries (README: Sweeps)
+
+
+SWEEP_TOP_TRIALS = 5  # rows of a sweep's top-trials table
+
+
+@dataclass
+class SweepSection:
+    """One sweep's part of the page (#<dataset>-sweep), drawn from its summary."""
+
+    summary: SweepSummary
+    top: list[SweepTrial]
+    figures: dict[str, str] = field(default_factory=dict)
+
+
+def collect_sweeps(folder: Path, queue: plots.FigureQueue) -> dict[str, list[SweepSection]]:
+    """Every sweep summary, by dataset, its figures queued."""
+    found: dict[str, list[SweepSection]] = {}
+    for summary in read_summaries(folder):
+        section = SweepSection(summary, summary.finished()[:SWEEP_TOP_TRIALS])
+        title = f"{summary.dataset}/{summary.model}: sweep {summary.name}"
+        queue.add(section.figures, "history", plots.sweep_history, summary.trials,
+                  summary.maximise, summary.objective, title)
+        if summary.importance:
+            queue.add(section.figures, "importance", plots.sweep_importance, summary.importance,
+                      f"{title}: parameter importance")
+        if len(summary.space) and any(t.state in ("complete", "pruned") for t in summary.trials):
+            queue.add(section.figures, "parallel", plots.sweep_parallel, summary.trials,
+                      summary.space, summary.maximise, summary.objective,
+                      f"{title}: every trial's values")
+        found.setdefault(summary.dataset, []).append(section)
+    return found
 
 
 def collect_dataset(name: str, params: Params, inputs: Inputs) -> DatasetSection:
@@ -512,10 +545,11 @@ def _code_spans(text: str) -> markupsafe.Markup:
                                      for index, part in enumerate(parts)))
 
 
-def render(sections: list[DatasetSection], environment: dict, run_script: str) -> str:
+def render(sections: list[DatasetSection], environment: dict, run_script: str,
+           sweeps: dict[str, list[SweepSection]] | None = None) -> str:
     return _environment().get_template("report.html.j2").render(
         sections=sections, environment=environment, run_script=run_script,
-        label_issues_shown=LABEL_ISSUES_SHOWN)
+        label_issues_shown=LABEL_ISSUES_SHOWN, sweeps=sweeps or {})
 
 
 def used_params(params: Params) -> dict:
@@ -601,6 +635,7 @@ def build_report(params: Params, inputs: Inputs, out: Path, run_script: Path,
             queue_figures(section, inputs.prepared / name / split_file("train"),
                           params.report.samples_per_class, queue)
             sections.append(section)
+        sweeps = collect_sweeps(inputs.sweeps, queue)
         for section in sections:
             section.evidence = dataset_evidence(section.models, section.test.labels)
             maps = {m.name: m.evaluation.embedding for m in section.models
@@ -625,7 +660,7 @@ def build_report(params: Params, inputs: Inputs, out: Path, run_script: Path,
         with phase("figures"):
             queue.draw()
     script_src = Path(os.path.relpath(run_script.resolve(), out.resolve().parent)).as_posix()
-    html = render(sections, environment, script_src)
+    html = render(sections, environment, script_src, sweeps)
     with atomic_write(run_script, "w") as handle:
         handle.write("// Written by the report stage: what differs between runs and machines.\n"
                      f"window.REPORT_RUN = {json.dumps(fragments, indent=1)};\n")

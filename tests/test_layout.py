@@ -44,7 +44,8 @@ def test_dvc_yaml_names_the_files_as_the_layout_does():
 
 def test_gitignore_and_make_clean_cover_every_output_folder_git_does_not_track():
     in_git = {name for name, path in FOLDERS.items() if tracked(path)}
-    assert in_git == {"sources", "live"}, in_git  # the source records and dvclive's files
+    # the source records, dvclive's files and the sweeps' summaries
+    assert in_git == {"sources", "live", "sweeps"}, in_git
     clean = make_clean_targets()
     for name, path in FOLDERS.items():
         if name in in_git:

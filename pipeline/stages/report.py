@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> None:
                         "folders, <live>/<dataset>/<model>")
     parser.add_argument("--timing", required=True, type=Path,
                         help="the train stage's timing files, <timing>/<dataset>/<model>.json")
+    parser.add_argument("--sweeps", required=True, type=Path,
+                        help="pipeline-sweep's summaries, <sweeps>/<sweep>.json")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--run-script", required=True, type=Path,
                         help="sidecar script with what differs between runs (timings, git state, "
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    inputs = Inputs(args.prepared, args.evaluation, args.live, args.timing)
+    inputs = Inputs(args.prepared, args.evaluation, args.live, args.timing, args.sweeps)
     sections = build_report(params, inputs, args.out, args.run_script,
                             Path(args.params).resolve().parent)
     for section in sections:

@@ -53,6 +53,7 @@ from pipeline.tracking import (
     write_machine,
     write_timing,
 )
+from pipeline.trial import STORAGE_ENV, open_trial
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,6 +125,19 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
            and not world.distributed else "")
         + (f", seeds {seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else ""))
 
+    link = open_trial(spec.trial, settings.epochs) if spec.trial and world.main else None
+    if spec.trial and world.main and link is None:
+        say(f"note: models.{args.model}.trial is {spec.trial!r}, but no sweep storage is "
+            f"given ({STORAGE_ENV}): training as usual, reporting to no sweep")
+    if link is not None and world.distributed:
+        say("note: a data-parallel run reports to its sweep trial but is not pruned")
+
+    def stop_check(seed: int):
+        if link is None or seed != seeds[0]:
+            return None  # the first copy is the trial's; the others are its seed ensemble
+        return lambda row: link.report(row.epoch, row.valid_accuracy, row.valid_loss,
+                                       may_prune=not world.distributed)
+
     key = inputs_key(
         {"dataset": args.dataset, "model": args.model, "architecture": architecture.model_dump(),
          "settings": settings.model_dump(), "seeds": seeds, "amp": train_params.amp,
@@ -180,7 +194,8 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
                 on_epoch=on_epoch and (lambda row, model, seed=seed: on_epoch(row, model, seed)),
                 world=world, cuda_graphs=execution.cuda_graphs, resume=current,
                 save_state=save_state,
-                epochs_after=(len(seeds) - len(results) - 1) * settings.epochs))
+                epochs_after=(len(seeds) - len(results) - 1) * settings.epochs,
+                stop_check=stop_check(seed)))
             current = None
             if len(results) < len(seeds) and not world.any(store.failed):
                 store.save({"done": [r.to_state() for r in results], "current": None,
@@ -227,6 +242,8 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
                    run_info).save(args.checkpoint)
     world.barrier()
     store.clear()  # the outputs are written (a kill before the folders' swap resumes again)
+    if link is not None:
+        link.finish()
     first = results[0]
     samples = len(first.epoch_seconds) * len(splits["train"].labels)
     write_timing(args.timing, Timing(

@@ -38,7 +38,7 @@ from pipeline.models import build
 from pipeline.optim import FusedAdam, OneCycle
 from pipeline.params import Augment, EarlyStopping, ParamsError, TrainSettings
 from pipeline.splits import Split
-from pipeline.tracking import EpochRow, SeedSummary, Summary
+from pipeline.tracking import EpochRow, SeedSummary, Summary, keeps
 
 Optimizer = torch.optim.Optimizer | FusedAdam
 AUGMENT_STREAM = 2**32  # the augmentation generator's seed: the run's seed + this
@@ -402,7 +402,7 @@ class Training:
                        float(self.optimizer.param_groups[0]["lr"]))  # a tensor when graphed
         self.history.append(row)
         self.epoch_seconds.append(seconds)
-        if (valid_acc, -valid_loss) > (self.best[0], -self.best[1]):
+        if keeps(valid_acc, valid_loss, self.best):
             self.best = (valid_acc, valid_loss)
             self.best_epoch = row.epoch
             self.best_state = cpu_copy(self.runner.model.state_dict())

@@ -169,10 +169,11 @@ class ModelRun(Strict):
         1, description="train this many copies (train.seed, +1, ...) for a seed ensemble")
     train: TrainOverrides = TrainOverrides()
     trial: str | None = Field(
-        None, description="set by pipeline-sweep only: the sweep trial (`<sweep>/<number>`) "
-                          "this training reports each epoch's validation score to, and that "
-                          "may stop it early (pruned); part of the params so a pruned run "
-                          "is never taken for a full one from DVC's run cache")
+        None, description="set by pipeline-sweep only: the sweep trial "
+                          "(`<sweep>/<number>/<token>`) this training reports each epoch's "
+                          "validation score to, and that may stop it early (pruned); part of "
+                          "the params so a pruned run is never taken for a full one from DVC's "
+                          "run cache")
 
     def architecture(self) -> Architecture:
         """The architecture alone: what the model is, without how it is trained."""
@@ -389,6 +390,9 @@ class Params(Strict):
                           else [entry])
                 for value in values:
                     problem = self.model_override_problem(sweep.model, {key: value})
+                    if problem and "valid integer" in problem and isinstance(value, float) \
+                            and isinstance(entry, SearchDimension):
+                        problem += " (a whole-number key: give its range `type: int`)"
                     if problem:
                         raise ValueError(f"sweep.{section}.{key}: {_short(value)} is refused "
                                          f"for models.{sweep.model}.{key}: {problem}")

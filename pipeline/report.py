@@ -49,7 +49,7 @@ from pipeline.evaluation import Evaluation, load_evaluation
 from pipeline.layout import QUALITY_FILE, evaluation_file, split_file, timing_file
 from pipeline.params import Augment, Params
 from pipeline.splits import Split, load_split
-from pipeline.sweep_record import SweepSummary, SweepTrial, read_summaries
+from pipeline.sweep_record import TOP_TRIALS, SweepSummary, SweepTrial, read_summaries
 
 PACKAGES = ("dvc", "torch", "numpy", "pandas", "scikit-learn", "matplotlib", "jinja2", "pydantic")
 PROBABILITY_EXAMPLES = 4  # test images shown with every model's class probabilities
@@ -110,9 +110,6 @@ class Inputs:
     sweeps: Path  # pipeline-sweep's summaries (README: Sweeps)
 
 
-SWEEP_TOP_TRIALS = 5  # rows of a sweep's top-trials table
-
-
 @dataclass
 class SweepSection:
     """One sweep's part of the page (#<dataset>-sweep), drawn from its summary."""
@@ -126,7 +123,7 @@ def collect_sweeps(folder: Path, queue: plots.FigureQueue) -> dict[str, list[Swe
     """Every sweep summary, by dataset, its figures queued."""
     found: dict[str, list[SweepSection]] = {}
     for summary in read_summaries(folder):
-        section = SweepSection(summary, summary.finished()[:SWEEP_TOP_TRIALS])
+        section = SweepSection(summary, summary.finished()[:TOP_TRIALS])
         title = f"{summary.dataset}/{summary.model}: sweep {summary.name}"
         queue.add(section.figures, "history", plots.sweep_history, summary.trials,
                   summary.maximise, summary.objective, title)

@@ -171,15 +171,23 @@ def commit_of(repo: Path, rev: str) -> str:
     if _git(repo, "rev-parse", "--git-dir").returncode != 0:
         raise PipelineError(f"{repo} is not in a git repository: run this in the project's "
                             "clone")
-    # a `dvc exp` experiment of any commit: refs/exps/<..>/<baseline>/<name>
-    refs = _git(repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps")
-    for line in refs.stdout.splitlines():
-        commit, _, ref = line.partition(" ")
-        if ref.rsplit("/", 1)[-1] == rev:
-            return commit
+    commit = experiment_commits(repo).get(rev)
+    if commit is not None:
+        return commit
     raise PipelineError(f"{rev!r} is not a commit, branch, tag or experiment of the "
                         f"repository at {repo} (`git log --oneline`, `git tag`, "
                         "`dvc exp list -A`)")
+
+
+def experiment_commits(repo: Path) -> dict[str, str]:
+    """Every `dvc exp` experiment of any commit by name, with its commit (the refs are
+    refs/exps/<baseline commit split 2/38>/<name>; a name used under two baselines: the first)."""
+    refs = _git(repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps")
+    found: dict[str, str] = {}
+    for line in refs.stdout.splitlines():
+        commit, _, ref = line.partition(" ")
+        found.setdefault(ref.rsplit("/", 1)[-1], commit)
+    return found
 
 
 def experiments_of_other_commits(repo: Path) -> int:

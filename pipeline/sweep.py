@@ -24,13 +24,16 @@ import itertools
 import json
 import os
 import random
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,10 +41,11 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
-from pipeline.artifacts import host_name, process_alive, write_json
+from pipeline.artifacts import ArtifactError, host_name, process_alive, write_json
 from pipeline.cores import usable_cores
 from pipeline.errors import PipelineError
 from pipeline.evidence import ALPHA, bootstrap_accuracy, holm, mcnemar
+from pipeline.layout import split_file
 from pipeline.params import (
     Params,
     SearchDimension,
@@ -50,8 +54,9 @@ from pipeline.params import (
     parse_params,
     read_params_yaml,
 )
-from pipeline.revisions import RevisionFiles, commit_of, dvc_yaml_paths
+from pipeline.revisions import RevisionFiles, commit_of, dvc_yaml_paths, experiment_commits
 from pipeline.sweep_record import (
+    TOP_TRIALS,
     Comparison,
     ScoreOnTest,
     SweepSummary,
@@ -65,24 +70,33 @@ from pipeline.trial import (
     STORAGE_ENV,
     STUDY_OBJECTIVE_ATTR,
     STUDY_PRUNER_ATTR,
+    STUDY_TOKEN_ATTR,
     SweepError,
     make_pruner,
     open_storage,
     redacted,
+    trial_marker,
 )
 
 # What the sweep keeps in the storage beside Optuna's own records.
 SETUP_ATTR = "setup"          # study: dataset, model, space, fixed (a sweep continues only as is)
 HOST_ATTR, PID_ATTR = "host", "pid"  # trial: the process that runs it (a dead one: re-run)
+DVC_PID_ATTR = "dvc_pid"      # trial: its `dvc exp run`
+HEARTBEAT_ATTR = "heartbeat"  # trial: the time its sweep last said it runs (seconds since 1970)
+HEARTBEAT_EVERY_S = 30
+STALE_AFTER_S = 600           # no heartbeat for this long: its machine is lost
 EXPERIMENT_ATTR = "experiment"
 NOTE_ATTR = "note"
 INTERRUPTED_ATTR = "interrupted"
 MAX_FAILURES_IN_A_ROW = 3  # then the sweep stops: the setup, not the values, is broken
-TOP_TRIALS = 5  # judged on test for the report's table (the choice is made on validation)
 
 
 def experiment_name(sweep: str, number: int) -> str:
     return f"{sweep}-{number:03d}"
+
+
+def experiment_names(repo: Path) -> set[str]:
+    return set(experiment_commits(repo))
 
 
 def yaml_value(value: object) -> str:
@@ -135,9 +149,15 @@ def load_setup(args: argparse.Namespace) -> Setup:
         section = section.get("sweep", section) if isinstance(section, dict) else section
         params = parse_params({**raw, "sweep": section}, f"{params_path} with {args.config}")
     if params.sweep is None:
-        raise SweepError(f"{params_path} has no `sweep:` section: add one (README: Sweeps) or "
+        raise SweepError(f"{args.config} holds no sweep section: write one (README: Sweeps)"
+                         if args.config is not None else
+                         f"{params_path} has no `sweep:` section: add one (README: Sweeps) or "
                          "name a file that holds it with --config")
     sweep = params.sweep
+    if sweep.dataset not in params.run.datasets:
+        raise SweepError(f"sweep.dataset {sweep.dataset!r} is not in run.datasets "
+                         f"({', '.join(params.run.datasets)}): add it and run `dvc repro`, so "
+                         "the trials and the verdict have its prepared data")
     if args.trials is not None:
         sweep = sweep.model_copy(update={"trials": args.trials})
     repo = params_path.resolve().parent
@@ -151,6 +171,10 @@ def load_setup(args: argparse.Namespace) -> Setup:
         Path(address).parent.mkdir(parents=True, exist_ok=True)
     elif address.startswith("sqlite:///") and not address.startswith("sqlite:////"):
         address = "sqlite:///" + str(Path(address.removeprefix("sqlite:///")).resolve())
+    test_split = repo / prepared / sweep.dataset / split_file("test")
+    if not test_split.is_file():
+        raise SweepError(f"{test_split.relative_to(repo)} is missing: run `dvc repro` first "
+                         "(the trials start from this workspace's prepared data)")
     dvc = Path(sys.executable).with_name("dvc")
     return Setup(repo, params, sweep, address, repo / summaries,
                  repo / storage_dir / sweep.study, checkpoints, live, prepared, args.workers,
@@ -158,7 +182,8 @@ def load_setup(args: argparse.Namespace) -> Setup:
 
 
 def distributions(sweep: SweepParams) -> dict[str, Any]:
-    """The space as Optuna's distributions."""
+    """The space as Optuna's distributions (a grid's: its values, so a trial asked for when
+    another process just took the queued one still gets a grid point)."""
     from optuna.distributions import (
         CategoricalDistribution,
         FloatDistribution,
@@ -167,7 +192,9 @@ def distributions(sweep: SweepParams) -> dict[str, Any]:
 
     found: dict[str, Any] = {}
     for key, dim in sweep.space.items():
-        if dim.choices is not None:
+        if sweep.sampler == "grid":
+            found[key] = CategoricalDistribution(grid_values(dim))
+        elif dim.choices is not None:
             found[key] = CategoricalDistribution(dim.choices)
         elif dim.type == "int":
             found[key] = IntDistribution(int(dim.low or 0), int(dim.high or 0), log=dim.log,
@@ -230,32 +257,46 @@ def pruner_record(sweep: SweepParams) -> dict:
             "startup_trials": sweep.startup_trials}
 
 
-def open_study(setup: Setup) -> Any:
-    """The sweep's study, created or continued; refuses to continue one set up otherwise."""
+def trial_epochs(setup: Setup) -> int:
+    """The epochs each trial trains (the model's, with `fixed:` applied): hyperband's budget."""
+    sweep, params = setup.sweep, setup.params
+    spec = params.with_model_values(sweep.model, dict(sweep.fixed))
+    return params.model_copy(update={"models": {**params.models, sweep.model: spec}}) \
+        .training_for(sweep.model).epochs
+
+
+def open_study(setup: Setup, create: bool = True) -> Any:
+    """The sweep's study, created (unless `create` is false: then it must exist) or continued;
+    refuses to continue one set up otherwise."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep = setup.sweep
     storage = open_storage(setup.address)
-    epochs = setup.params.with_model_values(sweep.model, dict(sweep.fixed)).train \
-        .model_dump().get("epochs") or setup.params.train.epochs
     direction: Literal["maximize", "minimize"] = \
         "maximize" if sweep.objective == "valid_accuracy" else "minimize"
-    pruner = make_pruner(**pruner_record(sweep), epochs=epochs)
-    try:
-        study = optuna.create_study(study_name=sweep.study, storage=storage, direction=direction,
-                                    sampler=make_sampler(sweep, sweep.seed), pruner=pruner)
-        created = True
-    except optuna.exceptions.DuplicatedStudyError:  # continuing, or joining another worker:
-        created = False                                # other draws than the first process's
-        joined = len(optuna.load_study(study_name=sweep.study, storage=storage).trials)
+    pruner = make_pruner(**pruner_record(sweep), epochs=trial_epochs(setup))
+    created = False
+    if create:
+        with contextlib.suppress(optuna.exceptions.DuplicatedStudyError):
+            study = optuna.create_study(study_name=sweep.study, storage=storage,
+                                        direction=direction, pruner=pruner,
+                                        sampler=make_sampler(sweep, sweep.seed))
+            created = True
+    if not created:  # continuing, or joining another worker: other draws than the first one's
+        try:
+            joined = len(optuna.load_study(study_name=sweep.study, storage=storage).trials)
+        except KeyError:
+            names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+            raise SweepError(f"the storage {redacted(setup.address)} holds no sweep "
+                             f"{sweep.study!r} (it holds: {', '.join(names) or 'none'}); "
+                             "run pipeline-sweep without --summary to start it") from None
         seed = sweep.seed + joined + zlib.crc32(f"{host_name()}/{os.getpid()}".encode()) % 10_000
         study = optuna.load_study(study_name=sweep.study, storage=storage,
                                   sampler=make_sampler(sweep, seed), pruner=pruner)
     wanted = setup_record(sweep)
-    recorded = study.user_attrs.get(SETUP_ATTR)
     if created:
-        study.set_user_attr(SETUP_ATTR, wanted)
+        study.set_user_attr(STUDY_TOKEN_ATTR, secrets.token_hex(4))
         study.set_user_attr(STUDY_OBJECTIVE_ATTR, sweep.objective)
         study.set_user_attr(STUDY_PRUNER_ATTR, pruner_record(sweep))
         if sweep.sampler == "grid":  # every combination queued once, in the order written:
@@ -263,7 +304,18 @@ def open_study(setup: Setup) -> Any:
             combinations = itertools.product(*(grid_values(sweep.space[k]) for k in keys))
             for values in itertools.islice(combinations, sweep.trials):
                 study.enqueue_trial(dict(zip(keys, values, strict=True)))
-    elif recorded is not None and recorded != wanted:
+        study.set_user_attr(SETUP_ATTR, wanted)  # last: a joining process waits for it
+        return study
+    deadline = time.monotonic() + 60
+    while (recorded := study.user_attrs.get(SETUP_ATTR)) is None:  # another process creates it
+        if time.monotonic() > deadline:
+            raise SweepError(f"the sweep {sweep.study!r} in {redacted(setup.address)} was "
+                             "never set up (its creator stopped at once?): remove it and run "
+                             "pipeline-sweep again")
+        time.sleep(0.5)
+        study = optuna.load_study(study_name=sweep.study, storage=storage,
+                                  sampler=study.sampler, pruner=pruner)
+    if recorded != wanted:
         changed = [k for k in wanted if wanted[k] != recorded.get(k)]
         raise SweepError(
             f"the storage {redacted(setup.address)} holds a sweep {sweep.study!r} set up with "
@@ -280,23 +332,54 @@ def counted(trial: Any) -> bool:
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def recover_interrupted(study: Any) -> list[int]:
-    """Trials this host started whose process is gone (a killed or interrupted sweep): marked
-    failed as interrupted and queued again with the same values. Their numbers."""
+def interrupted(trial: Any, now: float) -> bool:
+    """Whether a running trial's sweep is gone: its process on this host is, or its heartbeat
+    stopped (another machine lost)."""
+    attrs = trial.user_attrs
+    if attrs.get(HOST_ATTR) == host_name() and not process_alive(int(attrs.get(PID_ATTR, 0))):
+        return True
+    beat = attrs.get(HEARTBEAT_ATTR)
+    return isinstance(beat, int | float) and now - beat > STALE_AFTER_S
+
+
+def recover_interrupted(study: Any) -> list[Any]:
+    """Running trials whose sweep is gone (a killed sweep, a lost machine): marked failed as
+    interrupted and queued again with the same values; a `dvc exp run` such a sweep left
+    running here is stopped. The trials recovered (by this process only, if several try)."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    again = []
+    again, now = [], time.time()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        attrs = trial.user_attrs
-        if attrs.get(HOST_ATTR) != host_name() or process_alive(int(attrs.get(PID_ATTR, 0))):
+        if not interrupted(trial, now):
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
-        study._storage.set_trial_user_attr(trial._trial_id, NOTE_ATTR,
-                                           "interrupted; run again as a new trial")
-        study.tell(trial.number, state=TrialState.FAIL)
+        if trial.user_attrs.get(HOST_ATTR) == host_name():
+            stop_process(int(trial.user_attrs.get(DVC_PID_ATTR, 0)))
+        storage = study._storage
+        storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
+        storage.set_trial_user_attr(trial._trial_id, NOTE_ATTR,
+                                    "interrupted; run again as a new trial")
+        try:
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:  # another process recovered it first
+            continue
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-        again.append(trial.number)
+        again.append(trial)
     return again
+
+
+def stop_process(pid: int) -> None:
+    """Stop a process that outlived the sweep which started it (terminate, then kill)."""
+    if pid <= 0 or not process_alive(pid):
+        return
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if process_alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def forget_interrupted_runs(repo: Path, names: set[str]) -> None:
@@ -323,11 +406,9 @@ def check_names_free(setup: Setup, study: Any) -> None:
     say so before any trial runs."""
     if study.get_trials(deepcopy=False):
         return
-    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
-                          cwd=setup.repo, capture_output=True, text=True).stdout.split()
     prefix = f"{setup.sweep.study}-"
-    taken = sorted({r.rsplit("/", 1)[-1] for r in refs if r.rsplit("/", 1)[-1].startswith(prefix)
-                    and r.rsplit("/", 1)[-1][len(prefix):].isdigit()})
+    taken = sorted(name for name in experiment_names(setup.repo)
+                   if name.startswith(prefix) and name[len(prefix):][:3].isdigit())
     if taken:
         raise SweepError(
             f"experiments {', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''} exist, but "
@@ -339,7 +420,7 @@ def check_names_free(setup: Setup, study: Any) -> None:
 def overrides(setup: Setup, values: dict[str, Any], trial: str | None, seeds: int | None
               ) -> list[str]:
     """The `-S` arguments of one run: the values under models.<model>, the trial marker, the
-    seed count, this worker's threads, and the dataset/model in `run:` if it is not there."""
+    seed count, this worker's threads, and the model in `run.models` if it is not there."""
     sweep, params = setup.sweep, setup.params
     prefix = f"models.{sweep.model}"
     # `++key=value`: set whether or not params.yaml has the key (Hydra's override syntax)
@@ -350,10 +431,8 @@ def overrides(setup: Setup, values: dict[str, Any], trial: str | None, seeds: in
     if trial is not None:
         found.append(f"++{prefix}.trial={trial}")
     found.append(f"++execution.threads={setup.threads}")
-    for kind, name, chosen in (("datasets", sweep.dataset, params.run.datasets),
-                               ("models", sweep.model, params.run.models)):
-        if name not in chosen:
-            found.append(f"++run.{kind}={yaml_value([*chosen, name])}")
+    if sweep.model not in params.run.models:  # its train stage exists only then
+        found.append(f"++run.models={yaml_value([*params.run.models, sweep.model])}")
     return found
 
 
@@ -365,10 +444,10 @@ _starting = threading.Lock()  # one `dvc exp run` of this process sets up at a t
 
 
 def run_experiment(setup: Setup, name: str, settings: list[str], log: Path,
-                   stop: threading.Event) -> tuple[bool, str]:
+                   stop: threading.Event, trial: Any = None) -> tuple[bool, str]:
     """`dvc exp run --temp` of the sweep's train stage; (succeeded, the output's last line).
     The runs of this process start one at a time; a run refused because another held DVC's
-    experiment lock is tried again."""
+    experiment lock is tried again. A `trial` gets the run's process id and a heartbeat."""
     target = f"train@{setup.sweep.dataset}-{setup.sweep.model}"
     command = [setup.dvc, "exp", "run", "--temp", "-n", name,
                *[arg for s in settings for arg in ("-S", s)], target]
@@ -382,16 +461,22 @@ def run_experiment(setup: Setup, name: str, settings: list[str], log: Path,
             with _starting:
                 process = subprocess.Popen(command, cwd=setup.repo, env=env, stdout=out,
                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                if trial is not None:
+                    trial.set_user_attr(DVC_PID_ATTR, process.pid)
                 deadline = time.monotonic() + 120
                 while process.poll() is None and time.monotonic() < deadline \
                         and not stop.is_set() and STARTED not in _tail(log, begun):
                     time.sleep(0.1)
+            beat = time.monotonic()
             while process.poll() is None:
                 if stop.wait(0.2):
                     process.terminate()
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         process.wait(30)
                     break
+                if trial is not None and time.monotonic() - beat > HEARTBEAT_EVERY_S:
+                    trial.set_user_attr(HEARTBEAT_ATTR, time.time())
+                    beat = time.monotonic()
             if process.returncode == 0 or stop.is_set() or BUSY not in _tail(log, begun) \
                     or attempt == BUSY_RETRIES:
                 break
@@ -447,6 +532,7 @@ class Sweeper:
             trial = self.study.ask(self.distributions)
             trial.set_user_attr(HOST_ATTR, host_name())
             trial.set_user_attr(PID_ATTR, os.getpid())
+            trial.set_user_attr(HEARTBEAT_ATTR, time.time())
             trial.set_user_attr(EXPERIMENT_ATTR,
                                 experiment_name(self.setup.sweep.study, trial.number))
             return trial
@@ -457,38 +543,39 @@ class Sweeper:
         setup, sweep = self.setup, self.setup.sweep
         name = experiment_name(sweep.study, trial.number)
         values = {**sweep.fixed, **trial.params}
-        settings = overrides(setup, values, f"{sweep.study}/{trial.number}",
-                             None if "seeds" in values else 1)
-        ok, last = run_experiment(setup, name, settings, setup.logs / f"{name}.log", self.stop)
+        marker = trial_marker(sweep.study, trial.number, self.study.user_attrs[STUDY_TOKEN_ATTR])
+        settings = overrides(setup, values, marker, None if "seeds" in values else 1)
+        ok, last = run_experiment(setup, name, settings, setup.logs / f"{name}.log", self.stop,
+                                  trial)
         if self.stop.is_set():
             return  # left running: the next sweep run queues it again
         attrs = next(t for t in self.study.get_trials(deepcopy=False)
                      if t.number == trial.number).user_attrs
         what = f"trial {trial.number} ({describe(trial.params)})"
-        if not ok:
-            trial.set_user_attr(NOTE_ATTR, last)
-            self.study.tell(trial, state=TrialState.FAIL)
-            print(f"{what}: failed: {last} (log: {setup.logs / f'{name}.log'})", flush=True)
+        failure = last if not ok else None
+        if ok and attrs.get(PRUNED_ATTR) is None and attrs.get(OBJECTIVE_ATTR) is None:
+            failure = "the train stage reported no result to the trial"
+        # skip_if_finished: another process may have failed it as interrupted meanwhile
+        if failure is not None:
+            trial.set_user_attr(NOTE_ATTR, failure)
+            self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            print(f"{what}: failed: {failure} (log: {setup.logs / f'{name}.log'})", flush=True)
             with self.lock:
                 self.failures_in_a_row += 1
                 if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW and not self.stop.is_set():
                     self.errors.append(SweepError(
                         f"{self.failures_in_a_row} trials in a row failed, the last with: "
-                        f"{last}; fix the cause (its log: {setup.logs / f'{name}.log'}) and run "
-                        "pipeline-sweep again: failed trials do not use up the budget"))
+                        f"{failure}; fix the cause (its log: {setup.logs / f'{name}.log'}) and "
+                        "run pipeline-sweep again: failed trials do not use up the budget"))
                     self.stop.set()
             return
         with self.lock:
             self.failures_in_a_row = 0
         if attrs.get(PRUNED_ATTR) is not None:
-            self.study.tell(trial, state=TrialState.PRUNED)
+            self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             print(f"{what}: pruned at epoch {attrs[PRUNED_ATTR]} [{name}]", flush=True)
-        elif attrs.get(OBJECTIVE_ATTR) is None:
-            trial.set_user_attr(NOTE_ATTR, "the train stage reported no result")
-            self.study.tell(trial, state=TrialState.FAIL)
-            print(f"{what}: the train stage reported no result (log: {name}.log)", flush=True)
         else:
-            self.study.tell(trial, float(attrs[OBJECTIVE_ATTR]))
+            self.study.tell(trial, float(attrs[OBJECTIVE_ATTR]), skip_if_finished=True)
             print(f"{what}: {sweep.objective.replace('_', ' ')} "
                   f"{float(attrs[OBJECTIVE_ATTR]):.4f} [{name}]", flush=True)
 
@@ -527,7 +614,7 @@ def test_correct(setup: Setup, revision: str | None) -> tuple[np.ndarray, int] |
     seed ensemble where the checkpoint holds several copies; or why it cannot be read."""
     from pipeline.checkpoint import load_checkpoint
     from pipeline.inference import seed_logits
-    from pipeline.layout import checkpoint_file, split_file
+    from pipeline.layout import checkpoint_file
     from pipeline.splits import load_split
 
     sweep = setup.sweep
@@ -555,67 +642,78 @@ def percent(test: ScoreOnTest) -> str:
     return f"{100 * test.accuracy:.1f} % [{100 * test.low:.1f}, {100 * test.high:.1f}]"
 
 
-def retrain_with_seeds(setup: Setup, trials: list[Any]) -> dict[int, str]:
-    """The trials re-trained with the model's seed count, as experiments `<trial's>-seeds<N>`
-    (no trial marker: plain runs of those settings); their experiment names by trial number."""
-    names = {t.number: f"{experiment_name(setup.sweep.study, t.number)}-seeds{setup.seeds}"
-             for t in trials}
-    existing = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
-                              cwd=setup.repo, capture_output=True, text=True).stdout.split()
-    done = {r.rsplit("/", 1)[-1] for r in existing}
-    stop = threading.Event()
-    failures: list[str] = []
+def seeds_experiment(setup: Setup, number: int) -> str:
+    return f"{experiment_name(setup.sweep.study, number)}-seeds{setup.seeds}"
 
-    def one(trial: Any) -> None:
-        name = names[trial.number]
-        if name in done:
-            return
+
+def retrain_with_seeds(setup: Setup, trials: list[Any]) -> None:
+    """The trials re-trained with the model's seed count, as experiments `<trial's>-seeds<N>`
+    (no trial marker: plain runs of those settings), those not made yet."""
+    stop = threading.Event()
+    missing = [t for t in trials
+               if seeds_experiment(setup, t.number) not in experiment_names(setup.repo)]
+    if not missing:
+        return
+
+    def one(trial: Any) -> str | None:
+        name = seeds_experiment(setup, trial.number)
         ok, last = run_experiment(
             setup, name, overrides(setup, {**setup.sweep.fixed, **trial.params}, None,
                                    setup.seeds), setup.logs / f"{name}.log", stop)
-        if not ok:
-            failures.append(f"{name}: {last}")
+        # another process judging at the same moment may have made it first
+        return None if ok or name in experiment_names(setup.repo) else f"{name}: {last}"
 
-    print(f"re-training trial{'s' if len(trials) > 1 else ''} "
-          f"{' and '.join(str(t.number) for t in trials)} with the model's {setup.seeds} seeds",
+    print(f"re-training trial{'s' if len(missing) > 1 else ''} "
+          f"{' and '.join(str(t.number) for t in missing)} with the model's {setup.seeds} seeds",
           flush=True)
-    workers = [threading.Thread(target=one, args=(t,), daemon=True) for t in trials]
-    for index, thread in enumerate(workers):
-        thread.start()
-        if setup.workers < 2 or index % setup.workers == setup.workers - 1:
-            thread.join()
-    for thread in workers:
-        thread.join()
+    with ThreadPoolExecutor(max_workers=setup.workers) as pool:
+        failures = [f for f in pool.map(one, missing) if f]
     if failures:
         raise SweepError("re-training with seeds failed: " + "; ".join(failures))
-    return names
 
 
-def judge(setup: Setup, study: Any) -> Verdict | None:
-    """Compare the chosen trial with the runner-up and the baseline on the test set."""
+def ranked(study: Any, objective: str) -> list[Any]:
+    """The finished trials, best first by the objective (ties: the earlier trial)."""
     from optuna.trial import TrialState
 
+    sign = -1 if objective == "valid_accuracy" else 1
+    return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                  key=lambda t: (sign * t.value, t.number))
+
+
+def judge(setup: Setup, study: Any, retrain: bool = True) -> Verdict | None:
+    """Compare the chosen trial with the runner-up and the baseline on the test set, re-trained
+    with the model's seeds first (unless not `retrain`: then as the storage's experiments have
+    them)."""
     sweep = setup.sweep
-    maximise = sweep.objective == "valid_accuracy"
-    done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
-                  key=lambda t: (-t.value if maximise else t.value, t.number))
+    done = ranked(study, sweep.objective)
     if not done:
         return None
     chosen, runner_up = done[0], (done[1] if len(done) > 1 else None)
     candidates = [t for t in (chosen, runner_up) if t is not None]
     names = {t.number: experiment_name(sweep.study, t.number) for t in candidates}
-    if setup.seeds > 1 and "seeds" not in sweep.fixed:  # else the trials had the seeds
-        names = retrain_with_seeds(setup, candidates)
-    correct: dict[str, tuple[np.ndarray, int]] = {}
     notes = []
+    if setup.seeds > 1 and "seeds" not in sweep.fixed:  # else the trials had the seeds
+        if retrain:
+            retrain_with_seeds(setup, candidates)
+        if all(seeds_experiment(setup, t.number) in experiment_names(setup.repo)
+               for t in candidates):
+            names = {t.number: seeds_experiment(setup, t.number) for t in candidates}
+        else:
+            notes.append(f"one copy each: their re-trainings with {setup.seeds} seeds are not "
+                         "in this clone; run pipeline-sweep without --summary, or pull them")
+    correct: dict[str, tuple[np.ndarray, int]] = {}
     for trial in candidates:
-        found = test_correct(setup, commit_of(setup.repo, names[trial.number]))
+        try:
+            found = test_correct(setup, commit_of(setup.repo, names[trial.number]))
+        except PipelineError as error:
+            found = str(error)
         if isinstance(found, str):
             raise SweepError(f"trial {trial.number}'s model cannot be read: {found}")
         correct[f"trial {trial.number}"] = found
     baseline = test_correct(setup, None)
     if isinstance(baseline, str):
-        notes.append(f"no baseline to compare with ({baseline})")
+        notes.append(f"no baseline to compare with: {baseline}")
     else:
         correct["the baseline"] = baseline
     ours, seeds = correct[f"trial {chosen.number}"]
@@ -625,36 +723,37 @@ def judge(setup: Setup, study: Any) -> Verdict | None:
     comparisons = [Comparison(against=name, wins=(a, b), p_value=p, adjusted=adj,
                               better=adj < ALPHA and a > b)
                    for name, (a, b, p), adj in zip(others, raw, adjusted, strict=True)]
-    worse = [c for c in comparisons if c.adjusted < ALPHA and c.wins[1] > c.wins[0]]
-    beats_runner_up = runner_up is not None and any(
-        c.better for c in comparisons if c.against == f"trial {runner_up.number}")
+    worse = {c.against for c in comparisons if c.adjusted < ALPHA and c.wins[1] > c.wins[0]}
+    second = f"trial {runner_up.number}" if runner_up is not None else None
+    beats_runner_up = any(c.better for c in comparisons if c.against == second)
     crowned = beats_runner_up and not worse
-    test = score(ours, seeds)
 
     def phrase(c: Comparison) -> str:
         if c.better:
             return f"better than {c.against} (p = {c.adjusted:.2g})"
-        if c.adjusted < ALPHA and c.wins[1] > c.wins[0]:
+        if c.against in worse:
             return f"worse than {c.against} (p = {c.adjusted:.2g})"
         return f"not distinguishable from {c.against} (p = {c.adjusted:.2g})"
 
-    ensemble = f", {seeds}-seed ensemble" if seeds > 1 else ""
+    test = score(ours, seeds)
     text = (f"trial {chosen.number} ({describe(chosen.params)}): {percent(test)} on test"
-            f"{ensemble}; " + "; ".join(phrase(c) for c in comparisons))
+            + (f", {seeds}-seed ensemble" if seeds > 1 else "")
+            + "".join(f"; {phrase(c)}" for c in comparisons))
     if crowned:
         text += f". Trial {chosen.number} wins."
-    elif runner_up is None:
+    elif second is None:
         text += ". Only one trial finished: no winner is crowned."
-    elif not beats_runner_up:
-        text += (f". No winner is crowned: the validation score chose trial {chosen.number}, "
-                 f"but the test set cannot tell it from trial {runner_up.number}.")
     else:
-        text += (f". No winner is crowned: trial {chosen.number} does worse than the "
-                 "baseline on the test set.")
+        reasons = [f"{second} does better on the test set" if second in worse else
+                   f"the test set cannot tell it from {second}" if not beats_runner_up else ""]
+        if "the baseline" in worse:
+            reasons.append("it does worse than the baseline")
+        text += (f". No winner is crowned: the validation score chose trial {chosen.number}, "
+                 f"but {' and '.join(r for r in reasons if r)}.")
     if notes:
         text += " (" + "; ".join(notes) + ")"
     base = correct.get("the baseline")
-    return Verdict(chosen=chosen.number, crowned=crowned, seeds=setup.seeds,
+    return Verdict(chosen=chosen.number, crowned=crowned, seeds=seeds,
                    comparisons=comparisons, text=text,
                    baseline=score(*base) if base else None,
                    apply=f"dvc exp apply {names[chosen.number]}")
@@ -681,13 +780,9 @@ def importance(study: Any) -> tuple[dict[str, float] | None, str | None]:
 def top_scores(setup: Setup, study: Any) -> dict[int, ScoreOnTest]:
     """Test accuracy and interval of the top trials, from their experiments' per-image
     predictions in git (dvclive's confusion file; no DVC cache needed)."""
-    from optuna.trial import TrialState
-
     from pipeline import tracking
 
-    maximise = setup.sweep.objective == "valid_accuracy"
-    done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
-                  key=lambda t: (-t.value if maximise else t.value, t.number))[:TOP_TRIALS]
+    done = ranked(study, setup.sweep.objective)[:TOP_TRIALS]
     found = {}
     for trial in done:
         name = trial.user_attrs.get(EXPERIMENT_ATTR)
@@ -697,9 +792,10 @@ def top_scores(setup: Setup, study: Any) -> dict[int, ScoreOnTest]:
             continue  # made on another machine and not pulled
         run_dir = f"{setup.live}/{setup.sweep.dataset}/{setup.sweep.model}"
         text = files.read_text(f"{run_dir}/{tracking.CONFUSION_PATH}")
-        if text is None:
+        try:
+            actual, predicted = tracking.parse_predictions(text or "", name)
+        except ArtifactError:  # missing or damaged: the table says "not in this clone"
             continue
-        actual, predicted = tracking.parse_predictions(text, name)
         found[trial.number] = score(np.array([a == p for a, p in zip(actual, predicted,
                                                                      strict=True)]), 1)
     return found
@@ -754,14 +850,17 @@ def main(argv: list[str] | None = None) -> None:
 
     setup = load_setup(args)
     sweep = setup.sweep
-    study = open_study(setup)
+    study = open_study(setup, create=not args.summary)
     if not args.summary:
         check_names_free(setup, study)
         again = recover_interrupted(study)
-        forget_interrupted_runs(setup.repo, {experiment_name(sweep.study, n) for n in again})
+        forget_interrupted_runs(setup.repo, {t.user_attrs.get(EXPERIMENT_ATTR) for t in again
+                                             if t.user_attrs.get(HOST_ATTR) == host_name()})
         if again:
-            print(f"trial{'s' if len(again) > 1 else ''} {', '.join(map(str, again))} "
-                  "were interrupted: queued to run again", flush=True)
+            print(f"trial{'s' if len(again) > 1 else ''} "
+                  f"{', '.join(str(t.number) for t in again)} "
+                  f"{'were' if len(again) > 1 else 'was'} interrupted: queued to run again",
+                  flush=True)
         done = sum(counted(t) for t in study.get_trials(deepcopy=False))
         print(f"sweep {sweep.study}: {sweep.dataset}/{sweep.model}, {sweep.sampler} sampler, "
               f"{sweep.pruner} pruner, {setup.workers} worker{'s' if setup.workers > 1 else ''}"
@@ -772,7 +871,18 @@ def main(argv: list[str] | None = None) -> None:
         except KeyboardInterrupt:
             print("interrupted: run pipeline-sweep again to continue the sweep", file=sys.stderr)
             raise
-    verdict = judge(setup, study)
+    pending = [t.number for t in study.get_trials(deepcopy=False)
+               if t.state.name in ("RUNNING", "WAITING")]
+    verdict = None
+    if pending and not args.summary:  # other workers or machines still run trials
+        print(f"trial{'s' if len(pending) > 1 else ''} {', '.join(map(str, pending))} still "
+              f"run{'' if len(pending) > 1 else 's'} elsewhere: the verdict waits for them (run "
+              "`pipeline-sweep --summary` once they finish)")
+    else:
+        if pending:
+            print(f"note: trial{'s' if len(pending) > 1 else ''} "
+                  f"{', '.join(map(str, pending))} have not finished: judging the others")
+        verdict = judge(setup, study, retrain=not args.summary)
     summary = summarise(setup, study, verdict)
     path = summary_path(setup.summaries, sweep.study)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -783,7 +893,8 @@ def main(argv: list[str] | None = None) -> None:
           f"summary {path.relative_to(setup.repo)} (the report's #{sweep.dataset}-sweep after "
           "`dvc repro`)")
     if verdict is None:
-        print("no trial finished: nothing to judge")
+        if not pending:
+            print("no trial finished: nothing to judge")
         return
     print(verdict.text)
     print(f"the validation score chose trial {verdict.chosen}; the test set judged it once. "

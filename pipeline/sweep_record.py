@@ -14,6 +14,7 @@ from pipeline.artifacts import ArtifactError
 from pipeline.userfiles import UserFileError, read_bounded
 
 SUMMARY_SUFFIX = ".json"
+TOP_TRIALS = 5  # the best finished trials judged on test for the report's table (for reference)
 MAX_SUMMARY_BYTES = 32 << 20
 TrialState = Literal["complete", "pruned", "failed", "running", "waiting"]
 

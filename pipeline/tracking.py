@@ -40,6 +40,7 @@ METRICS_FILE = "metrics.json"
 # the model's parameter count in metrics.json: not "params", which `dvc metrics show` and
 # `dvc exp show` would read as DVC's params (older runs wrote "params"; both are read)
 PARAMETER_COUNT = "parameter_count"
+PRUNED_EPOCH = "pruned/epoch"  # only in a pruned sweep trial's metrics
 CONFUSION_FILE = "confusion_matrix.json"
 CONFUSION_PATH = f"plots/sklearn/{CONFUSION_FILE}"  # relative to the run folder
 MACHINE_FILE = "machine.json"  # what made the run (pipeline/machine.py), in git beside metrics
@@ -55,6 +56,12 @@ class EpochRow:
     valid_loss: float
     valid_accuracy: float
     lr: float
+
+
+def keeps(valid_accuracy: float, valid_loss: float, kept: tuple[float, float] | None) -> bool:
+    """Whether training keeps this epoch's weights over the ones it kept, `kept` as (valid
+    accuracy, valid loss): a higher validation accuracy, ties to the lower loss."""
+    return kept is None or (valid_accuracy, -valid_loss) > (kept[0], -kept[1])
 
 
 # EpochRow field -> dvclive metric name; each becomes plots/metrics/<name>.tsv
@@ -192,6 +199,11 @@ class RunTracker:
         """Final numbers (`test/accuracy`, `params`, ...): metrics.json only, no curve."""
         for name, value in summary.metrics().items():
             self.live.log_metric(name, value, plot=False)
+
+    def log_pruned(self, epoch: int) -> None:
+        """A sweep trial its pruner stopped (pipeline/trial.py): `pruned/epoch` in metrics.json,
+        so `dvc exp show` tells a pruned trial from a finished one."""
+        self.live.log_metric(PRUNED_EPOCH, epoch, plot=False)
 
     def log_confusion(self, actual: list[str], predicted: list[str]) -> None:
         self.live.log_sklearn_plot("confusion_matrix", actual, predicted, name=CONFUSION_FILE)

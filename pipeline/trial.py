@@ -1,9 +1,10 @@
 """A sweep trial as the train stage sees it (README: Sweeps): each epoch's validation score goes
 to the trial's Optuna storage, and the sweep's pruner may stop the run there.
 
-`pipeline-sweep` runs each trial as `dvc exp run` with `models.<m>.trial: <sweep>/<number>` and
-the storage's address in the environment (PIPELINE_SWEEP_STORAGE), so the train stage finds its
-trial; the storage is the only channel between them. Optuna is imported only for a trial.
+`pipeline-sweep` runs each trial as `dvc exp run` with `models.<m>.trial:
+<sweep>/<number>/<token>` and the storage's address in the environment (PIPELINE_SWEEP_STORAGE),
+so the train stage finds its trial; the storage is the only channel between them. Optuna is
+imported only for a trial.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.tracking import keeps
 
 STORAGE_ENV = "PIPELINE_SWEEP_STORAGE"
 STORAGE_ATTEMPTS = 5
@@ -23,6 +25,14 @@ OBJECTIVE_ATTR = "objective"      # the finished run's objective value
 PRUNED_ATTR = "pruned_at_epoch"   # set when the pruner stopped the run
 STUDY_OBJECTIVE_ATTR = "objective"  # the study's: valid_accuracy or valid_loss
 STUDY_PRUNER_ATTR = "pruner"  # the study's: make_pruner's settings (a loaded study has none)
+# The study's random token, in every trial's marker: a sweep started again under an old name
+# (its storage removed) marks its trials differently, so DVC's run cache never stands in for one.
+STUDY_TOKEN_ATTR = "token"
+
+
+def trial_marker(study: str, number: int, token: str) -> str:
+    """`models.<model>.trial` of a trial: `<sweep>/<number>/<token>`."""
+    return f"{study}/{number}/{token}"
 
 
 class SweepError(PipelineError):
@@ -79,49 +89,58 @@ def redacted(address: str) -> str:
 
 @dataclass
 class TrialLink:
-    """The running trial: `report` each epoch, `finish` with the run's result."""
+    """The running trial: `record` each epoch, ask `prune_reason`, `finish` with the outputs."""
 
     trial: Any  # optuna.trial.Trial
     objective: str
     name: str
-    best: float | None = None
+    kept: tuple[float, float] | None = None  # (valid accuracy, loss) of the weights kept so far
+    pruned_at: int | None = None  # the epoch the pruner stopped the run at
 
-    def report(self, epoch: int, valid_accuracy: float, valid_loss: float,
-               may_prune: bool = True) -> str | None:
-        """Report the run's best score so far at this epoch; why the pruner stops it, or None
-        (always None unless `may_prune`: the workers of a data-parallel run must agree)."""
-        value = valid_accuracy if self.objective == "valid_accuracy" else valid_loss
-        if self.best is None or (value > self.best if self.objective == "valid_accuracy"
-                                 else value < self.best):
-            self.best = value
-        self.trial.report(self.best, epoch)
-        if not may_prune or not self.trial.should_prune():
+    @property
+    def value(self) -> float | None:
+        """The objective of the weights training keeps (those the sweep judges on test)."""
+        if self.kept is None:
+            return None
+        return self.kept[0] if self.objective == "valid_accuracy" else self.kept[1]
+
+    def record(self, epoch: int, valid_accuracy: float, valid_loss: float) -> None:
+        """Report an epoch (every one, the last included) to the trial."""
+        if keeps(valid_accuracy, valid_loss, self.kept):
+            self.kept = (valid_accuracy, valid_loss)
+        self.trial.report(self.value, epoch)
+
+    def prune_reason(self, epoch: int) -> str | None:
+        """Why the pruner stops the run after this (reported) epoch, or None."""
+        if not self.trial.should_prune():
             return None
         self.trial.set_user_attr(PRUNED_ATTR, epoch)
-        return (f"pruned at epoch {epoch} by sweep trial {self.name}: its best "
-                f"{self.objective.replace('_', ' ')} so far, {self.best:.4f}, is behind the "
-                "other trials' at this epoch")
+        self.pruned_at = epoch
+        return (f"pruned at epoch {epoch} by sweep trial {self.name}: its "
+                f"{self.objective.replace('_', ' ')}, {self.value:.4f}, is behind the other "
+                "trials' at this epoch")
 
     def finish(self) -> None:
         """The run's objective (its outputs are written): what the sweep ranks it by."""
-        if self.best is not None:
-            self.trial.set_user_attr(OBJECTIVE_ATTR, self.best)
+        if self.value is not None:
+            self.trial.set_user_attr(OBJECTIVE_ATTR, self.value)
 
 
 def open_trial(name: str, epochs: int) -> TrialLink | None:
-    """The trial `<sweep>/<number>` in the storage the environment names; None (and the run
-    trains as usual, reporting nothing) when no storage is given: a trial's params applied
-    to the workspace with `dvc exp apply` re-run by hand."""
+    """The trial `<sweep>/<number>/<token>` in the storage the environment names; None (and the
+    run trains as usual, reporting nothing) when no storage is given or the trial has finished: a
+    trial's params applied to the workspace with `dvc exp apply` and trained again."""
     address = os.environ.get(STORAGE_ENV)
     if not address:
         return None
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study_name, _, number = name.rpartition("/")
-    if not study_name or not number.isdigit():
-        raise SweepError(f"models.<model>.trial = {name!r}: expected <sweep>/<number>, as "
-                         "pipeline-sweep sets it; set it to null to train outside a sweep")
+    parts = name.split("/")
+    if len(parts) != 3 or not parts[1].isdigit():
+        raise SweepError(f"models.<model>.trial = {name!r}: expected <sweep>/<number>/<token>, "
+                         "as pipeline-sweep sets it; set it to null to train outside a sweep")
+    study_name, number, token = parts
     storage = open_storage(address)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
@@ -132,6 +151,12 @@ def open_trial(name: str, epochs: int) -> TrialLink | None:
     if not found:
         raise SweepError(f"sweep trial {name}: the storage {redacted(address)} has no trial "
                          f"{number} in sweep {study_name!r}")
+    if study.user_attrs.get(STUDY_TOKEN_ATTR) != token:
+        raise SweepError(f"sweep trial {name}: the storage {redacted(address)} holds another "
+                         f"sweep named {study_name!r} (its token is not {token}); set the "
+                         "trial to null to train outside that sweep")
+    if found[0].state.is_finished():  # an applied trial's marker, re-trained by hand
+        return None
     pruner = study.user_attrs.get(STUDY_PRUNER_ATTR)
     if isinstance(pruner, dict):
         study.pruner = make_pruner(**pruner, epochs=epochs)

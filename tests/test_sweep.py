@@ -73,6 +73,8 @@ def test_a_sweep_section_is_checked_by_the_model_schema():
     assert "sweep.fixed.train.epochs" in refusal({**SWEEP, "fixed": {"train.epochs": 0}})
     assert "whole numbers" in refusal(
         {**SWEEP, "space": {"head_hidden": {"low": 8, "high": 32.5, "type": "int"}}})
+    assert "give its range `type: int`" in refusal(
+        {**SWEEP, "space": {"head_hidden": {"low": 8, "high": 32}}})
 
 
 def test_values_are_written_as_dvc_set_param_reads_them():
@@ -108,6 +110,7 @@ def test_a_trial_reports_to_its_storage_and_is_pruned_behind_the_others(tmp_path
                                 pruner=make_pruner("median", 2, 1, 10))
     study.set_user_attr("objective", "valid_accuracy")
     study.set_user_attr("pruner", {"kind": "median", "warmup_epochs": 2, "startup_trials": 1})
+    study.set_user_attr("token", "0a1b2c3d")
     good = study.ask()
     for epoch in range(1, 6):
         good.report(0.5 + 0.1 * epoch, epoch)
@@ -115,20 +118,33 @@ def test_a_trial_reports_to_its_storage_and_is_pruned_behind_the_others(tmp_path
     weak = study.ask()
 
     monkeypatch.delenv(STORAGE_ENV, raising=False)
-    assert open_trial(f"toy/{weak.number}", 10) is None  # no storage given: trains as usual
+    assert open_trial(f"toy/{weak.number}/0a1b2c3d", 10) is None  # no storage: trains as usual
     monkeypatch.setenv(STORAGE_ENV, address)
-    link = open_trial(f"toy/{weak.number}", 10)
+    link = open_trial(f"toy/{weak.number}/0a1b2c3d", 10)
     assert link is not None
-    assert link.report(1, 0.2, 2.0) is None  # within the 2-epoch warm-up: never pruned
-    reason = link.report(2, 0.15, 1.9)
+    link.record(1, 0.2, 2.0)
+    assert link.prune_reason(1) is None  # within the 2-epoch warm-up: never pruned
+    link.record(2, 0.2, 1.9)  # the same accuracy at a lower loss: these weights are kept
+    reason = link.prune_reason(2)
     assert reason is not None and reason.startswith("pruned at epoch 2")
     link.finish()
     frozen = optuna.load_study(study_name="toy", storage=open_storage(address)).trials[1]
     assert frozen.user_attrs["pruned_at_epoch"] == 2
-    assert frozen.user_attrs["objective"] == pytest.approx(0.2)  # the best so far
+    assert frozen.user_attrs["objective"] == pytest.approx(0.2)  # the kept weights' accuracy
     assert frozen.intermediate_values == {1: 0.2, 2: 0.2}
     with pytest.raises(Exception, match="no trial 9"):
-        open_trial("toy/9", 10)
+        open_trial("toy/9/0a1b2c3d", 10)
+    with pytest.raises(Exception, match="holds another sweep named 'toy'"):
+        open_trial(f"toy/{weak.number}/ffffffff", 10)  # a sweep started again under its name
+    study.tell(weak, state=optuna.trial.TrialState.PRUNED)
+    assert open_trial(f"toy/{weak.number}/0a1b2c3d", 10) is None  # finished: an applied one
+
+    # valid_loss: the loss of the weights training keeps (the best accuracy), not the lowest
+    loss_link = open_trial(f"toy/{study.ask().number}/0a1b2c3d", 10)
+    loss_link.objective = "valid_loss"
+    loss_link.record(1, 0.5, 1.0)
+    loss_link.record(2, 0.4, 0.8)
+    assert loss_link.value == 1.0
 
 
 def synthetic_summary() -> SweepSummary:
@@ -292,6 +308,10 @@ def test_the_readme_sweep_runs_prunes_survives_a_kill_and_reports(tmp_path):
     rows = experiment_rows(repo)
     names = {row["Experiment"] for row in rows}
     assert {f"digits-cnn-{t.number:03d}" for t in counted} <= names
+    pruned_column = next(key for row in rows for key in row if key.endswith("pruned.epoch"))
+    marked = {row["Experiment"] for row in rows
+              if isinstance(row.get(pruned_column), int | float)}  # else absent: 'None'
+    assert marked == {f"digits-cnn-{t.number:03d}" for t in counted if t.state.name == "PRUNED"}
     assert not [row for row in rows if row.get("State") not in (None, "Success")]
     chosen = int(verdict.group(1))
     assert f"digits-cnn-{chosen:03d}-seeds2" in names
@@ -360,3 +380,13 @@ def test_two_sweep_processes_share_one_database_without_duplicates(tmp_path, req
     names = {row["Experiment"] for row in experiment_rows(repo)}
     assert {f"shared-{t.number:03d}" for t in done} <= names
     assert all(f"storage {url}" in out for out in outputs)  # no password in this URL
+    assert sum("the verdict waits" in out for out in outputs) <= 1
+
+    # --summary judges what a storage holds; a storage without the sweep is refused, not started
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    refused = subprocess.run([*command[:-1], empty, "--summary"], cwd=repo, capture_output=True,
+                             text=True)
+    assert refused.returncode == 1 and "holds no sweep 'shared'" in refused.stderr, refused
+    assert optuna.get_all_study_summaries(open_storage(empty)) == []
+    summary = sh([*command, "--summary"], repo)
+    assert re.search(r"^trial \d+ \(lr [\d.e-]+\): [\d.]+ % .* on test", summary, re.M), summary

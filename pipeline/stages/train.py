@@ -125,18 +125,19 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
            and not world.distributed else "")
         + (f", seeds {seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else ""))
 
+    # a sweep trial (pipeline/trial.py): the first copy's epochs are reported, and the pruner
+    # may stop it (not a data-parallel run, whose workers must agree)
     link = open_trial(spec.trial, settings.epochs) if spec.trial and world.main else None
     if spec.trial and world.main and link is None:
-        say(f"note: models.{args.model}.trial is {spec.trial!r}, but no sweep storage is "
-            f"given ({STORAGE_ENV}): training as usual, reporting to no sweep")
+        say(f"note: models.{args.model}.trial is {spec.trial!r}, but no running sweep trial "
+            f"of that name is given ({STORAGE_ENV}): training as usual, reporting to no sweep")
     if link is not None and world.distributed:
         say("note: a data-parallel run reports to its sweep trial but is not pruned")
 
     def stop_check(seed: int):
-        if link is None or seed != seeds[0]:
-            return None  # the first copy is the trial's; the others are its seed ensemble
-        return lambda row: link.report(row.epoch, row.valid_accuracy, row.valid_loss,
-                                       may_prune=not world.distributed)
+        if link is None or seed != seeds[0] or world.distributed:
+            return None
+        return lambda row: link.prune_reason(row.epoch)
 
     key = inputs_key(
         {"dataset": args.dataset, "model": args.model, "architecture": architecture.model_dump(),
@@ -197,6 +198,8 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
                 epochs_after=(len(seeds) - len(results) - 1) * settings.epochs,
                 stop_check=stop_check(seed)))
             current = None
+            if link is not None and link.pruned_at is not None:
+                break  # a pruned trial trains no seed copies after the first
             if len(results) < len(seeds) and not world.any(store.failed):
                 store.save({"done": [r.to_state() for r in results], "current": None,
                             "threads": torch.get_num_threads()})
@@ -215,10 +218,18 @@ def train(args: argparse.Namespace, params: Params, device: torch.device, world:
                                     execution.tensorboard)
         tracker = RunTracker(live_dir, tensorboard_dir if execution.tensorboard else None,
                              seeds)
-        results = train_copies(tracker.log_epoch)
+        def log_epoch(row, model, seed) -> None:
+            tracker.log_epoch(row, model, seed)
+            if link is not None and seed == seeds[0]:
+                link.record(row.epoch, row.valid_accuracy, row.valid_loss)
+
+        results = train_copies(log_epoch)
+        seeds = seeds[:len(results)]  # fewer when a sweep trial was pruned
         labels = splits["test"].labels
         summary = summarise(results, labels, n_params)
         tracker.log_summary(summary)
+        if link is not None and link.pruned_at is not None:
+            tracker.log_pruned(link.pruned_at)
         predicted = results[0].test_logits.argmax(1)
         tracker.log_confusion([classes[i] for i in labels], [classes[i] for i in predicted])
         tracker.log_hyperparameters(

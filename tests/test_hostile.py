@@ -371,7 +371,7 @@ def test_every_stage_run_sweeps_what_killed_runs_left(tmp_path):
     elsewhere.mkdir()
     done = run_module("pipeline.stages.report", "--params", str(project / "missing.yaml"),
                       "--prepared", "p", "--evaluation", "e", "--live", "l", "--timing", "t",
-                      "--out", "o.html", "--run-script", "r.js", cwd=project)
+                      "--sweeps", "s", "--out", "o.html", "--run-script", "r.js", cwd=project)
     refused(done, "missing.yaml: cannot read the parameters file")
     assert not stale_dir.exists() and not stale_part.exists() and live.exists()
     assert users.exists() and elsewhere.exists()
@@ -483,7 +483,8 @@ def test_the_report_stage_names_a_missing_evaluation(tmp_path):
     done = run_module("pipeline.stages.report", "--params", str(params),
                       "--prepared", str(tmp_path / "prepared"),
                       "--evaluation", str(tmp_path / "evaluation"), "--live", str(tmp_path / "l"),
-                      "--timing", str(tmp_path / "t"), "--out", str(tmp_path / "index.html"),
+                      "--timing", str(tmp_path / "t"), "--sweeps", str(tmp_path / "s"),
+                      "--out", str(tmp_path / "index.html"),
                       "--run-script", str(tmp_path / "run.js"))
     refused(done, f"{tmp_path / 'evaluation' / 'toy' / 'linear.pkl'}: missing; run the stage "
             "that writes it (dvc repro)")
